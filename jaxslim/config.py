@@ -1,0 +1,329 @@
+"""Frozen dataclass configs: what a model and a device mesh look like.
+
+Every config validates itself in ``__post_init__`` and raises a ``ValueError`` that names the field,
+the value it got and the values it accepts. Configs are hashable, so they can be static arguments of
+``jax.jit``.
+
+Example:
+    >>> cfg = ModelConfig.bert(vocab_size=128, d_model=32, n_layers=2, n_heads=4, d_ff=64)
+    >>> cfg.head_dim
+    8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+ARCHS = ("bert", "gpt2", "llama")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+HEADS = ("none", "mlm", "lm")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check_choice(owner: str, name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{owner}.{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+def _check_positive(owner: str, name: str, value, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{owner}.{name} must be an integer {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One transformer family: BERT encoders, GPT-2 and Llama decoders.
+
+    The architecture fixes the block recipe:
+
+    ========  ==========  ==================  ==========  ==========  ========
+    arch      attention   norm                positions   MLP         head
+    ========  ==========  ==================  ==========  ==========  ========
+    bert      bidirect.   LayerNorm, post     learned     GELU        mlm/none
+    gpt2      causal      LayerNorm, pre      learned     GELU(tanh)  lm
+    llama     causal      RMSNorm, pre        RoPE        SwiGLU      lm
+    ========  ==========  ==================  ==========  ==========  ========
+
+    Attributes:
+        arch: one of ``ARCHS``.
+        vocab_size: token vocabulary size.
+        d_model: residual width.
+        n_layers: number of blocks.
+        n_heads: query heads per layer (the maximum when ``layer_heads`` is set).
+        d_ff: FFN hidden width (the maximum when ``layer_ffn`` is set).
+        n_kv_heads: key/value heads (grouped-query attention); defaults to ``n_heads``.
+        head_dim: width of one head; defaults to ``d_model // n_heads``.
+        max_len: learned position table size (bert, gpt2).
+        type_vocab_size: token type table size (bert).
+        norm_eps: epsilon of LayerNorm / RMSNorm.
+        rope_theta: RoPE base (llama).
+        activation: FFN activation (for llama, the gate activation of SwiGLU).
+        tie_embeddings: the output head reuses the token embedding.
+        head: ``"none"`` (hidden states only), ``"mlm"`` (BERT masked-LM head) or ``"lm"``.
+        pooler: BERT's tanh pooler over the first token.
+        attn_bias: biases on q/k/v/o projections.
+        mlp_bias: biases on FFN projections.
+        layer_heads: per-layer query-head counts of a slimmed model (unscanned only).
+        layer_ffn: per-layer FFN widths of a slimmed model (unscanned only).
+        scan_layers: stack the blocks on a leading ``layers`` axis and run them with ``lax.scan``.
+        remat: rematerialise each block in the backward pass.
+        dtype: compute dtype; ``param_dtype``: storage dtype of the weights.
+        pad_token_id: padding token of the tokenizer, kept for conversion.
+    """
+
+    arch: Literal["bert", "gpt2", "llama"]
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    d_ff: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    max_len: int = 512
+    type_vocab_size: int = 2
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = "gelu"
+    tie_embeddings: bool = True
+    head: Literal["none", "mlm", "lm"] = "none"
+    pooler: bool = False
+    attn_bias: bool = True
+    mlp_bias: bool = True
+    layer_heads: tuple[int, ...] | None = None
+    layer_ffn: tuple[int, ...] | None = None
+    scan_layers: bool = True
+    remat: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        o = "ModelConfig"
+        _check_choice(o, "arch", self.arch, ARCHS)
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
+            _check_positive(o, name, getattr(self, name))
+        _check_positive(o, "type_vocab_size", self.type_vocab_size, allow_zero=True)
+        _check_choice(o, "activation", self.activation, ACTIVATIONS)
+        _check_choice(o, "head", self.head, HEADS)
+        _check_choice(o, "dtype", self.dtype, DTYPES)
+        _check_choice(o, "param_dtype", self.param_dtype, DTYPES)
+        if self.n_kv_heads is not None:
+            _check_positive(o, "n_kv_heads", self.n_kv_heads)
+            if self.n_heads % self.n_kv_heads:
+                raise ValueError(
+                    f"{o}.n_kv_heads must divide n_heads={self.n_heads}, got {self.n_kv_heads}"
+                )
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"{o}.n_heads must divide d_model={self.d_model} when head_dim is not given, "
+                f"got {self.n_heads}"
+            )
+        if self.head_dim is not None:
+            _check_positive(o, "head_dim", self.head_dim)
+        if self.arch == "llama" and self.head_dim_ % 2:
+            raise ValueError(f"{o}.head_dim must be even for RoPE, got {self.head_dim_}")
+        if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
+            raise ValueError(f"{o}.norm_eps must be a float > 0, got {self.norm_eps!r}")
+        if self.head == "mlm" and self.arch != "bert":
+            raise ValueError(f"{o}.head='mlm' needs arch='bert', got arch={self.arch!r}")
+        if self.pooler and self.arch != "bert":
+            raise ValueError(f"{o}.pooler=True needs arch='bert', got arch={self.arch!r}")
+        for name, full in (("layer_heads", self.n_heads), ("layer_ffn", self.d_ff)):
+            widths = getattr(self, name)
+            if widths is None:
+                continue
+            if not isinstance(widths, tuple) or len(widths) != self.n_layers:
+                raise ValueError(
+                    f"{o}.{name} must be a tuple of n_layers={self.n_layers} integers, got {widths!r}"
+                )
+            for w in widths:
+                _check_positive(o, name + " entry", w, allow_zero=True)
+                if w > full:
+                    raise ValueError(f"{o}.{name} entries must be <= {full}, got {widths!r}")
+            if self.scan_layers:
+                raise ValueError(
+                    f"{o}.{name} (per-layer widths) needs scan_layers=False: a scanned stack has "
+                    "one width for every layer"
+                )
+        if self.layer_heads is not None:
+            group = self.n_heads // self.kv_heads
+            bad = [h for h in self.layer_heads if h % group]
+            if bad:
+                raise ValueError(
+                    f"{o}.layer_heads entries must be multiples of the query group size {group} "
+                    f"(n_heads / n_kv_heads), got {self.layer_heads!r}"
+                )
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim_(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def causal(self) -> bool:
+        return self.arch != "bert"
+
+    @property
+    def pre_norm(self) -> bool:
+        return self.arch != "bert"
+
+    @property
+    def rms_norm(self) -> bool:
+        return self.arch == "llama"
+
+    @property
+    def rope(self) -> bool:
+        return self.arch == "llama"
+
+    @property
+    def gated_mlp(self) -> bool:
+        return self.arch == "llama"
+
+    def heads_in(self, layer: int) -> int:
+        """Query heads of ``layer``."""
+        return self.n_heads if self.layer_heads is None else self.layer_heads[layer]
+
+    def kv_heads_in(self, layer: int) -> int:
+        """Key/value heads of ``layer`` (the query group size stays constant)."""
+        return self.heads_in(layer) * self.kv_heads // self.n_heads
+
+    def ffn_in(self, layer: int) -> int:
+        """FFN hidden width of ``layer``."""
+        return self.d_ff if self.layer_ffn is None else self.layer_ffn[layer]
+
+    @property
+    def uniform(self) -> bool:
+        """Every layer has the full head count and FFN width."""
+        return self.layer_heads is None and self.layer_ffn is None
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- presets -------------------------------------------------------------------------------
+    @classmethod
+    def bert(cls, **kw) -> ModelConfig:
+        """BERT encoder defaults (post-LN, GELU, eps 1e-12); sizes from ``kw``."""
+        kw = {"norm_eps": 1e-12, "activation": "gelu", "pooler": True, **kw}
+        return cls(arch="bert", **kw)
+
+    @classmethod
+    def gpt2(cls, **kw) -> ModelConfig:
+        """GPT-2 decoder defaults (pre-LN, tanh GELU, tied LM head)."""
+        kw = {"norm_eps": 1e-5, "activation": "gelu_tanh", "head": "lm", "max_len": 1024, **kw}
+        return cls(arch="gpt2", **kw)
+
+    @classmethod
+    def llama(cls, **kw) -> ModelConfig:
+        """Llama decoder defaults (RMSNorm, RoPE, SwiGLU, no biases)."""
+        kw = {
+            "norm_eps": 1e-6,
+            "activation": "silu",
+            "head": "lm",
+            "attn_bias": False,
+            "mlp_bias": False,
+            "tie_embeddings": False,
+            **kw,
+        }
+        return cls(arch="llama", **kw)
+
+    @classmethod
+    def minilm_l6(cls, **kw) -> ModelConfig:
+        """all-MiniLM-L6-v2: 6 layers, width 384, 12 heads, FFN 1536."""
+        return cls.bert(
+            vocab_size=30522, d_model=384, n_layers=6, n_heads=12, d_ff=1536, pad_token_id=0, **kw
+        )
+
+    @classmethod
+    def gpt2_small(cls, **kw) -> ModelConfig:
+        """GPT-2 small: 12 layers, width 768, 12 heads."""
+        return cls.gpt2(vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=3072, **kw)
+
+
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+
+# Logical axis name -> mesh axes, in priority order. Held as data so a user can swap the layout
+# without touching a layer. `None` means replicated.
+DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | str | None], ...] = (
+    ("batch", ("data", "fsdp", "expert")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("vocab", "tensor"),
+    ("exp", "expert"),
+    ("layers", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_exp", "expert"),
+    ("act_vocab", "tensor"),
+)
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh with axes ``data``, ``fsdp``, ``tensor``, ``expert``.
+
+    One size may be ``-1``: it takes whatever devices the others leave. ``axis_type`` is ``"auto"``
+    (GSPMD propagation, the default) or ``"explicit"`` (sharding in types).
+
+    Example:
+        >>> MeshConfig(data=2, tensor=-1).sizes(8)
+        (2, 1, 4, 1)
+    """
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    expert: int = 1
+    axis_type: Literal["auto", "explicit"] = "auto"
+    rules: tuple[tuple[str, tuple[str, ...] | str | None], ...] = field(default=DEFAULT_RULES)
+
+    def __post_init__(self):
+        sizes = [getattr(self, a) for a in MESH_AXES]
+        for a, s in zip(MESH_AXES, sizes):
+            if not isinstance(s, int) or isinstance(s, bool) or (s < 1 and s != -1):
+                raise ValueError(f"MeshConfig.{a} must be a positive integer or -1, got {s!r}")
+        if sizes.count(-1) > 1:
+            raise ValueError(f"MeshConfig: at most one axis may be -1 (fill), got {dict(zip(MESH_AXES, sizes))}")
+        _check_choice("MeshConfig", "axis_type", self.axis_type, ("auto", "explicit"))
+        for rule in self.rules:
+            if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str)):
+                raise ValueError(f"MeshConfig.rules entries must be (logical_name, mesh_axes), got {rule!r}")
+            axes = (rule[1],) if isinstance(rule[1], str) else (rule[1] or ())
+            unknown = [a for a in axes if a not in MESH_AXES]
+            if unknown:
+                raise ValueError(
+                    f"MeshConfig.rules maps {rule[0]!r} to unknown mesh axes {unknown}; "
+                    f"mesh axes are {MESH_AXES}"
+                )
+
+    def sizes(self, n_devices: int) -> tuple[int, ...]:
+        sizes = [getattr(self, a) for a in MESH_AXES]
+        fixed = 1
+        for s in sizes:
+            fixed *= s if s != -1 else 1
+        if -1 in sizes:
+            if n_devices % fixed:
+                raise ValueError(
+                    f"MeshConfig {dict(zip(MESH_AXES, sizes))}: {n_devices} devices are not divisible "
+                    f"by the fixed axes' product {fixed}"
+                )
+            sizes[sizes.index(-1)] = n_devices // fixed
+        elif fixed != n_devices:
+            raise ValueError(
+                f"MeshConfig {dict(zip(MESH_AXES, sizes))} needs {fixed} devices, {n_devices} are available"
+            )
+        return tuple(sizes)

@@ -1,0 +1,73 @@
+"""Multi-head attention with grouped-query heads, RoPE, padding masks and a per-head output mask.
+
+Weights keep an explicit heads axis (``wq: [embed, heads, head_dim]``, ``wo: [heads, head_dim,
+embed]``), so pruning, slimming and tensor parallelism address heads directly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxslim.config import ModelConfig
+from jaxslim.models.layers import apply_rope, dtypes, param
+from jaxslim.sharding import constrain
+
+
+class Attention(nnx.Module):
+    """Self-attention with ``n_heads`` query heads and ``n_kv_heads`` key/value heads."""
+
+    def __init__(self, cfg: ModelConfig, n_heads: int, n_kv_heads: int, *, rngs: nnx.Rngs):
+        _, pdt = dtypes(cfg)
+        d, hd = cfg.d_model, cfg.head_dim_
+        self.cfg = cfg
+        self.wq = param(rngs, (d, n_heads, hd), ("embed", "heads", "head_dim"), pdt)
+        self.wk = param(rngs, (d, n_kv_heads, hd), ("embed", "kv_heads", "head_dim"), pdt)
+        self.wv = param(rngs, (d, n_kv_heads, hd), ("embed", "kv_heads", "head_dim"), pdt)
+        self.wo = param(rngs, (n_heads, hd, d), ("heads", "head_dim", "embed"), pdt)
+        if cfg.attn_bias:
+            self.bq = param(None, (n_heads, hd), ("heads", "head_dim"), pdt, "zeros")
+            self.bk = param(None, (n_kv_heads, hd), ("kv_heads", "head_dim"), pdt, "zeros")
+            self.bv = param(None, (n_kv_heads, hd), ("kv_heads", "head_dim"), pdt, "zeros")
+            self.bo = param(None, (d,), ("embed",), pdt, "zeros")
+        else:
+            self.bq = self.bk = self.bv = self.bo = None
+
+    def _project(self, x, w, b, axes):
+        y = jnp.einsum("btd,dhk->bthk", x, w[...].astype(x.dtype))
+        if b is not None:
+            y = y + b[...].astype(x.dtype)
+        return constrain(y, axes)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        mask: jax.Array | None,
+        rope: tuple[jax.Array, jax.Array] | None = None,
+        head_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Attends ``x: [batch, length, embed]``.
+
+        Args:
+            mask: boolean, broadcastable to ``[batch, heads, q_len, kv_len]``; True = attend.
+            rope: cos/sin tables from :func:`~jaxslim.models.layers.rope_tables`.
+            head_mask: ``[heads]`` multipliers of each head's output (the Fisher-pruning seam).
+        """
+        n_heads = self.wq.shape[1]
+        if n_heads == 0:  # a slimmed layer whose heads were all pruned
+            return jnp.zeros_like(x) + (0 if self.bo is None else self.bo[...].astype(x.dtype))
+        q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"))
+        k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"))
+        v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"))
+        if rope is not None:
+            q = apply_rope(q, *rope)
+            k = apply_rope(k, *rope)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+        if head_mask is not None:
+            out = out * head_mask.astype(out.dtype)[:, None]
+        y = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(x.dtype))
+        if self.bo is not None:
+            y = y + self.bo[...].astype(x.dtype)
+        return constrain(y, ("batch", "length", "act_embed"))

@@ -1,0 +1,49 @@
+"""Feed-forward block: GELU MLP (BERT, GPT-2) or SwiGLU (Llama), with a per-neuron mask."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxslim.config import ModelConfig
+from jaxslim.models.layers import activation, dtypes, param
+from jaxslim.sharding import constrain
+
+
+class Mlp(nnx.Module):
+    """``wo(act(x wi + bi) [* x wu]) + bo`` with ``d_ff`` hidden units."""
+
+    def __init__(self, cfg: ModelConfig, d_ff: int, *, rngs: nnx.Rngs):
+        _, pdt = dtypes(cfg)
+        d = cfg.d_model
+        self.act = cfg.activation
+        self.wi = param(rngs, (d, d_ff), ("embed", "mlp"), pdt)
+        self.wu = param(rngs, (d, d_ff), ("embed", "mlp"), pdt) if cfg.gated_mlp else None
+        self.wo = param(rngs, (d_ff, d), ("mlp", "embed"), pdt)
+        if cfg.mlp_bias:
+            self.bi = param(None, (d_ff,), ("mlp",), pdt, "zeros")
+            self.bu = param(None, (d_ff,), ("mlp",), pdt, "zeros") if cfg.gated_mlp else None
+            self.bo = param(None, (d,), ("embed",), pdt, "zeros")
+        else:
+            self.bi = self.bu = self.bo = None
+
+    def __call__(self, x: jax.Array, *, neuron_mask: jax.Array | None = None) -> jax.Array:
+        """Applies the FFN; ``neuron_mask: [d_ff]`` multiplies each hidden unit."""
+        dt = x.dtype
+        h = x @ self.wi[...].astype(dt)
+        if self.bi is not None:
+            h = h + self.bi[...].astype(dt)
+        h = activation(self.act)(h)
+        if self.wu is not None:
+            up = x @ self.wu[...].astype(dt)
+            if self.bu is not None:
+                up = up + self.bu[...].astype(dt)
+            h = h * up
+        if neuron_mask is not None:
+            h = h * neuron_mask.astype(dt)
+        h = constrain(h, ("batch", "length", "act_mlp"))
+        y = h @ self.wo[...].astype(dt)
+        if self.bo is not None:
+            y = y + self.bo[...].astype(dt)
+        return constrain(y, ("batch", "length", "act_embed"))

@@ -1,0 +1,129 @@
+"""The transformer family: BERT encoders, GPT-2 and Llama decoders, with MLM and LM heads.
+
+Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from jaxslim.config import ModelConfig
+    >>> cfg = ModelConfig.llama(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
+    >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
+    >>> model(jnp.ones((2, 8), jnp.int32)).logits.shape
+    (2, 8, 64)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxslim.config import ModelConfig
+from jaxslim.models.layers import Embeddings, Norm, activation, dtypes, param, rope_tables
+from jaxslim.models.stack import Stack
+
+
+class ModelOutput(NamedTuple):
+    """``hidden``: last hidden state ``[b, t, d]``; ``logits``: ``[b, t, vocab]`` (float32) when the
+    model has a head; ``pooled``: BERT's pooler output ``[b, d]`` when it has one."""
+
+    hidden: jax.Array
+    logits: jax.Array | None = None
+    pooled: jax.Array | None = None
+
+
+class MlmHead(nnx.Module):
+    """BERT's masked-LM head: dense, GELU, LayerNorm, then the tied decoder plus a vocab bias."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        _, pdt = dtypes(cfg)
+        self.act = cfg.activation
+        self.w = param(rngs, (cfg.d_model, cfg.d_model), ("embed", None), pdt)
+        self.b = param(None, (cfg.d_model,), (None,), pdt, "zeros")
+        self.norm = Norm(cfg)
+        self.vocab_bias = param(None, (cfg.vocab_size,), ("vocab",), pdt, "zeros")
+
+    def __call__(self, x, embeddings: Embeddings) -> jax.Array:
+        h = activation(self.act)(x @ self.w[...].astype(x.dtype) + self.b[...].astype(x.dtype))
+        return embeddings.attend(self.norm(h)) + self.vocab_bias[...].astype(x.dtype)
+
+
+class Transformer(nnx.Module):
+    """Embeddings, a (scanned or unscanned) stack of blocks, a final norm and the configured head."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        _, pdt = dtypes(cfg)
+        self.cfg = cfg
+        self.embed = Embeddings(cfg, rngs=rngs)
+        self.stack = Stack(cfg, rngs=rngs)
+        self.final_norm = Norm(cfg) if cfg.pre_norm else None
+        if cfg.pooler:
+            self.pooler_w = param(rngs, (cfg.d_model, cfg.d_model), ("embed", None), pdt)
+            self.pooler_b = param(None, (cfg.d_model,), (None,), pdt, "zeros")
+        else:
+            self.pooler_w = self.pooler_b = None
+        self.mlm = MlmHead(cfg, rngs=rngs) if cfg.head == "mlm" else None
+        untied_lm = cfg.head == "lm" and not cfg.tie_embeddings
+        self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt) if untied_lm else None
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        head_mask: jax.Array | None = None,
+        neuron_mask: jax.Array | None = None,
+    ) -> ModelOutput:
+        """Runs the model on ``tokens: [batch, length]`` (int).
+
+        Args:
+            attention_mask: ``[batch, length]``, 1 for real tokens and 0 for padding.
+            token_type_ids: BERT segment ids.
+            positions: ``[batch, length]`` position ids; default ``0..length-1``.
+            head_mask: ``[layers, heads]`` multipliers of each attention head's output.
+            neuron_mask: ``[layers, d_ff]`` multipliers of each FFN hidden unit.
+        """
+        cfg = self.cfg
+        b, t = tokens.shape
+        if not cfg.rope and t > cfg.max_len:
+            raise ValueError(f"sequence length {t} exceeds the model's max_len={cfg.max_len}")
+        self._check_mask("head_mask", head_mask, cfg.n_heads)
+        self._check_mask("neuron_mask", neuron_mask, cfg.d_ff)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        x = self.embed(tokens, positions, token_type_ids)
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.astype(bool)[:, None, None, :]
+        if cfg.causal:
+            causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+            mask = causal if mask is None else mask & causal
+        rope = rope_tables(positions, cfg.head_dim_, cfg.rope_theta) if cfg.rope else None
+        x = self.stack(x, mask=mask, rope=rope, head_mask=head_mask, neuron_mask=neuron_mask)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        pooled = None
+        if self.pooler_w is not None:
+            first = x[:, 0]
+            pooled = jnp.tanh(first @ self.pooler_w[...].astype(x.dtype) + self.pooler_b[...].astype(x.dtype))
+        logits = None
+        if self.mlm is not None:
+            logits = self.mlm(x, self.embed)
+        elif cfg.head == "lm":
+            logits = self.embed.attend(x) if self.lm_head is None else x @ self.lm_head[...].astype(x.dtype)
+        if logits is not None:
+            logits = logits.astype(jnp.float32)
+        return ModelOutput(hidden=x, logits=logits, pooled=pooled)
+
+    def _check_mask(self, name: str, mask, width: int) -> None:
+        if mask is None:
+            return
+        cfg = self.cfg
+        if isinstance(mask, (list, tuple)):
+            if len(mask) != cfg.n_layers:
+                raise ValueError(f"{name} must have one entry per layer ({cfg.n_layers}), got {len(mask)}")
+            return
+        if cfg.uniform and tuple(mask.shape) != (cfg.n_layers, width):
+            raise ValueError(f"{name} must have shape {(cfg.n_layers, width)}, got {tuple(mask.shape)}")
