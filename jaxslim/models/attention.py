@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.models.layers import apply_rope, dtypes, param
+from jaxslim.models.layers import apply_rope, dtypes, expand_to, param
 from jaxslim.sharding import constrain
 
 
@@ -37,7 +37,7 @@ class Attention(nnx.Module):
     def _project(self, x, w, b, axes):
         y = jnp.einsum("btd,dhk->bthk", x, w[...].astype(x.dtype))
         if b is not None:
-            y = y + b[...].astype(x.dtype)
+            y = y + expand_to(b[...].astype(x.dtype), y.ndim)
         return constrain(y, axes)
 
     def __call__(
@@ -57,7 +57,7 @@ class Attention(nnx.Module):
         """
         n_heads = self.wq.shape[1]
         if n_heads == 0:  # a slimmed layer whose heads were all pruned
-            return jnp.zeros_like(x) + (0 if self.bo is None else self.bo[...].astype(x.dtype))
+            return jnp.zeros_like(x) if self.bo is None else jnp.broadcast_to(self.bo[...].astype(x.dtype), x.shape)
         q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"))
         k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"))
         v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"))
@@ -66,8 +66,8 @@ class Attention(nnx.Module):
             k = apply_rope(k, *rope)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
         if head_mask is not None:
-            out = out * head_mask.astype(out.dtype)[:, None]
+            out = out * expand_to(head_mask.astype(out.dtype)[:, None], out.ndim)
         y = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(x.dtype))
         if self.bo is not None:
-            y = y + self.bo[...].astype(x.dtype)
+            y = y + expand_to(self.bo[...].astype(x.dtype), y.ndim)
         return constrain(y, ("batch", "length", "act_embed"))

@@ -43,6 +43,12 @@ def param(
     return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
 
 
+def expand_to(v: jax.Array, ndim: int) -> jax.Array:
+    """Adds leading unit axes so ``v`` broadcasts against a rank-``ndim`` array without implicit
+    rank promotion (the suite runs with ``jax_numpy_rank_promotion='raise'``)."""
+    return jnp.reshape(v, (1,) * (ndim - v.ndim) + v.shape)
+
+
 def dtypes(cfg: ModelConfig) -> tuple[jnp.dtype, jnp.dtype]:
     """(compute dtype, parameter dtype) of a config."""
     return jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -72,11 +78,13 @@ class Norm(nnx.Module):
         h = x.astype(jnp.float32)
         if self.rms:
             h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
-            return (h * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+            return (h * expand_to(self.scale[...].astype(jnp.float32), h.ndim)).astype(x.dtype)
         mean = jnp.mean(h, axis=-1, keepdims=True)
         h = h - mean
         h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
-        h = h * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        h = h * expand_to(self.scale[...].astype(jnp.float32), h.ndim) + expand_to(
+            self.bias[...].astype(jnp.float32), h.ndim
+        )
         return h.astype(x.dtype)
 
 
@@ -119,7 +127,7 @@ class Embeddings(nnx.Module):
 def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
     """cos and sin of shape ``[batch, length, 1, head_dim]`` for rotate-half RoPE (HF Llama layout)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
     return jnp.cos(emb), jnp.sin(emb)
 

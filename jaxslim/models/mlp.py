@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.models.layers import activation, dtypes, param
+from jaxslim.models.layers import activation, dtypes, expand_to, param
 from jaxslim.sharding import constrain
 
 
@@ -33,17 +33,17 @@ class Mlp(nnx.Module):
         dt = x.dtype
         h = x @ self.wi[...].astype(dt)
         if self.bi is not None:
-            h = h + self.bi[...].astype(dt)
+            h = h + expand_to(self.bi[...].astype(dt), h.ndim)
         h = activation(self.act)(h)
         if self.wu is not None:
             up = x @ self.wu[...].astype(dt)
             if self.bu is not None:
-                up = up + self.bu[...].astype(dt)
+                up = up + expand_to(self.bu[...].astype(dt), up.ndim)
             h = h * up
         if neuron_mask is not None:
-            h = h * neuron_mask.astype(dt)
+            h = h * expand_to(neuron_mask.astype(dt), h.ndim)
         h = constrain(h, ("batch", "length", "act_mlp"))
         y = h @ self.wo[...].astype(dt)
         if self.bo is not None:
-            y = y + self.bo[...].astype(dt)
+            y = y + expand_to(self.bo[...].astype(dt), y.ndim)
         return constrain(y, ("batch", "length", "act_embed"))

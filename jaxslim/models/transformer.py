@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.models.layers import Embeddings, Norm, activation, dtypes, param, rope_tables
+from jaxslim.models.layers import Embeddings, Norm, activation, dtypes, expand_to, param, rope_tables
 from jaxslim.models.stack import Stack
 
 
@@ -44,8 +44,10 @@ class MlmHead(nnx.Module):
         self.vocab_bias = param(None, (cfg.vocab_size,), ("vocab",), pdt, "zeros")
 
     def __call__(self, x, embeddings: Embeddings) -> jax.Array:
-        h = activation(self.act)(x @ self.w[...].astype(x.dtype) + self.b[...].astype(x.dtype))
-        return embeddings.attend(self.norm(h)) + self.vocab_bias[...].astype(x.dtype)
+        h = x @ self.w[...].astype(x.dtype)
+        h = activation(self.act)(h + expand_to(self.b[...].astype(x.dtype), h.ndim))
+        logits = embeddings.attend(self.norm(h))
+        return logits + expand_to(self.vocab_bias[...].astype(x.dtype), logits.ndim)
 
 
 class Transformer(nnx.Module):
@@ -107,7 +109,8 @@ class Transformer(nnx.Module):
         pooled = None
         if self.pooler_w is not None:
             first = x[:, 0]
-            pooled = jnp.tanh(first @ self.pooler_w[...].astype(x.dtype) + self.pooler_b[...].astype(x.dtype))
+            pooled = first @ self.pooler_w[...].astype(x.dtype)
+            pooled = jnp.tanh(pooled + expand_to(self.pooler_b[...].astype(x.dtype), 2))
         logits = None
         if self.mlm is not None:
             logits = self.mlm(x, self.embed)
