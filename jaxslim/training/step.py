@@ -1,0 +1,165 @@
+"""Train and eval steps: plain ``jax.jit`` over the train state, with explicit shardings and donation.
+
+The gradient is taken over the ``nnx.Param`` slice only. A step may accumulate gradients over
+micro-batches (``lax.scan``), adds any auxiliary loss terms (the hook later features use for MoE
+balance losses, THOR consistency and the like) and metric functions, and never applies a
+non-finite update: it keeps the previous parameters and reports ``nonfinite=1`` so the loop can stop
+with the step named while the last good checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxslim.training.losses import causal_lm_loss, mlm_loss
+from jaxslim.training.state import TrainSetup, TrainState
+
+Batch = Mapping[str, jax.Array]
+# (model, batch, rng) -> (loss, metrics, model output)
+Objective = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict, Any]]
+# (model output, batch) -> (weighted loss term, metrics)
+LossTerm = Callable[[Any, Batch], tuple[jax.Array, dict]]
+# (new state, grads, updates) -> metrics
+MetricFn = Callable[[TrainState, Any, Any], dict]
+
+
+def lm_objective(model, batch, rng):
+    """Causal LM on ``batch["tokens"]: [b, t + 1]`` (inputs and shifted targets)."""
+    tokens = batch["tokens"]
+    out = model(tokens[:, :-1])
+    loss, metrics = causal_lm_loss(out.logits, tokens[:, 1:])
+    return loss, metrics, out
+
+
+def mlm_objective(model, batch, rng):
+    """Masked LM on ``batch["tokens"]`` with ``batch["labels"]`` (-100 where not masked)."""
+    out = model(batch["tokens"], attention_mask=batch.get("attention_mask"))
+    loss, metrics = mlm_loss(out.logits, batch["labels"])
+    return loss, metrics, out
+
+
+def _global_norm(tree) -> jax.Array:
+    return optax.global_norm(tree)
+
+
+def _learning_rate(opt_state) -> jax.Array | None:
+    found = optax.tree_utils.tree_get(opt_state, "learning_rate", default=None)
+    return None if found is None else jnp.asarray(found, jnp.float32)
+
+
+def make_train_step(
+    setup: TrainSetup,
+    objective: Objective = lm_objective,
+    *,
+    accum_steps: int = 1,
+    loss_terms: Sequence[LossTerm] = (),
+    metric_fns: Sequence[MetricFn] = (),
+    batch_sharding: Any = None,
+    donate: bool = True,
+):
+    """Builds ``step(state, batch) -> (state, metrics)``, jitted with the setup's shardings.
+
+    Args:
+        setup: from :func:`~jaxslim.training.state.create_train_state`.
+        objective: the task loss, e.g. :func:`lm_objective` or :func:`mlm_objective`.
+        accum_steps: micro-batches per step; the batch's leading axis must divide by it.
+        loss_terms: auxiliary losses added to the objective (already weighted).
+        metric_fns: extra metrics computed from the new state, the gradients and the updates.
+        batch_sharding: sharding of every batch array (default: let jit infer from the input).
+        donate: donate the input state's buffers.
+    """
+    if not isinstance(accum_steps, int) or accum_steps < 1:
+        raise ValueError(f"accum_steps must be an integer >= 1, got {accum_steps!r}")
+    graphdef, tx = setup.graphdef, setup.tx
+
+    def loss_fn(params, rest, batch, rng):
+        model = nnx.merge(graphdef, params, rest)
+        loss, metrics, out = objective(model, batch, rng)
+        metrics = dict(metrics)
+        for term in loss_terms:
+            extra, extra_metrics = term(out, batch)
+            loss = loss + extra
+            metrics.update(extra_metrics)
+        return loss, metrics
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def micro_batches(batch):
+        def split(x):
+            if x.shape[0] % accum_steps:
+                raise ValueError(f"batch size {x.shape[0]} is not divisible by accum_steps={accum_steps}")
+            return x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:])
+
+        return jax.tree.map(split, batch)
+
+    def step(state: TrainState, batch: Batch):
+        rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+        if accum_steps == 1:
+            (loss, metrics), grads = grad_fn(state.params, state.rest, batch, step_rng)
+        else:
+            rngs = jax.random.split(step_rng, accum_steps)
+
+            def body(carry, xs):
+                mb, r = xs
+                (loss, metrics), grads = grad_fn(state.params, state.rest, mb, r)
+                acc = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+                return acc, None
+
+            zeros = jax.eval_shape(grad_fn, state.params, state.rest, jax.tree.map(lambda x: x[0], micro_batches(batch)), rngs[0])
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ((zeros[0][0], zeros[0][1], zeros[1])))
+            (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro_batches(batch), rngs))
+            loss = loss / accum_steps
+            grads = jax.tree.map(lambda g: g / accum_steps, grads)
+            metrics = {k: v if k in ("loss_sum", "count", "correct") else v / accum_steps for k, v in metrics.items()}
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        grad_norm = _global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = TrainState(
+            params=keep(params, state.params),
+            rest=state.rest,
+            opt_state=keep(opt_state, state.opt_state),
+            step=state.step + 1,
+            rng=jax.random.key_data(rng),
+        )
+        metrics = dict(metrics)
+        metrics.update(
+            loss=loss,
+            grad_norm=grad_norm,
+            update_norm=_global_norm(updates),
+            param_norm=_global_norm(new_state.params),
+            nonfinite=(~finite).astype(jnp.int32),
+        )
+        lr = _learning_rate(state.opt_state)
+        if lr is not None:
+            metrics["learning_rate"] = lr
+        for fn in metric_fns:
+            metrics.update(fn(new_state, grads, updates))
+        return new_state, metrics
+
+    in_shardings = (setup.shardings, batch_sharding)
+    return jax.jit(
+        step,
+        in_shardings=in_shardings,
+        out_shardings=(setup.shardings, None),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def make_eval_step(setup: TrainSetup, objective: Objective = lm_objective, *, batch_sharding: Any = None):
+    """Builds ``eval_step(state, batch) -> {"loss_sum", "count", ...}`` (sums, to average exactly)."""
+    graphdef = setup.graphdef
+
+    def eval_step(state: TrainState, batch: Batch):
+        model = nnx.merge(graphdef, state.params, state.rest)
+        _, metrics, _ = objective(model, batch, jax.random.wrap_key_data(state.rng))
+        return metrics
+
+    return jax.jit(eval_step, in_shardings=(setup.shardings, batch_sharding))
