@@ -1,0 +1,45 @@
+"""Loss curves from metrics.jsonl files, drawn with matplotlib (no display needed).
+
+Steps logged twice (a run resumed after a crash re-logs the steps after its last checkpoint) keep
+their last value.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from matplotlib.figure import Figure  # the OO API: no pyplot state, no backend switch
+
+
+def load_series(path: pathlib.Path, key: str) -> tuple[list[int], list[float]]:
+    """Step and value of ``key`` in a metrics.jsonl file, deduplicated by step (last wins)."""
+    by_step: dict[int, float] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if key in rec and "step" in rec:
+            by_step[int(rec["step"])] = float(rec[key])
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def plot(runs: list[pathlib.Path], keys: list[str], out: pathlib.Path, *, events: str = "event") -> pathlib.Path:
+    """Plots ``keys`` of every run, one panel per key, and marks logged events (e.g. growth)."""
+    fig = Figure(figsize=(6 * len(keys), 4))
+    axes = fig.subplots(1, len(keys), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for run in runs:
+            path = run / "metrics.jsonl" if run.is_dir() else run
+            steps, values = load_series(path, key)
+            if steps:
+                ax.plot(steps, values, label=run.name if run.is_dir() else run.parent.name)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
