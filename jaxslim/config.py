@@ -327,3 +327,68 @@ class MeshConfig:
                 f"MeshConfig {dict(zip(MESH_AXES, sizes))} needs {fixed} devices, {n_devices} are available"
             )
         return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule.
+
+    Attributes:
+        name: ``"adamw"``, ``"lamb"`` or ``"sgd"`` (``b1`` is SGD's momentum).
+        lr: peak learning rate.
+        warmup_steps: linear warm-up length.
+        decay: ``"cosine"``, ``"linear"`` or ``"constant"`` after the warm-up.
+        final_lr_ratio: final learning rate as a fraction of ``lr``.
+        weight_decay: decoupled weight decay (matrices only; biases and norm scales are excluded).
+        clip_norm: global gradient-norm clip; 0 disables it.
+    """
+
+    name: Literal["adamw", "lamb", "sgd"] = "adamw"
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    final_lr_ratio: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip_norm: float = 1.0
+
+    def __post_init__(self):
+        o = "OptimConfig"
+        _check_choice(o, "name", self.name, ("adamw", "lamb", "sgd"))
+        _check_choice(o, "decay", self.decay, ("cosine", "linear", "constant"))
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"{o}.lr must be a float > 0, got {self.lr!r}")
+        _check_positive(o, "warmup_steps", self.warmup_steps, allow_zero=True)
+        for name in ("final_lr_ratio", "b1", "b2"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                raise ValueError(f"{o}.{name} must be in [0, 1], got {v!r}")
+        for name in ("eps", "weight_decay", "clip_norm"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"{o}.{name} must be a float >= 0, got {v!r}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """When and how checkpoints are written.
+
+    Attributes:
+        every: save every this many steps (and at the end); 0 disables checkpointing.
+        keep: keep the last this many checkpoints.
+        keep_every: also keep every checkpoint whose step is a multiple of this (0: none).
+        async_save: write in the background while training continues.
+    """
+
+    every: int = 100
+    keep: int = 3
+    keep_every: int = 0
+    async_save: bool = True
+
+    def __post_init__(self):
+        o = "CheckpointConfig"
+        _check_positive(o, "every", self.every, allow_zero=True)
+        _check_positive(o, "keep", self.keep)
+        _check_positive(o, "keep_every", self.keep_every, allow_zero=True)
