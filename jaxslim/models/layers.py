@@ -88,6 +88,12 @@ class Norm(nnx.Module):
         return h.astype(x.dtype)
 
 
+def _lookup(table: jax.Array, ids: jax.Array, row_axis: str | None = None) -> jax.Array:
+    # FSDP gathers a table's embed dimension before use; without this constraint the partitioner
+    # cannot map the gather onto a batch sharded over the same mesh axis and replicates everything.
+    return jnp.take(constrain(table, (row_axis, None)), ids, axis=0)
+
+
 class Embeddings(nnx.Module):
     """Token embeddings, plus learned positions and token types where the architecture has them.
 
@@ -108,12 +114,12 @@ class Embeddings(nnx.Module):
 
     def __call__(self, tokens: jax.Array, positions: jax.Array, token_types: jax.Array | None):
         dt, _ = dtypes(self.cfg)
-        x = jnp.take(self.tokens[...], tokens, axis=0)
+        x = _lookup(self.tokens[...], tokens, "vocab")
         if self.positions is not None:
-            x = x + jnp.take(self.positions[...], positions, axis=0)
+            x = x + _lookup(self.positions[...], positions)
         if self.types is not None:
             types = jnp.zeros_like(tokens) if token_types is None else token_types
-            x = x + jnp.take(self.types[...], types, axis=0)
+            x = x + _lookup(self.types[...], types)
         if self.norm is not None:
             x = self.norm(x)
         return constrain(x.astype(dt), ("batch", "length", "act_embed"))
