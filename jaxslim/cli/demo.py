@@ -93,6 +93,7 @@ def run_torch(model_dir, ids, mask):
     load_s = time.perf_counter() - t0
     times = []
     with torch.no_grad():
+        model(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())  # warm-up
         for _ in range(5):
             t0 = time.perf_counter()
             out = model(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long())

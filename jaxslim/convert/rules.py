@@ -100,6 +100,7 @@ def hf_to_flat(
     ignored = [re.compile(p) for p in ignore]
     out: dict[str, Array] = {}
     unexpected, misshaped = [], []
+    seen: set[str] = set()  # targets of mis-shaped tensors are reported as mis-shaped, not missing
     for key in sorted(tensors):
         if any(p.search(key) for p in ignored):
             continue
@@ -118,6 +119,7 @@ def hf_to_flat(
             except ValueError:
                 values = None
             shapes = [expected[t] for t in targets]
+            seen.update(targets)
             if values is None or [tuple(v.shape) for v in values] != shapes:
                 misshaped.append(f"{key}: shape {tuple(tensors[key].shape)} does not give {targets} of shapes {shapes}")
                 break
@@ -125,7 +127,7 @@ def hf_to_flat(
             break
         else:
             unexpected.append(key)
-    missing = sorted(set(expected) - set(out))
+    missing = sorted(set(expected) - set(out) - seen)
     if missing or unexpected or misshaped:
         lines = [f"{source} does not match the jaxslim model ({describe(cfg)}):"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
