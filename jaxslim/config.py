@@ -114,9 +114,7 @@ class ModelConfig:
         if self.n_kv_heads is not None:
             _check_positive(o, "n_kv_heads", self.n_kv_heads)
             if self.n_heads % self.n_kv_heads:
-                raise ValueError(
-                    f"{o}.n_kv_heads must divide n_heads={self.n_heads}, got {self.n_kv_heads}"
-                )
+                raise ValueError(f"{o}.n_kv_heads must divide n_heads={self.n_heads}, got {self.n_kv_heads}")
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ValueError(
                 f"{o}.n_heads must divide d_model={self.d_model} when head_dim is not given, "
@@ -293,11 +291,13 @@ class MeshConfig:
 
     def __post_init__(self):
         sizes = [getattr(self, a) for a in MESH_AXES]
-        for a, s in zip(MESH_AXES, sizes):
+        for a, s in zip(MESH_AXES, sizes, strict=False):
             if not isinstance(s, int) or isinstance(s, bool) or (s < 1 and s != -1):
                 raise ValueError(f"MeshConfig.{a} must be a positive integer or -1, got {s!r}")
         if sizes.count(-1) > 1:
-            raise ValueError(f"MeshConfig: at most one axis may be -1 (fill), got {dict(zip(MESH_AXES, sizes))}")
+            raise ValueError(
+                f"MeshConfig: at most one axis may be -1 (fill), got {dict(zip(MESH_AXES, sizes, strict=False))}"
+            )
         _check_choice("MeshConfig", "axis_type", self.axis_type, ("auto", "explicit"))
         for rule in self.rules:
             if not (isinstance(rule, tuple) and len(rule) == 2 and isinstance(rule[0], str)):
@@ -318,13 +318,13 @@ class MeshConfig:
         if -1 in sizes:
             if n_devices % fixed:
                 raise ValueError(
-                    f"MeshConfig {dict(zip(MESH_AXES, sizes))}: {n_devices} devices are not divisible "
+                    f"MeshConfig {dict(zip(MESH_AXES, sizes, strict=False))}: {n_devices} devices are not divisible "
                     f"by the fixed axes' product {fixed}"
                 )
             sizes[sizes.index(-1)] = n_devices // fixed
         elif fixed != n_devices:
             raise ValueError(
-                f"MeshConfig {dict(zip(MESH_AXES, sizes))} needs {fixed} devices, {n_devices} are available"
+                f"MeshConfig {dict(zip(MESH_AXES, sizes, strict=False))} needs {fixed} devices, {n_devices} are available"
             )
         return tuple(sizes)
 

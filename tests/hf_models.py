@@ -13,8 +13,12 @@ def tiny(kind: str):
     torch.manual_seed(0)
     if kind.startswith("bert"):
         cfg = transformers.BertConfig(
-            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=37, max_position_embeddings=64,
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=64,
         )
         cls = transformers.BertForMaskedLM if kind == "bert_mlm" else transformers.BertModel
     elif kind == "gpt2":
@@ -24,15 +28,21 @@ def tiny(kind: str):
         cls = transformers.GPT2LMHeadModel
     else:
         cfg = transformers.LlamaConfig(
-            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=48, tie_word_embeddings=kind == "llama_tied", rope_theta=500.0,
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=48,
+            tie_word_embeddings=kind == "llama_tied",
+            rope_theta=500.0,
         )
         cls = transformers.LlamaForCausalLM
     cfg._attn_implementation = "eager"
     model = cls(cfg).eval()
     # random (not default-initialised) norms and biases so a mapping mistake cannot hide
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model

@@ -35,7 +35,10 @@ def test_unsupported_architecture(bert_dir, tmp_path):
         return {**c, "architectures": ["T5ForConditionalGeneration"], "model_type": "t5"}
 
     bad = _copy(bert_dir, tmp_path / "t5", config=t5)
-    with pytest.raises(ValueError, match=r"unsupported architecture 'T5ForConditionalGeneration'; jaxslim converts BertModel, BertForMaskedLM, GPT2LMHeadModel"):
+    with pytest.raises(
+        ValueError,
+        match=r"unsupported architecture 'T5ForConditionalGeneration'; jaxslim converts BertModel, BertForMaskedLM, GPT2LMHeadModel",
+    ):
         load_hf(bad)
 
 
@@ -66,7 +69,9 @@ def test_config_weights_mismatch_names_both(bert_dir, tmp_path):
 
 def test_extra_layer_in_weights_is_unexpected(bert_dir, tmp_path):
     bad = _copy(bert_dir, tmp_path / "shallow", config=lambda c: {**c, "num_hidden_layers": 1})
-    with pytest.raises(ConversionError, match=r"unexpected: encoder\.layer\.1\..* \(layer 1 does not exist\)"):
+    with pytest.raises(
+        ConversionError, match=r"unexpected: encoder\.layer\.1\..* \(layer 1 does not exist\)"
+    ):
         load_hf(bad)
 
 
@@ -74,7 +79,9 @@ def test_truncated_file(bert_dir, tmp_path):
     bad = _copy(bert_dir, tmp_path / "cut")
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file \(truncated or corrupt\?\)"):
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors is not a readable safetensors file \(truncated or corrupt\?\)"
+    ):
         load_hf(bad)
 
 
@@ -89,12 +96,25 @@ def test_missing_files(tmp_path):
 def test_unsupported_variants_are_named(tmp_path):
     from jaxslim.convert import config_from_hf
 
-    llama = {"architectures": ["LlamaForCausalLM"], "vocab_size": 8, "hidden_size": 8, "num_hidden_layers": 1,
-             "num_attention_heads": 2, "intermediate_size": 8, "rope_scaling": {"rope_type": "yarn"}}
+    llama = {
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": 8,
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 8,
+        "rope_scaling": {"rope_type": "yarn"},
+    }
     with pytest.raises(ValueError, match="Llama rope type 'yarn' is not supported"):
         config_from_hf(llama)
-    gpt2 = {"architectures": ["GPT2LMHeadModel"], "vocab_size": 8, "n_embd": 8, "n_layer": 1, "n_head": 2,
-            "scale_attn_by_inverse_layer_idx": True}
+    gpt2 = {
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": 8,
+        "n_embd": 8,
+        "n_layer": 1,
+        "n_head": 2,
+        "scale_attn_by_inverse_layer_idx": True,
+    }
     with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx=True is not supported"):
         config_from_hf(gpt2)
 
@@ -102,8 +122,16 @@ def test_unsupported_variants_are_named(tmp_path):
 def test_save_hf_refuses_per_layer_widths(tmp_path):
     from flax import nnx
 
-    cfg = ModelConfig.bert(vocab_size=32, d_model=16, n_layers=2, n_heads=2, d_ff=16, scan_layers=False,
-                           layer_heads=(2, 1), layer_ffn=(16, 4))
+    cfg = ModelConfig.bert(
+        vocab_size=32,
+        d_model=16,
+        n_layers=2,
+        n_heads=2,
+        d_ff=16,
+        scan_layers=False,
+        layer_heads=(2, 1),
+        layer_ffn=(16, 4),
+    )
     with pytest.raises(ValueError, match="per-layer head counts / FFN widths"):
         save_hf(Transformer(cfg, rngs=nnx.Rngs(0)), tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -5,8 +5,8 @@ import pytest
 from conftest import require
 from hf_models import inputs, tiny, torch_outputs
 
-from jaxslim.convert import flat_params, load_hf, load_jaxslim, save_hf, save_jaxslim
 from jaxslim.cli.convert import main as convert_main
+from jaxslim.convert import flat_params, load_hf, load_jaxslim, save_hf, save_jaxslim
 
 KINDS = ["bert", "bert_mlm", "gpt2", "llama_tied", "llama_untied"]
 pytestmark = pytest.mark.torch
@@ -84,10 +84,17 @@ def test_cli_to_jax_to_hf_and_check(kind, tmp_path, capsys):
     assert convert_main(["to-hf", str(tmp_path / "jx"), str(tmp_path / "hf")]) == 0
     assert convert_main(["check", str(tmp_path / "hf")]) == 0
     table = capsys.readouterr().out
-    rows = [line.split("|") for line in table.splitlines() if line.startswith("| hidden") or line.startswith("| logits")]
+    rows = [
+        line.split("|")
+        for line in table.splitlines()
+        if line.startswith("| hidden") or line.startswith("| logits")
+    ]
     assert rows and all(float(r[2]) <= 1e-5 for r in rows)
     save_jaxslim(model, tmp_path / "jx2")
-    assert all(np.array_equal(v, flat_params(load_jaxslim(tmp_path / "jx2"))[k]) for k, v in flat_params(model).items())
+    assert all(
+        np.array_equal(v, flat_params(load_jaxslim(tmp_path / "jx2"))[k])
+        for k, v in flat_params(model).items()
+    )
 
 
 def test_real_minilm_matches_pytorch(minilm_dir):
@@ -102,7 +109,9 @@ def test_real_minilm_matches_pytorch(minilm_dir):
     enc = tok(sentences, padding=True, return_tensors="np")
     ref = transformers.AutoModel.from_pretrained(minilm_dir).eval()
     with torch.no_grad():
-        want = ref(input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"]))
+        want = ref(
+            input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])
+        )
     model = load_hf(minilm_dir)
     got = model(enc["input_ids"].astype(np.int32), attention_mask=enc["attention_mask"])
     mask = enc["attention_mask"].astype(bool)

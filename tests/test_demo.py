@@ -15,5 +15,9 @@ def test_demo_matches_pytorch_on_real_sentences(minilm_dir, capsys):
     assert found, out
     assert float(found.group(1)) <= 1e-4
     # paraphrases are closer than unrelated sentences
-    rows = [[float(v) for v in line.split()[:5]] for line in out.splitlines() if re.match(r"^\s+-?\d\.\d\d\s", line)]
+    rows = [
+        [float(v) for v in line.split()[:5]]
+        for line in out.splitlines()
+        if re.match(r"^\s+-?\d\.\d\d\s", line)
+    ]
     assert rows[0][1] > 0.5 > rows[0][2]

@@ -105,7 +105,7 @@ def test_slimmed_model_with_per_layer_widths_runs_and_matches_its_mask():
     slim_cfg = cfg.replace(layer_heads=tuple(map(len, keep_heads)), layer_ffn=tuple(map(len, keep_ffn)))
     slim = Transformer(slim_cfg, rngs=nnx.Rngs(0))
     pure = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(full)))
-    for i, (heads, ffn) in enumerate(zip(keep_heads, keep_ffn)):
+    for i, (heads, ffn) in enumerate(zip(keep_heads, keep_ffn, strict=False)):
         blk = pure["stack"]["blocks"][i]
         heads, ffn = np.asarray(heads, int), np.asarray(ffn, int)
         kv = np.asarray(sorted({h // 2 for h in heads}), int)
@@ -119,7 +119,7 @@ def test_slimmed_model_with_per_layer_widths_runs_and_matches_its_mask():
     nnx.update(slim, pure)
     head_mask = np.zeros((3, 4), np.float32)
     neuron_mask = np.zeros((3, 48), np.float32)
-    for i, (heads, ffn) in enumerate(zip(keep_heads, keep_ffn)):
+    for i, (heads, ffn) in enumerate(zip(keep_heads, keep_ffn, strict=False)):
         head_mask[i, heads] = 1
         neuron_mask[i, ffn] = 1
     tokens, mask = _inputs()

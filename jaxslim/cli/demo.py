@@ -109,8 +109,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_dir = args.model_dir or find_minilm()
     ids, mask = tokenize(model_dir, args.sentences)
-    print(f"model: {model_dir.name} from {model_dir.parent.name}; {len(args.sentences)} sentences, "
-          f"{ids.shape[1]} tokens max")
+    print(
+        f"model: {model_dir.name} from {model_dir.parent.name}; {len(args.sentences)} sentences, "
+        f"{ids.shape[1]} tokens max"
+    )
 
     hidden, jt = run_jaxslim(model_dir, ids, mask)
     emb = mean_pool(hidden, mask)
@@ -132,8 +134,10 @@ def main(argv=None) -> int:
         rel = diff / np.maximum(np.abs(ref[valid]), 1e-6)
         emb_diff = np.abs(emb - mean_pool(ref, mask)).max()
         print("\njaxslim vs Hugging Face PyTorch, last hidden state over real tokens:")
-        print(f"  max abs diff {diff.max():.2e}   max rel diff {rel.max():.2e}   "
-              f"embedding max abs diff {emb_diff:.2e}")
+        print(
+            f"  max abs diff {diff.max():.2e}   max rel diff {rel.max():.2e}   "
+            f"embedding max abs diff {emb_diff:.2e}"
+        )
     print("\n| implementation | load (s) | compile (s) | forward, median of 5 (ms) |")
     print("|---|---|---|---|")
     for name, load, comp, fwd in rows:

@@ -18,7 +18,9 @@ L = "encoder.layer.{i}."
 
 def config_from_hf(hf: dict, architecture: str) -> ModelConfig:
     if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"BERT position_embedding_type={hf['position_embedding_type']!r} is not supported; only 'absolute'")
+        raise ValueError(
+            f"BERT position_embedding_type={hf['position_embedding_type']!r} is not supported; only 'absolute'"
+        )
     act = hf.get("hidden_act", "gelu")
     if act not in ACTIVATIONS:
         raise ValueError(f"BERT hidden_act={act!r} is not supported; supported: {sorted(ACTIVATIONS)}")

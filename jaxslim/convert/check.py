@@ -21,7 +21,12 @@ def _diff(ours: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 
 def check(
-    path: str | os.PathLike, *, tokens: np.ndarray | None = None, batch: int = 2, length: int = 16, seed: int = 0
+    path: str | os.PathLike,
+    *,
+    tokens: np.ndarray | None = None,
+    batch: int = 2,
+    length: int = 16,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Runs both models on ``tokens`` (random ids by default) and returns the max absolute and
     relative differences of the last hidden state and, when the model has a head, of the logits."""

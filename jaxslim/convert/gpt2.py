@@ -19,17 +19,22 @@ ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu"
 B = "stack.blocks.{i}."
 H = "h.{i}."
 
+
 def config_from_hf(hf: dict, architecture: str) -> ModelConfig:
     for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
         if hf.get(flag):
-            raise ValueError(f"GPT-2 {flag}=True is not supported by jaxslim (it changes the attention scores)")
+            raise ValueError(
+                f"GPT-2 {flag}=True is not supported by jaxslim (it changes the attention scores)"
+            )
     if not hf.get("scale_attn_weights", True):
         raise ValueError("GPT-2 scale_attn_weights=False is not supported by jaxslim")
     if not hf.get("tie_word_embeddings", True):
         raise ValueError("GPT-2 with an untied LM head (tie_word_embeddings=False) is not supported")
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
-        raise ValueError(f"GPT-2 activation_function={act!r} is not supported; supported: {sorted(ACTIVATIONS)}")
+        raise ValueError(
+            f"GPT-2 activation_function={act!r} is not supported; supported: {sorted(ACTIVATIONS)}"
+        )
     d = hf["n_embd"]
     return ModelConfig.gpt2(
         vocab_size=hf["vocab_size"],
@@ -42,6 +47,7 @@ def config_from_hf(hf: dict, architecture: str) -> ModelConfig:
         activation=ACTIVATIONS[act],
         head="lm" if architecture == "GPT2LMHeadModel" else "none",
     )
+
 
 def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     inv = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
@@ -57,6 +63,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         activation_function=inv[cfg.activation],
         tie_word_embeddings=True,
     )
+
 
 def rules(cfg: ModelConfig) -> list[Rule]:
     return [

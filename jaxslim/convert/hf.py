@@ -59,13 +59,18 @@ def config_from_hf(hf_config: dict, **overrides) -> ModelConfig:
 
 def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
     """``{"stack.blocks.0.attn.wq": array, ...}`` of a model's parameters (any layout)."""
-    return {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {
+        ".".join(map(str, p)): np.asarray(v.get_value())
+        for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    }
 
 
 def abstract_flat(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Parameter paths and shapes of the model ``cfg`` describes, built abstractly."""
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    return {".".join(map(str, p)): tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
+    return {
+        ".".join(map(str, p)): tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param))
+    }
 
 
 def model_from_flat(cfg: ModelConfig, flat: dict[str, np.ndarray]) -> Transformer:
@@ -109,7 +114,9 @@ def load_hf(
     return stack_layers(model) if scan_layers else model
 
 
-def save_hf(model: Transformer, path: str | os.PathLike, *, max_shard_bytes: int | None = None) -> pathlib.Path:
+def save_hf(
+    model: Transformer, path: str | os.PathLike, *, max_shard_bytes: int | None = None
+) -> pathlib.Path:
     """Writes ``model`` as a Hugging Face checkpoint directory that ``from_pretrained`` loads.
 
     Per-layer widths (a slimmed model) cannot be expressed in a HF config: that raises.
@@ -128,8 +135,12 @@ def save_hf(model: Transformer, path: str | os.PathLike, *, max_shard_bytes: int
     tensors = flat_to_hf(flat_params(model), fam.rules(cfg), cfg, prefix=_prefix(fam, arch))
     d = pathlib.Path(path)
     kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
-    write_tensors(d, {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in tensors.items()}, **kwargs)
-    (d / "config.json").write_text(json.dumps(_hf_config_dict(fam, arch, hf_kwargs), indent=2, sort_keys=True))
+    write_tensors(
+        d, {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in tensors.items()}, **kwargs
+    )
+    (d / "config.json").write_text(
+        json.dumps(_hf_config_dict(fam, arch, hf_kwargs), indent=2, sort_keys=True)
+    )
     return d
 
 
@@ -183,9 +194,10 @@ def load_jaxslim(path: str | os.PathLike) -> Transformer:
     flat = _read_file(d / JAXSLIM_PARAMS)
     expected = abstract_flat(cfg)
     bad = sorted(set(expected) ^ set(flat)) + [
-        f"{k}: {flat[k].shape} vs {expected[k]}" for k in set(expected) & set(flat) if tuple(flat[k].shape) != expected[k]
+        f"{k}: {flat[k].shape} vs {expected[k]}"
+        for k in set(expected) & set(flat)
+        if tuple(flat[k].shape) != expected[k]
     ]
     if bad:
         raise ValueError(f"{d / JAXSLIM_PARAMS} does not match its config: " + "; ".join(bad[:20]))
     return model_from_flat(cfg, flat)
-

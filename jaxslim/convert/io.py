@@ -78,5 +78,7 @@ def write_tensors(
         save_file(shard, str(d / name), metadata=meta)
         weight_map.update({k: name for k in shard})
     total = sum(t.nbytes for t in tensors.values())
-    (d / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    (d / INDEX).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1)
+    )
     return [d / n for n in names]

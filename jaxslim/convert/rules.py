@@ -105,7 +105,7 @@ def hf_to_flat(
         if any(p.search(key) for p in ignored):
             continue
         for r, rx in compiled:
-            name = key if r.head else (key[len(prefix):] if prefix and key.startswith(prefix) else key)
+            name = key if r.head else (key[len(prefix) :] if prefix and key.startswith(prefix) else key)
             m = rx.match(name)
             if m is None:
                 continue
@@ -121,7 +121,9 @@ def hf_to_flat(
             shapes = [expected[t] for t in targets]
             seen.update(targets)
             if values is None or [tuple(v.shape) for v in values] != shapes:
-                misshaped.append(f"{key}: shape {tuple(tensors[key].shape)} does not give {targets} of shapes {shapes}")
+                misshaped.append(
+                    f"{key}: shape {tuple(tensors[key].shape)} does not give {targets} of shapes {shapes}"
+                )
                 break
             out.update(zip(targets, values, strict=True))
             break
@@ -132,12 +134,16 @@ def hf_to_flat(
         lines = [f"{source} does not match the jaxslim model ({describe(cfg)}):"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
             if items:
-                lines.append(f"  {len(items)} {title}: " + "; ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
+                lines.append(
+                    f"  {len(items)} {title}: " + "; ".join(items[:20]) + (" ..." if len(items) > 20 else "")
+                )
         raise ConversionError("\n".join(lines))
     return out
 
 
-def flat_to_hf(flat: dict[str, Array], rules: Sequence[Rule], cfg: ModelConfig, *, prefix: str) -> dict[str, Array]:
+def flat_to_hf(
+    flat: dict[str, Array], rules: Sequence[Rule], cfg: ModelConfig, *, prefix: str
+) -> dict[str, Array]:
     """Inverse of :func:`hf_to_flat`: HF-named tensors from flat jaxslim paths."""
     out: dict[str, Array] = {}
     for r in rules:

@@ -57,7 +57,11 @@ class Attention(nnx.Module):
         """
         n_heads = self.wq.shape[1]
         if n_heads == 0:  # a slimmed layer whose heads were all pruned
-            return jnp.zeros_like(x) if self.bo is None else jnp.broadcast_to(self.bo[...].astype(x.dtype), x.shape)
+            return (
+                jnp.zeros_like(x)
+                if self.bo is None
+                else jnp.broadcast_to(self.bo[...].astype(x.dtype), x.shape)
+            )
         q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"))
         k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"))
         v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"))

@@ -101,8 +101,6 @@ def _relayout(model: nnx.Module, *, scan: bool) -> nnx.Module:
         layers = [blocks[i] for i in range(cfg.n_layers)]
         pure["stack"]["blocks"] = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *layers)
     else:
-        pure["stack"]["blocks"] = {
-            i: jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(cfg.n_layers)
-        }
+        pure["stack"]["blocks"] = {i: jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(cfg.n_layers)}
     nnx.replace_by_pure_dict(target_state, pure)
     return nnx.merge(graphdef, target_state)

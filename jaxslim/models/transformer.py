@@ -66,7 +66,9 @@ class Transformer(nnx.Module):
             self.pooler_w = self.pooler_b = None
         self.mlm = MlmHead(cfg, rngs=rngs) if cfg.head == "mlm" else None
         untied_lm = cfg.head == "lm" and not cfg.tie_embeddings
-        self.lm_head = param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt) if untied_lm else None
+        self.lm_head = (
+            param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt) if untied_lm else None
+        )
 
     def __call__(
         self,

@@ -32,16 +32,32 @@ def decay_mask(params):
 def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     """``cfg`` is an :class:`~jaxslim.config.OptimConfig`."""
     schedule = warmup_decay_schedule(
-        cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=total_steps, decay=cfg.decay, final_ratio=cfg.final_lr_ratio
+        cfg.lr,
+        warmup_steps=cfg.warmup_steps,
+        total_steps=total_steps,
+        decay=cfg.decay,
+        final_ratio=cfg.final_lr_ratio,
     )
 
     def make(learning_rate):
         if cfg.name == "adamw":
             opt = optax.adamw(
-                learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask
+                learning_rate,
+                b1=cfg.b1,
+                b2=cfg.b2,
+                eps=cfg.eps,
+                weight_decay=cfg.weight_decay,
+                mask=decay_mask,
             )
         elif cfg.name == "lamb":
-            opt = optax.lamb(learning_rate, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=decay_mask)
+            opt = optax.lamb(
+                learning_rate,
+                b1=cfg.b1,
+                b2=cfg.b2,
+                eps=cfg.eps,
+                weight_decay=cfg.weight_decay,
+                mask=decay_mask,
+            )
         else:  # sgd
             opt = optax.sgd(learning_rate, momentum=cfg.b1 or None)
         if cfg.clip_norm:

@@ -8,7 +8,6 @@ terms and metric functions of :func:`~jaxslim.training.step.make_train_step`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -18,7 +17,6 @@ import time
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 from flax import nnx
 
 from jaxslim.models import Transformer
@@ -26,7 +24,12 @@ from jaxslim.optim import build_optimizer
 from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
 from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.metrics import default_writers
-from jaxslim.training.state import TrainSetup, TrainState, abstract_train_state, count_params, create_train_state
+from jaxslim.training.state import (
+    TrainSetup,
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+)
 from jaxslim.training.step import lm_objective, make_eval_step, make_train_step, mlm_objective
 from jaxslim.training.summary import param_table
 
@@ -69,7 +72,11 @@ def evaluate(eval_step, state, batches, mesh, rules, *, max_batches: int | None 
 def _check_finite(step: int, metrics: dict, checkpointer) -> None:
     if int(metrics.get("nonfinite", 0)):
         latest = None if checkpointer is None else checkpointer.latest_step()
-        kept = f"the last good checkpoint (step {latest}) is kept" if latest is not None else "no checkpoint was written"
+        kept = (
+            f"the last good checkpoint (step {latest}) is kept"
+            if latest is not None
+            else "no checkpoint was written"
+        )
         raise NonFiniteLossError(
             f"non-finite loss or gradient at step {step} (loss={metrics.get('loss')}, "
             f"grad_norm={metrics.get('grad_norm')}); the update was not applied and {kept}. "
@@ -93,7 +100,11 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
     workdir = pathlib.Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data = data or TextData(cfg.data)
-    model_cfg = cfg.model if cfg.model.vocab_size == data.vocab_size else cfg.model.replace(vocab_size=data.vocab_size)
+    model_cfg = (
+        cfg.model
+        if cfg.model.vocab_size == data.vocab_size
+        else cfg.model.replace(vocab_size=data.vocab_size)
+    )
     cfg = dataclasses.replace(cfg, model=model_cfg)
     mesh = make_mesh(cfg.mesh)
     rules = cfg.mesh.rules
@@ -127,7 +138,11 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
 
         bsh = batch_sharding(mesh, rules)
         step_fn = make_train_step(
-            setup, objective, accum_steps=cfg.accum_steps, loss_terms=loss_terms, metric_fns=metric_fns,
+            setup,
+            objective,
+            accum_steps=cfg.accum_steps,
+            loss_terms=loss_terms,
+            metric_fns=metric_fns,
             batch_sharding=bsh,
         )
         eval_fn = make_eval_step(setup, objective, batch_sharding=bsh)
@@ -162,10 +177,14 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
                     last["steps_per_s"] = steps_since / (now - t_last)
                     last["tokens_per_s"] = last["steps_per_s"] * tokens_per_step
                     t_last, steps_since = now, 0
-                    writer.write_scalars(done, {k: v for k, v in last.items() if k not in ("loss_sum", "count")})
+                    writer.write_scalars(
+                        done, {k: v for k, v in last.items() if k not in ("loss_sum", "count")}
+                    )
                     bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
                 if is_eval:
-                    eval_metrics = evaluate(eval_fn, state, data.val_batches(), mesh, rules, max_batches=cfg.eval_batches)
+                    eval_metrics = evaluate(
+                        eval_fn, state, data.val_batches(), mesh, rules, max_batches=cfg.eval_batches
+                    )
                     writer.write_scalars(done, eval_metrics)
                 if is_save:
                     checkpointer.save(done, state, extra={"data": train_iter.get_state()})

@@ -25,11 +25,13 @@ def load_series(path: pathlib.Path, key: str) -> tuple[list[int], list[float]]:
     return steps, [by_step[s] for s in steps]
 
 
-def plot(runs: list[pathlib.Path], keys: list[str], out: pathlib.Path, *, events: str = "event") -> pathlib.Path:
+def plot(
+    runs: list[pathlib.Path], keys: list[str], out: pathlib.Path, *, events: str = "event"
+) -> pathlib.Path:
     """Plots ``keys`` of every run, one panel per key, and marks logged events (e.g. growth)."""
     fig = Figure(figsize=(6 * len(keys), 4))
     axes = fig.subplots(1, len(keys), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], keys, strict=False):
         for run in runs:
             path = run / "metrics.jsonl" if run.is_dir() else run
             steps, values = load_series(path, key)

@@ -111,12 +111,18 @@ def make_train_step(
                 acc = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
                 return acc, None
 
-            zeros = jax.eval_shape(grad_fn, state.params, state.rest, jax.tree.map(lambda x: x[0], micro_batches(batch)), rngs[0])
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ((zeros[0][0], zeros[0][1], zeros[1])))
+            zeros = jax.eval_shape(
+                grad_fn, state.params, state.rest, jax.tree.map(lambda x: x[0], micro_batches(batch)), rngs[0]
+            )
+            zeros = jax.tree.map(
+                lambda s: jnp.zeros(s.shape, s.dtype), ((zeros[0][0], zeros[0][1], zeros[1]))
+            )
             (loss, metrics, grads), _ = jax.lax.scan(body, zeros, (micro_batches(batch), rngs))
             loss = loss / accum_steps
             grads = jax.tree.map(lambda g: g / accum_steps, grads)
-            metrics = {k: v if k in ("loss_sum", "count", "correct") else v / accum_steps for k, v in metrics.items()}
+            metrics = {
+                k: v if k in ("loss_sum", "count", "correct") else v / accum_steps for k, v in metrics.items()
+            }
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = _global_norm(grads)

@@ -36,7 +36,11 @@ def param_table(params: nnx.State, *, max_rows: int = 60) -> str:
     if len(rows) > max_rows:
         lines.append(f"| ... {len(rows) - max_rows} more | | | | |")
     lines.append("")
-    lines.append("parameters: " + ", ".join(f"{g} {n / 1e6:.2f}M" for g, n in groups.items()) + f"; total {total / 1e6:.2f}M")
+    lines.append(
+        "parameters: "
+        + ", ".join(f"{g} {n / 1e6:.2f}M" for g, n in groups.items())
+        + f"; total {total / 1e6:.2f}M"
+    )
     if total_bytes and replicated_bytes / total_bytes > 0.02 and jax.device_count() > 1:
         lines.append(
             f"warning: {100 * replicated_bytes / total_bytes:.0f}% of parameter bytes are replicated on every "
