@@ -1,27 +1,76 @@
 """Hugging Face PyTorch parity of the converter, both ways, on tiny random models and the real MiniLM."""
 
+import json
+
 import numpy as np
 import pytest
 from conftest import require
-from hf_models import inputs, tiny, torch_outputs
+from hf_models import VOCAB, inputs, tiny, torch_outputs
+from safetensors.numpy import load_file
 
-from jaxslim.cli.convert import main as convert_main
-from jaxslim.convert import flat_params, load_hf, load_jaxslim, save_hf, save_jaxslim
+from jaxslim.config import ModelConfig
+from jaxslim.convert import config_from_hf, config_to_hf, flat_params, load_hf, save_hf
 
-KINDS = ["bert", "bert_mlm", "gpt2", "llama_tied", "llama_untied"]
 pytestmark = pytest.mark.torch
+
+# tied/untied heads of both decoders; llama_bias adds attention/MLP biases, a head_dim other than
+# d_model / n_heads and a single KV head
+KINDS = ["bert", "bert_mlm", "gpt2", "gpt2_untied", "llama_tied", "llama_untied", "llama_bias"]
+
+
+def build(kind: str):
+    """A seeded tiny PyTorch model: the kinds of ``hf_models.tiny`` plus two variants."""
+    if kind not in ("gpt2_untied", "llama_bias"):
+        return tiny(kind)
+    import torch
+    import transformers
+
+    torch.manual_seed(1)
+    if kind == "gpt2_untied":
+        cfg = transformers.GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_inner=40,
+            n_positions=64,
+            tie_word_embeddings=False,
+        )
+        cls = transformers.GPT2LMHeadModel
+    else:
+        cfg = transformers.LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            intermediate_size=40,
+            attention_bias=True,
+            mlp_bias=True,
+            tie_word_embeddings=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 123.0},
+        )
+        cls = transformers.LlamaForCausalLM
+    cfg._attn_implementation = "eager"
+    model = cls(cfg).eval()
+    with torch.no_grad():  # random norms and biases, so a mapping mistake cannot hide behind ones/zeros
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
 
 
 @pytest.fixture(scope="module", params=KINDS)
 def saved(request, tmp_path_factory):
     require("torch")
-    model = tiny(request.param)
+    model = build(request.param)
     path = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(path)
     return request.param, model, path
 
 
-def _max_diff(a, b, mask):
+def _max_diff(a, b, mask) -> float:
     return float(np.abs(np.asarray(a) - b)[mask.astype(bool)].max())
 
 
@@ -29,72 +78,131 @@ def test_parity_scanned_and_unscanned(saved):
     kind, ref_model, path = saved
     ids, mask = inputs()
     ref_hidden, ref_logits = torch_outputs(ref_model, ids, mask)
-    outs = []
-    for scan in (True, False):
-        model = load_hf(path, scan_layers=scan)
+    models = {scan: load_hf(path, scan_layers=scan) for scan in (True, False)}
+    outs = {}
+    for scan, model in models.items():
         assert model.cfg.scan_layers == scan
         out = model(ids.astype(np.int32), attention_mask=mask)
         assert _max_diff(out.hidden, ref_hidden, mask) <= 1e-5
         if ref_logits is not None:
-            assert _max_diff(out.logits, ref_logits, mask) <= 1e-5
-        outs.append(out)
-    np.testing.assert_allclose(outs[0].hidden, outs[1].hidden, atol=1e-6, rtol=0)
-    if kind == "llama_tied":
-        assert outs[0].logits is not None and load_hf(path).lm_head is None
-    if kind == "llama_untied":
-        assert load_hf(path).lm_head is not None
+            assert out.logits is not None and _max_diff(out.logits, ref_logits, mask) <= 1e-5
+        outs[scan] = out
+    # the same arrays in both layouts, hence the same outputs up to XLA's loop-vs-unrolled rounding
+    scanned, unscanned = flat_params(models[True]), flat_params(models[False])
+    for key, value in scanned.items():
+        if key.startswith("stack.blocks."):
+            layers = [unscanned[key.replace("stack.blocks.", f"stack.blocks.{i}.")] for i in range(2)]
+            np.testing.assert_array_equal(value, np.stack(layers))
+        else:
+            np.testing.assert_array_equal(value, unscanned[key])
+    np.testing.assert_allclose(outs[True].hidden, outs[False].hidden, atol=1e-6, rtol=0)
+    # left padding too: fully masked query rows must not leak NaNs into real tokens
+    left = mask[:, ::-1].copy()
+    ref_hidden, _ = torch_outputs(ref_model, ids, left)
+    assert _max_diff(models[True](ids.astype(np.int32), attention_mask=left).hidden, ref_hidden, left) <= 1e-5
+    tied = kind in ("gpt2", "llama_tied")
+    assert (models[True].lm_head is None) == (tied or kind.startswith("bert"))
 
 
-def test_save_hf_reloads_in_transformers_with_same_outputs(saved, tmp_path):
+def test_save_hf_reloads_in_transformers_with_same_tensors_and_outputs(saved, tmp_path):
     kind, ref_model, path = saved
-    ids, mask = inputs(seed=1)
     out_dir = save_hf(load_hf(path), tmp_path / "export")
+    # the exported file holds exactly the tensors transformers itself saved (buffers aside)
+    ours, theirs = load_file(str(out_dir / "model.safetensors")), load_file(str(path / "model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+    assert json.loads((out_dir / "config.json").read_text())["architectures"] == [type(ref_model).__name__]
     reloaded = type(ref_model).from_pretrained(out_dir, attn_implementation="eager").eval()
+    ids, mask = inputs(seed=1)
     for a, b in zip(torch_outputs(reloaded, ids, mask), torch_outputs(ref_model, ids, mask), strict=True):
         if b is not None:
             np.testing.assert_array_equal(a, b)
 
 
-def test_round_trip_is_bit_exact(saved, tmp_path):
+def test_load_save_load_is_bit_exact(saved, tmp_path):
     _, _, path = saved
-    first = load_hf(path, scan_layers=False)
-    again = load_hf(save_hf(first, tmp_path / "once"), scan_layers=False)
+    first = load_hf(path)
+    again = load_hf(save_hf(first, tmp_path / "once"))
     a, b = flat_params(first), flat_params(again)
     assert a.keys() == b.keys()
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert again.cfg == first.cfg
 
 
-def test_sharded_checkpoint_with_index(saved, tmp_path):
-    kind, ref_model, path = saved
-    out = save_hf(load_hf(path), tmp_path / "sharded", max_shard_bytes=20_000)
-    assert (out / "model.safetensors.index.json").exists() and len(list(out.glob("model-*.safetensors"))) > 1
-    ids, mask = inputs()
-    ref_hidden, _ = torch_outputs(ref_model, ids, mask)
-    assert _max_diff(load_hf(out)(ids.astype(np.int32), attention_mask=mask).hidden, ref_hidden, mask) <= 1e-5
+def test_config_round_trip(saved):
+    _, _, path = saved
+    hf = json.loads((path / "config.json").read_text())
+    cfg = config_from_hf(hf)
+    assert config_from_hf(config_to_hf(cfg)) == cfg
+    assert isinstance(cfg, ModelConfig)
 
 
-@pytest.mark.parametrize("kind", ["bert", "llama_untied"])
-def test_cli_to_jax_to_hf_and_check(kind, tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["bert_mlm", "llama_untied"])
+def test_sharded_checkpoint_with_index(kind, tmp_path):
     require("torch")
-    path = tmp_path / "src"
-    tiny(kind).save_pretrained(path)
-    assert convert_main(["to-jax", str(path), str(tmp_path / "jx")]) == 0
-    model = load_jaxslim(tmp_path / "jx")
-    assert model.cfg.scan_layers
-    assert convert_main(["to-hf", str(tmp_path / "jx"), str(tmp_path / "hf")]) == 0
-    assert convert_main(["check", str(tmp_path / "hf")]) == 0
-    table = capsys.readouterr().out
-    rows = [
-        line.split("|")
-        for line in table.splitlines()
-        if line.startswith("| hidden") or line.startswith("| logits")
-    ]
-    assert rows and all(float(r[2]) <= 1e-5 for r in rows)
-    save_jaxslim(model, tmp_path / "jx2")
-    assert all(
-        np.array_equal(v, flat_params(load_jaxslim(tmp_path / "jx2"))[k])
-        for k, v in flat_params(model).items()
+    ref_model = build(kind)
+    ref_model.save_pretrained(tmp_path / "src")
+    out = save_hf(load_hf(tmp_path / "src"), tmp_path / "sharded", max_shard_bytes=20_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(out.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and set(index["weight_map"].values()) == {s.name for s in shards}
+    assert not (out / "model.safetensors").exists()
+    ids, mask = inputs()
+    ref_hidden, ref_logits = torch_outputs(ref_model, ids, mask)
+    got = load_hf(out)(ids.astype(np.int32), attention_mask=mask)
+    assert _max_diff(got.hidden, ref_hidden, mask) <= 1e-5
+    assert _max_diff(got.logits, ref_logits, mask) <= 1e-5
+    reloaded = type(ref_model).from_pretrained(out, attn_implementation="eager").eval()
+    np.testing.assert_array_equal(torch_outputs(reloaded, ids, mask)[0], ref_hidden)
+
+
+def test_pretraining_checkpoint_loads_as_masked_lm(tmp_path):
+    """Checkpoints like bert-base-uncased say BertForMaskedLM but keep the pooler and the NSP head."""
+    torch = require("torch")
+    transformers = require("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37
     )
+    transformers.BertForPreTraining(cfg).save_pretrained(tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, "architectures": ["BertForMaskedLM"]}))
+    model = load_hf(tmp_path)
+    assert model.cfg.head == "mlm" and model.cfg.pooler  # the pooler is kept; the NSP head is skipped
+    ref = transformers.BertForMaskedLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids, mask = inputs()
+    _, ref_logits = torch_outputs(ref, ids, mask)
+    assert _max_diff(model(ids.astype(np.int32), attention_mask=mask).logits, ref_logits, mask) <= 1e-5
+
+
+def test_bfloat16_checkpoint(tmp_path):
+    torch = require("torch")
+    ref_model = tiny("llama_untied").to(torch.bfloat16)
+    ref_model.save_pretrained(tmp_path / "bf16")
+    model = load_hf(tmp_path / "bf16")
+    assert model.cfg.param_dtype == "float32"
+    ids, mask = inputs()
+    # bf16 -> fp32 is exact, so the reference is the bf16 weights run in fp32; loaded afresh, because
+    # .float() of the bf16 model would keep its bf16-rounded RoPE frequency buffer
+    fp32 = type(ref_model).from_pretrained(
+        tmp_path / "bf16", dtype=torch.float32, attn_implementation="eager"
+    )
+    ref_hidden, ref_logits = torch_outputs(fp32.eval(), ids, mask)
+    out = model(ids.astype(np.int32), attention_mask=mask)
+    assert _max_diff(out.hidden, ref_hidden, mask) <= 1e-5
+    assert _max_diff(out.logits, ref_logits, mask) <= 1e-5
+    # written back in bf16, the file holds the original bits
+    out_dir = save_hf(model, tmp_path / "again", dtype="bfloat16")
+    ours = load_file(str(out_dir / "model.safetensors"))
+    theirs = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert ours[key].dtype == theirs[key].dtype and np.array_equal(ours[key], theirs[key]), key
+    assert json.loads((out_dir / "config.json").read_text())["dtype"] == "bfloat16"
+    half = load_hf(tmp_path / "bf16", param_dtype="bfloat16", scan_layers=False)
+    assert str(half.stack.blocks[0].attn.wq[...].dtype) == "bfloat16"
 
 
 def test_real_minilm_matches_pytorch(minilm_dir):
@@ -110,10 +218,18 @@ def test_real_minilm_matches_pytorch(minilm_dir):
     ref = transformers.AutoModel.from_pretrained(minilm_dir).eval()
     with torch.no_grad():
         want = ref(
-            input_ids=torch.tensor(enc["input_ids"]), attention_mask=torch.tensor(enc["attention_mask"])
+            input_ids=torch.tensor(enc["input_ids"]),
+            attention_mask=torch.tensor(enc["attention_mask"]),
+            token_type_ids=torch.tensor(enc["token_type_ids"]),
         )
     model = load_hf(minilm_dir)
-    got = model(enc["input_ids"].astype(np.int32), attention_mask=enc["attention_mask"])
+    assert model.cfg == ModelConfig.minilm_l6(pooler=True)
+    got = model(
+        enc["input_ids"].astype(np.int32),
+        attention_mask=enc["attention_mask"],
+        token_type_ids=enc["token_type_ids"].astype(np.int32),
+    )
     mask = enc["attention_mask"].astype(bool)
+    assert mask.sum() < mask.size  # the batch really is padded
     assert np.abs(np.asarray(got.hidden) - want.last_hidden_state.numpy())[mask].max() <= 1e-4
     assert np.abs(np.asarray(got.pooled) - want.pooler_output.numpy()).max() <= 1e-4

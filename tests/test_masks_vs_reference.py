@@ -12,23 +12,33 @@ from hf_models import inputs, tiny, torch_outputs
 from jaxslim.convert import load_hf
 
 pytestmark = pytest.mark.torch
-HEAD_DIM = 8  # tiny models: 32 wide, 4 heads
+TOL = 1e-5
 
 
-def _attn_out(model, kind, layer):
+def _attn_out(model, kind: str, layer: int):
+    """The attention output projection as a ``[d, heads * head_dim]`` view (columns = head inputs)."""
     if kind == "bert":
-        return model.encoder.layer[layer].attention.output.dense.weight  # Linear [d, heads*hd]
+        return model.encoder.layer[layer].attention.output.dense.weight
     if kind == "gpt2":
-        return model.transformer.h[layer].attn.c_proj.weight.T  # Conv1D [heads*hd, d] -> view [d, heads*hd]
+        return model.transformer.h[layer].attn.c_proj.weight.T  # Conv1D stores [in, out]
     return model.model.layers[layer].self_attn.o_proj.weight
 
 
-def _ffn_out(model, kind, layer):
+def _ffn_out(model, kind: str, layer: int):
+    """The FFN output projection as a ``[d, d_ff]`` view (columns = neurons)."""
     if kind == "bert":
-        return model.encoder.layer[layer].output.dense.weight  # [d, ffn]
+        return model.encoder.layer[layer].output.dense.weight
     if kind == "gpt2":
         return model.transformer.h[layer].mlp.c_proj.weight.T
     return model.model.layers[layer].mlp.down_proj.weight
+
+
+def _compare(ours, ref_model, ids, mask) -> None:
+    ref_hidden, ref_logits = torch_outputs(ref_model, ids, mask)
+    valid = mask.astype(bool)
+    assert np.abs(np.asarray(ours.hidden) - ref_hidden)[valid].max() <= TOL
+    if ref_logits is not None:
+        assert np.abs(np.asarray(ours.logits) - ref_logits)[valid].max() <= TOL
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama_untied"])
@@ -36,26 +46,37 @@ def test_zeroed_head_and_neuron_match_pytorch(kind, tmp_path):
     torch = require("torch")
     ref = tiny(kind)
     ref.save_pretrained(tmp_path)
+    original = {k: v.clone() for k, v in ref.state_dict().items()}
     model = load_hf(tmp_path)
     cfg = model.cfg
+    hd = cfg.head_dim_
     ids, mask = inputs()
-    layer, head, neuron = 1, 2, 5
-    head_mask = np.ones((cfg.n_layers, cfg.n_heads), np.float32)
-    neuron_mask = np.ones((cfg.n_layers, cfg.d_ff), np.float32)
-    base = model(ids.astype(np.int32), attention_mask=mask)
-    ones = model(ids.astype(np.int32), attention_mask=mask, head_mask=head_mask, neuron_mask=neuron_mask)
-    np.testing.assert_array_equal(base.hidden, ones.hidden)
+    tokens = ids.astype(np.int32)
 
-    head_mask[layer, head] = 0
-    neuron_mask[0, neuron] = 0
-    ours = model(ids.astype(np.int32), attention_mask=mask, head_mask=head_mask, neuron_mask=neuron_mask)
+    def run(head_mask, neuron_mask):
+        return model(tokens, attention_mask=mask, head_mask=head_mask, neuron_mask=neuron_mask)
+
+    ones_h = np.ones((cfg.n_layers, cfg.n_heads), np.float32)
+    ones_n = np.ones((cfg.n_layers, cfg.d_ff), np.float32)
+    base = model(tokens, attention_mask=mask)
+    np.testing.assert_array_equal(run(ones_h, ones_n).hidden, base.hidden)  # masks of ones change nothing
+    _compare(base, ref, ids, mask)
+
+    # one head of layer 1 (with GQA for Llama: a query head that shares its KV head with others)
+    head_mask = ones_h.copy()
+    head_mask[1, 2] = 0
     with torch.no_grad():
-        _attn_out(ref, kind, layer)[:, head * HEAD_DIM : (head + 1) * HEAD_DIM] = 0
-        _ffn_out(ref, kind, 0)[:, neuron] = 0
-    ref_hidden, ref_logits = torch_outputs(ref, ids, mask)
-    valid = mask.astype(bool)
-    assert np.abs(np.asarray(ours.hidden) - ref_hidden)[valid].max() <= 1e-5
-    if ref_logits is not None:
-        assert np.abs(np.asarray(ours.logits) - ref_logits)[valid].max() <= 1e-5
-    # and the mask really changed something
-    assert np.abs(np.asarray(ours.hidden) - np.asarray(base.hidden))[valid].max() > 1e-4
+        _attn_out(ref, kind, 1)[:, 2 * hd : 3 * hd] = 0
+    ours = run(head_mask, ones_n)
+    _compare(ours, ref, ids, mask)
+    assert np.abs(np.asarray(ours.hidden) - np.asarray(base.hidden)).max() > 1e-4  # the mask did something
+
+    # one FFN neuron of layer 0, on the original weights
+    ref.load_state_dict(original)
+    neuron_mask = ones_n.copy()
+    neuron_mask[0, 5] = 0
+    with torch.no_grad():
+        _ffn_out(ref, kind, 0)[:, 5] = 0
+    ours = run(ones_h, neuron_mask)
+    _compare(ours, ref, ids, mask)
+    assert np.abs(np.asarray(ours.hidden) - np.asarray(base.hidden)).max() > 1e-5

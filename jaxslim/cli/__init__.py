@@ -1,1 +1,1 @@
-"""Console entry points (``jaxslim-convert``, ``jaxslim-demo``)."""
+"""Console entry points (``jaxslim-convert``, ``jaxslim-demo``): thin argparse wrappers over the library."""

@@ -2,46 +2,86 @@
 
 Usage::
 
-    jaxslim-convert to-jax HF_DIR OUT_DIR [--unscanned]   # HF safetensors -> jaxslim directory
-    jaxslim-convert to-hf JAXSLIM_DIR OUT_DIR               # jaxslim directory -> HF safetensors
-    jaxslim-convert check HF_DIR [--length 16]              # PyTorch vs jaxslim differences
+    jaxslim-convert to-jax HF_DIR OUT_DIR [--unscanned] [--param-dtype bfloat16]
+    jaxslim-convert to-hf JAXSLIM_DIR OUT_DIR [--dtype bfloat16] [--max-shard-gb 5]
+    jaxslim-convert check HF_DIR [--batch 2] [--length 16] [--atol 1e-4]
+
+``to-jax`` writes ``OUT_DIR/jaxslim_config.json`` and ``OUT_DIR/params.safetensors`` (see
+:mod:`jaxslim.convert.native`); ``to-hf`` writes ``config.json`` and safetensors that
+``transformers``' ``from_pretrained`` loads; ``check`` prints the max absolute and relative
+differences between the PyTorch model and jaxslim (it needs torch and transformers). Existing
+outputs are only replaced with ``--overwrite``. Exit status: 0 on success, 1 when ``check`` exceeds
+``--atol``, 2 on bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
-from jaxslim.convert import check, load_hf, load_jaxslim, save_hf, save_jaxslim
+from jaxslim.config import DTYPES
+from jaxslim.convert import check, format_report, load_hf, load_jaxslim, save_hf, save_jaxslim
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxslim-convert", description=__doc__.split("\n")[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxslim-convert",
+        description="Hugging Face checkpoints to jaxslim and back, and a logit check.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("to-jax", help="Hugging Face directory -> jaxslim directory")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p.add_argument("--unscanned", action="store_true", help="keep one block per layer")
+    p.add_argument("src", help="Hugging Face directory (config.json + safetensors)")
+    p.add_argument("dst", help="output directory")
+    p.add_argument("--unscanned", action="store_true", help="keep one block per layer (no layers axis)")
+    p.add_argument("--param-dtype", choices=DTYPES, default="float32", help="storage dtype of the weights")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in dst")
     p = sub.add_parser("to-hf", help="jaxslim directory -> Hugging Face directory")
-    p.add_argument("src")
-    p.add_argument("dst")
-    p = sub.add_parser("check", help="compare the PyTorch model and jaxslim on the same tokens")
-    p.add_argument("src")
+    p.add_argument("src", help="jaxslim directory (written by to-jax)")
+    p.add_argument("dst", help="output directory")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the written tensors")
+    p.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard, in GiB")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in dst")
+    p = sub.add_parser("check", help="compare the PyTorch model and jaxslim on the same random tokens")
+    p.add_argument("src", help="Hugging Face directory")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--length", type=int, default=16)
-    args = parser.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--atol", type=float, default=None, help="exit with status 1 if a max abs diff exceeds it")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``jaxslim-convert`` with ``argv`` (``sys.argv[1:]`` by default); returns the exit status.
+
+    Example:
+        >>> main(["to-jax", "all-MiniLM-L6-v2/", "minilm-jax/"])  # doctest: +SKIP
+        0
+    """
+    args = _parser().parse_args(argv)
     try:
         if args.command == "to-jax":
-            model = load_hf(args.src, scan_layers=not args.unscanned)
-            print(f"wrote {save_jaxslim(model, args.dst)} ({model.cfg.arch}, {model.cfg.n_layers} layers)")
+            model = load_hf(args.src, scan_layers=not args.unscanned, param_dtype=args.param_dtype)
+            out = save_jaxslim(model, args.dst, overwrite=args.overwrite)
+            cfg = model.cfg
+            print(f"wrote {out} ({cfg.arch}, {cfg.n_layers} layers, {cfg.param_dtype})")
         elif args.command == "to-hf":
-            print(f"wrote {save_hf(load_jaxslim(args.src), args.dst)}")
+            max_bytes = int(args.max_shard_gb * 1024**3)
+            out = save_hf(
+                load_jaxslim(args.src),
+                args.dst,
+                dtype=args.dtype,
+                max_shard_bytes=max_bytes,
+                overwrite=args.overwrite,
+            )
+            print(f"wrote {out}")
         else:
-            result = check(args.src, batch=args.batch, length=args.length)
-            print("| output | max abs diff | max rel diff |\n|---|---|---|")
-            for name, d in result.items():
-                print(f"| {name} | {d['max_abs']:.3e} | {d['max_rel']:.3e} |")
-    except (ValueError, FileNotFoundError) as e:
+            result = check(args.src, batch=args.batch, length=args.length, seed=args.seed)
+            print(format_report(result))
+            if args.atol is not None and any(d["max_abs"] > args.atol for d in result.values()):
+                print(f"jaxslim-convert: max abs diff exceeds --atol {args.atol:g}", file=sys.stderr)
+                return 1
+    except (ValueError, OSError) as e:  # bad input: a clear message, no traceback
         print(f"jaxslim-convert: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,32 +1,37 @@
-"""Hugging Face safetensors <-> jaxslim conversion (BERT, GPT-2, Llama) and a logit checker."""
+"""Hugging Face safetensors <-> jaxslim conversion (BERT, GPT-2, Llama), without torch, and a logit checker.
 
+Example:
+    >>> from jaxslim.convert import load_hf, save_hf  # doctest: +SKIP
+    >>> model = load_hf("all-MiniLM-L6-v2/")            # doctest: +SKIP
+    >>> save_hf(model, "exported/")                     # doctest: +SKIP
+    >>> check("exported/", verbose=True)                # doctest: +SKIP
+"""
+
+from jaxslim.convert.check import check, difference, format_report
 from jaxslim.convert.hf import (
     SUPPORTED,
     config_from_hf,
+    config_to_hf,
     flat_params,
     load_hf,
-    load_jaxslim,
+    param_shapes,
     save_hf,
-    save_jaxslim,
 )
+from jaxslim.convert.native import load_jaxslim, save_jaxslim
 from jaxslim.convert.rules import ConversionError
-
-
-def check(*args, **kwargs):
-    """See :func:`jaxslim.convert.check.check` (imports torch, so loaded on use)."""
-    from jaxslim.convert.check import check as _check
-
-    return _check(*args, **kwargs)
-
 
 __all__ = [
     "SUPPORTED",
     "ConversionError",
     "check",
     "config_from_hf",
+    "config_to_hf",
+    "difference",
     "flat_params",
+    "format_report",
     "load_hf",
     "load_jaxslim",
+    "param_shapes",
     "save_hf",
     "save_jaxslim",
 ]

@@ -1,30 +1,66 @@
-"""BERT (``BertModel``, ``BertForMaskedLM``) <-> jaxslim key map and config mapping."""
+"""BERT (``BertModel``, ``BertForMaskedLM``) <-> jaxslim: key map and config mapping.
+
+``BertModel`` checkpoints name their tensors without a prefix (``embeddings.*``, as in
+all-MiniLM-L6-v2); ``BertForMaskedLM`` ones put the backbone under ``bert.`` and add
+``cls.predictions.*``, whose decoder is tied to the word embeddings. Whether the pooler exists is
+read from the weights, since ``BertForMaskedLM`` has none while pre-training checkpoints keep it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 from jaxslim.config import ModelConfig
 from jaxslim.convert.rules import HEADS_BIAS, LINEAR, LINEAR_FROM_HEADS, LINEAR_TO_HEADS, Rule, rule
 
 ARCHITECTURES = ("BertModel", "BertForMaskedLM")
 MODEL_TYPE = "bert"
+HF_CONFIG = "BertConfig"
 PREFIX = "bert."
-# buffers, and the MLM decoder that is tied to the word embeddings
-IGNORE = (r"position_ids$", r"^cls\.predictions\.decoder\.(weight|bias)$")
+IGNORE = (
+    r"embeddings\.position_ids$",  # buffer: arange(max_len)
+    r"embeddings\.token_type_ids$",  # buffer: zeros, saved by some versions
+    r"^cls\.seq_relationship\.",  # next-sentence head of pre-training checkpoints; from_pretrained drops it too
+)
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+ACTIVATIONS_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 B = "stack.blocks.{i}."
 L = "encoder.layer.{i}."
 
 
-def config_from_hf(hf: dict, architecture: str) -> ModelConfig:
+def prefix_for(architecture: str) -> str:
+    """Backbone prefix that ``architecture`` writes (the bare ``BertModel`` has none)."""
+    return "" if architecture == "BertModel" else PREFIX
+
+
+def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | None = None) -> ModelConfig:
+    """The :class:`ModelConfig` of a BERT ``config.json``.
+
+    Args:
+        hf: the ``config.json`` dict.
+        architecture: one of ``ARCHITECTURES``.
+        tensor_names: the checkpoint's tensor names, when known; they decide whether a pooler exists.
+
+    Raises:
+        ValueError: a feature jaxslim's BERT does not have.
+        KeyError: a required field is absent.
+    """
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(
             f"BERT position_embedding_type={hf['position_embedding_type']!r} is not supported; only 'absolute'"
         )
+    for flag in ("is_decoder", "add_cross_attention"):
+        if hf.get(flag):
+            raise ValueError(f"BERT {flag}=True is not supported; jaxslim's BERT is a bidirectional encoder")
     act = hf.get("hidden_act", "gelu")
     if act not in ACTIVATIONS:
         raise ValueError(f"BERT hidden_act={act!r} is not supported; supported: {sorted(ACTIVATIONS)}")
     mlm = architecture == "BertForMaskedLM"
+    if tensor_names is None:
+        pooler = not mlm  # what from_pretrained builds for each class
+    else:
+        pooler = any(n.endswith("pooler.dense.weight") for n in tensor_names)
     return ModelConfig.bert(
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
@@ -36,13 +72,30 @@ def config_from_hf(hf: dict, architecture: str) -> ModelConfig:
         norm_eps=hf.get("layer_norm_eps", 1e-12),
         activation=ACTIVATIONS[act],
         head="mlm" if mlm else "none",
-        pooler=not mlm,
+        pooler=pooler,
         pad_token_id=hf.get("pad_token_id"),
     )
 
 
 def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
-    inv = {v: k for k, v in reversed(list(ACTIVATIONS.items()))}
+    """The HF architecture name and ``BertConfig`` arguments of ``cfg``.
+
+    Raises:
+        ValueError: ``cfg`` uses something a HF BERT cannot express.
+    """
+    problems = []
+    if cfg.head == "lm":
+        problems.append("head='lm' (HF BERT has no causal LM head here; use 'mlm' or 'none')")
+    if not (cfg.attn_bias and cfg.mlp_bias):
+        problems.append("attn_bias/mlp_bias=False (HF BERT always has biases)")
+    if cfg.activation not in ACTIVATIONS_TO_HF:
+        problems.append(f"activation={cfg.activation!r}")
+    if cfg.head == "mlm" and not cfg.tie_embeddings:
+        problems.append("an untied MLM decoder")
+    if cfg.n_kv_heads not in (None, cfg.n_heads) or cfg.head_dim not in (None, cfg.d_model // cfg.n_heads):
+        problems.append("grouped-query heads or a head_dim other than d_model / n_heads")
+    if problems:
+        raise ValueError("cannot express this model as a Hugging Face BERT: " + "; ".join(problems))
     arch = "BertForMaskedLM" if cfg.head == "mlm" else "BertModel"
     return arch, dict(
         vocab_size=cfg.vocab_size,
@@ -53,12 +106,14 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         max_position_embeddings=cfg.max_len,
         type_vocab_size=cfg.type_vocab_size,
         layer_norm_eps=cfg.norm_eps,
-        hidden_act=inv[cfg.activation],
+        hidden_act=ACTIVATIONS_TO_HF[cfg.activation],
         pad_token_id=cfg.pad_token_id if cfg.pad_token_id is not None else 0,
+        tie_word_embeddings=True,
     )
 
 
 def rules(cfg: ModelConfig) -> list[Rule]:
+    """The key map of a BERT model described by ``cfg``."""
     out = [
         rule("embeddings.word_embeddings.weight", "embed.tokens"),
         rule("embeddings.position_embeddings.weight", "embed.positions"),
@@ -90,4 +145,10 @@ def rules(cfg: ModelConfig) -> list[Rule]:
         rule("cls.predictions.transform.LayerNorm.bias", "mlm.norm.bias", head=True),
         rule("cls.predictions.bias", "mlm.vocab_bias", head=True),
     ]
+    if cfg.head == "mlm":
+        # the decoder is tied: its weight is the word embedding table and its bias is predictions.bias
+        out += [
+            rule("cls.predictions.decoder.weight", "embed.tokens", head=True, tied=True),
+            rule("cls.predictions.decoder.bias", "mlm.vocab_bias", head=True, tied=True),
+        ]
     return out

@@ -1,4 +1,17 @@
-"""Hugging Face checkpoint directories <-> jaxslim models, per architecture, without torch.
+"""Hugging Face checkpoint directories <-> jaxslim models, without torch.
+
+Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~jaxslim.convert.gpt2`,
+:mod:`~jaxslim.convert.llama`) that provides ``ARCHITECTURES`` (HF class names, the first is the
+default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
+``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
+weights), ``config_from_hf``, ``config_to_hf`` and ``rules(cfg)`` (the regex key map). This module
+dispatches on ``config.json`` and runs the shared machinery of :mod:`~jaxslim.convert.rules` and
+:mod:`~jaxslim.convert.io`.
+
+Loading reads tensors with safetensors' numpy API and never imports torch or transformers.
+Saving builds ``config.json`` with transformers' config class when transformers is installed (so the
+file carries every default ``from_pretrained`` expects) and from jaxslim's own fields otherwise;
+note that transformers' configuration module imports torch itself when torch is installed.
 
 Example:
     >>> from jaxslim.convert import load_hf, save_hf  # doctest: +SKIP
@@ -8,196 +21,289 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
+import re
+from collections.abc import Collection, Mapping
 from types import ModuleType
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxslim.config import ModelConfig
+from jaxslim.config import DTYPES, ModelConfig
 from jaxslim.convert import bert, gpt2, llama
-from jaxslim.convert.io import read_json, read_tensors, write_tensors
+from jaxslim.convert.io import (
+    INDEX,
+    MAX_SHARD_BYTES,
+    SHARD_GLOB,
+    WEIGHTS,
+    clear_outputs,
+    read_json,
+    read_tensors,
+    write_tensors,
+)
 from jaxslim.convert.rules import flat_to_hf, hf_to_flat
-from jaxslim.models import Transformer, stack_layers, unstack_layers
+from jaxslim.models import Transformer
 
 FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama)
-SUPPORTED = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
+SUPPORTED: tuple[str, ...] = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
+_BY_ARCH: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "llama": llama}  # ModelConfig.arch -> family
+CONFIG = "config.json"
+_BLOCK = re.compile(r"^stack\.blocks\.(\d+)\.(.+)$")
+_SCANNED_BLOCK = "stack.blocks."
 
 
-def family_of(hf_config: dict) -> tuple[ModuleType, str]:
-    """The key-map module and the architecture name of a HF ``config.json``."""
+def family_of(hf_config: Mapping) -> tuple[ModuleType, str]:
+    """The key-map module and the architecture name of a HF ``config.json`` dict.
+
+    Raises:
+        ValueError: the architecture is not one jaxslim converts (the message lists those it does).
+    """
     archs = hf_config.get("architectures") or []
-    for fam in FAMILIES:
-        for a in archs:
+    for a in archs:
+        for fam in FAMILIES:
             if a in fam.ARCHITECTURES:
                 return fam, a
-    name = archs[0] if archs else hf_config.get("model_type")
+    model_type = hf_config.get("model_type")
     if not archs:
         for fam in FAMILIES:
-            if hf_config.get("model_type") == fam.MODEL_TYPE:
+            if model_type == fam.MODEL_TYPE:
                 return fam, fam.ARCHITECTURES[0]
+    name = archs[0] if archs else model_type
+    if name is None:
+        raise ValueError(
+            f"config.json names no architecture (no 'architectures' or 'model_type'); "
+            f"jaxslim converts {', '.join(SUPPORTED)}"
+        )
     raise ValueError(f"unsupported architecture {name!r}; jaxslim converts {', '.join(SUPPORTED)}")
 
 
-def _family_for_model(cfg: ModelConfig) -> ModuleType:
-    return {"bert": bert, "gpt2": gpt2, "llama": llama}[cfg.arch]
-
-
-def config_from_hf(hf_config: dict, **overrides) -> ModelConfig:
-    """The :class:`ModelConfig` of a HF ``config.json`` dict."""
-    fam, arch = family_of(hf_config)
+def _config(
+    fam: ModuleType, arch: str, hf_config: Mapping, tensor_names: Collection[str] | None
+) -> ModelConfig:
     try:
-        cfg = fam.config_from_hf(hf_config, arch)
+        return fam.config_from_hf(dict(hf_config), arch, tensor_names)
     except KeyError as e:
         raise ValueError(f"config.json of a {arch} lacks the field {e.args[0]!r}") from None
+
+
+def config_from_hf(hf_config: Mapping, **overrides) -> ModelConfig:
+    """The :class:`ModelConfig` of a HF ``config.json`` dict.
+
+    Args:
+        hf_config: the parsed ``config.json``.
+        **overrides: ModelConfig fields to set on top (``scan_layers=False``, ``dtype=...``).
+
+    Raises:
+        ValueError: unsupported architecture or feature, or a missing field.
+
+    Example:
+        >>> config_from_hf({"architectures": ["GPT2LMHeadModel"], "vocab_size": 64, "n_embd": 32,
+        ...                 "n_layer": 2, "n_head": 4}).d_ff
+        128
+    """
+    fam, arch = family_of(hf_config)
+    cfg = _config(fam, arch, hf_config, None)
     return cfg.replace(**overrides) if overrides else cfg
 
 
+def config_to_hf(cfg: ModelConfig, *, dtype: str | None = None) -> dict:
+    """The ``config.json`` dict of a model described by ``cfg`` (the inverse of :func:`config_from_hf`).
+
+    Built with transformers' config class when transformers is installed, so it carries every field
+    ``from_pretrained`` expects; otherwise from jaxslim's fields alone (transformers fills in the
+    defaults when it reads the file).
+
+    Args:
+        cfg: the model config.
+        dtype: the weights' dtype to record; defaults to ``cfg.param_dtype``.
+
+    Raises:
+        ValueError: ``cfg`` has per-layer widths, or a feature the HF architecture cannot express.
+    """
+    if not cfg.uniform:
+        raise ValueError(
+            "this model has per-layer head counts / FFN widths (ModelConfig.layer_heads / layer_ffn): "
+            "a Hugging Face config has one num_attention_heads and one intermediate_size for all layers, "
+            "so it cannot express them; export the dense model with masks applied instead, or pad "
+            "every layer back to the full width"
+        )
+    fam = _BY_ARCH[cfg.arch]
+    arch, kwargs = fam.config_to_hf(cfg)
+    dtype = dtype or cfg.param_dtype
+    try:
+        import transformers
+    except ImportError:
+        return {"architectures": [arch], "model_type": fam.MODEL_TYPE, "dtype": dtype, **kwargs}
+    out = getattr(transformers, fam.HF_CONFIG)(**kwargs).to_dict()
+    out["architectures"] = [arch]
+    out["dtype"] = dtype
+    return out
+
+
 def flat_params(model: nnx.Module) -> dict[str, np.ndarray]:
-    """``{"stack.blocks.0.attn.wq": array, ...}`` of a model's parameters (any layout)."""
+    """``{"stack.blocks.0.attn.wq": array, ...}``: a model's parameters under dotted paths, in the
+    model's own layout (scanned blocks have a leading layers axis under ``stack.blocks.*``)."""
     return {
         ".".join(map(str, p)): np.asarray(v.get_value())
         for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
     }
 
 
-def abstract_flat(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Parameter paths and shapes of the model ``cfg`` describes, built abstractly."""
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter paths and shapes of the model ``cfg`` describes, built abstractly (no memory)."""
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     return {
         ".".join(map(str, p)): tuple(v.shape) for p, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param))
     }
 
 
-def model_from_flat(cfg: ModelConfig, flat: dict[str, np.ndarray]) -> Transformer:
-    """Builds a model of ``cfg`` holding the arrays of ``flat`` (paths in ``cfg``'s own layout)."""
-    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract)
-    dtype = jnp.dtype(cfg.param_dtype)
-
-    def fill(path, var):
-        key = ".".join(map(str, path))
-        return var.replace(jnp.asarray(flat[key], dtype))
-
-    filled = nnx.from_flat_state([(p, fill(p, v)) for p, v in nnx.to_flat_state(state)])
-    return nnx.merge(graphdef, filled)
-
-
-def load_hf(
-    path: str | os.PathLike, *, scan_layers: bool = True, dtype: str = "float32", param_dtype: str = "float32"
-) -> Transformer:
-    """Loads a Hugging Face checkpoint directory (``config.json`` + safetensors) into jaxslim.
-
-    Args:
-        path: directory with ``config.json`` and ``model.safetensors`` (or a sharded index).
-        scan_layers: stack the blocks on a ``layers`` axis (one compiled block).
-        dtype: compute dtype; param_dtype: storage dtype of the weights.
-
-    Raises:
-        ValueError: unsupported architecture, corrupt file, or weights that do not match the config
-            (every missing, unexpected and mis-shaped tensor listed in one message).
-    """
-    d = pathlib.Path(path)
-    hf_config = read_json(d / "config.json")
-    fam, _ = family_of(hf_config)
-    cfg = config_from_hf(hf_config, scan_layers=False, dtype=dtype, param_dtype=param_dtype)
-    tensors = read_tensors(d)
-    expected = abstract_flat(cfg)
-    flat = hf_to_flat(
-        tensors, fam.rules(cfg), expected, cfg, prefix=fam.PREFIX, ignore=fam.IGNORE, source=f"checkpoint {d}"
-    )
-    model = model_from_flat(cfg, flat)
-    return stack_layers(model) if scan_layers else model
-
-
-def save_hf(
-    model: Transformer, path: str | os.PathLike, *, max_shard_bytes: int | None = None
-) -> pathlib.Path:
-    """Writes ``model`` as a Hugging Face checkpoint directory that ``from_pretrained`` loads.
-
-    Per-layer widths (a slimmed model) cannot be expressed in a HF config: that raises.
-    """
-    cfg: ModelConfig = model.cfg
-    if not cfg.uniform:
-        raise ValueError(
-            "save_hf: this model has per-layer head counts / FFN widths (layer_heads / layer_ffn), which a "
-            "Hugging Face config cannot express; export the masked dense model instead"
-        )
-    if cfg.scan_layers:
-        model = unstack_layers(model)
-        cfg = model.cfg
-    fam = _family_for_model(cfg)
-    arch, hf_kwargs = fam.config_to_hf(cfg)
-    tensors = flat_to_hf(flat_params(model), fam.rules(cfg), cfg, prefix=_prefix(fam, arch))
-    d = pathlib.Path(path)
-    kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
-    write_tensors(
-        d, {k: v.astype(np.float32) if v.dtype != np.float32 else v for k, v in tensors.items()}, **kwargs
-    )
-    (d / "config.json").write_text(
-        json.dumps(_hf_config_dict(fam, arch, hf_kwargs), indent=2, sort_keys=True)
-    )
-    return d
-
-
-def _prefix(fam: ModuleType, arch: str) -> str:
-    # the bare backbones (BertModel, GPT2Model) name their tensors without the prefix
-    return "" if arch in ("BertModel", "GPT2Model") else fam.PREFIX
-
-
-def _hf_config_dict(fam: ModuleType, arch: str, kwargs: dict) -> dict:
-    try:
-        import transformers
-    except ImportError:  # config.json can be written without transformers; it then carries only our fields
-        return {"architectures": [arch], "model_type": fam.MODEL_TYPE, **kwargs}
-    config_cls = transformers.AutoConfig.for_model(fam.MODEL_TYPE).__class__
-    out = config_cls(**kwargs).to_dict()
-    out["architectures"] = [arch]
+def scan_flat(flat: Mapping[str, np.ndarray], n_layers: int) -> dict[str, np.ndarray]:
+    """Unscanned flat params (``stack.blocks.<i>.x``) -> scanned ones (``stack.blocks.x`` stacked)."""
+    out: dict[str, np.ndarray] = {}
+    per_layer: dict[str, dict[int, np.ndarray]] = {}
+    for key, value in flat.items():
+        m = _BLOCK.match(key)
+        if m is None:
+            out[key] = value
+        else:
+            per_layer.setdefault(m[2], {})[int(m[1])] = value
+    for rest, layers in per_layer.items():
+        out[_SCANNED_BLOCK + rest] = np.stack([layers[i] for i in range(n_layers)])
     return out
 
 
-# -- jaxslim's own directory format (until the Orbax checkpoint module lands) ---------------------
+def unscan_flat(flat: Mapping[str, np.ndarray], n_layers: int) -> dict[str, np.ndarray]:
+    """Scanned flat params -> unscanned ones: the inverse of :func:`scan_flat`."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in flat.items():
+        if key.startswith(_SCANNED_BLOCK):
+            rest = key[len(_SCANNED_BLOCK) :]
+            out.update({f"{_SCANNED_BLOCK}{i}.{rest}": value[i] for i in range(n_layers)})
+        else:
+            out[key] = value
+    return out
 
-JAXSLIM_CONFIG = "jaxslim_config.json"
-JAXSLIM_PARAMS = "params.safetensors"
+
+def model_from_flat(cfg: ModelConfig, flat: Mapping[str, np.ndarray]) -> Transformer:
+    """A model of ``cfg`` holding the arrays of ``flat`` (paths in ``cfg``'s own layout), cast to
+    ``cfg.param_dtype``. The model is built abstractly first, so no random weights are drawn."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
+    dtype = jnp.dtype(cfg.param_dtype)
+    filled = []
+    for path, var in nnx.to_flat_state(state):
+        value = flat[".".join(map(str, path))]
+        filled.append((path, var.replace(jnp.asarray(value, dtype))))
+    return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 
-def save_jaxslim(model: Transformer, path: str | os.PathLike) -> pathlib.Path:
-    """Writes ``path/jaxslim_config.json`` (the ModelConfig) and ``path/params.safetensors``
-    (every parameter under its dotted path, in the model's own layout)."""
-    from safetensors.numpy import save_file
+def load_hf(
+    path: str | os.PathLike,
+    *,
+    scan_layers: bool = True,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+) -> Transformer:
+    """Loads a Hugging Face checkpoint directory (``config.json`` + safetensors) into jaxslim.
 
+    Supports ``BertModel``, ``BertForMaskedLM``, ``GPT2LMHeadModel``, ``GPT2Model`` and
+    ``LlamaForCausalLM`` with uniform layers. Buffers (``position_ids``, GPT-2's causal-mask
+    ``attn.bias``) are skipped; tied heads stored in the file must equal the embeddings.
+
+    Args:
+        path: directory with ``config.json`` and ``model.safetensors`` (or a sharded index).
+        scan_layers: stack the blocks on a leading ``layers`` axis (one compiled block).
+        dtype: compute dtype.
+        param_dtype: storage dtype of the weights (checkpoint tensors are cast to it).
+
+    Returns:
+        The model, with ``model.cfg`` describing it.
+
+    Raises:
+        FileNotFoundError: ``config.json`` or the weights are missing.
+        ValueError: unsupported architecture or feature, or a corrupt file.
+        ConversionError: (a ``ValueError``) the weights do not match the config; every missing,
+            unexpected, mis-shaped and wrongly tied tensor is listed in one message.
+
+    Example:
+        >>> model = load_hf("all-MiniLM-L6-v2/", scan_layers=False)  # doctest: +SKIP
+        >>> model(tokens, attention_mask=mask).hidden.shape          # doctest: +SKIP
+        (2, 16, 384)
+    """
     d = pathlib.Path(path)
-    d.mkdir(parents=True, exist_ok=True)
-    save_file(flat_params(model), str(d / JAXSLIM_PARAMS), metadata={"format": "jaxslim"})
-    (d / JAXSLIM_CONFIG).write_text(json.dumps(dataclasses.asdict(model.cfg), indent=1))
-    return d
-
-
-def load_jaxslim(path: str | os.PathLike) -> Transformer:
-    """Reads a directory written by :func:`save_jaxslim`."""
-    from jaxslim.convert.io import _read_file
-
-    d = pathlib.Path(path)
-    raw = read_json(d / JAXSLIM_CONFIG)
-    for key in ("layer_heads", "layer_ffn"):
-        if raw.get(key) is not None:
-            raw[key] = tuple(raw[key])
-    try:
-        cfg = ModelConfig(**raw)
-    except TypeError as e:
-        raise ValueError(f"{d / JAXSLIM_CONFIG} is not a jaxslim ModelConfig: {e}") from None
-    flat = _read_file(d / JAXSLIM_PARAMS)
-    expected = abstract_flat(cfg)
-    bad = sorted(set(expected) ^ set(flat)) + [
-        f"{k}: {flat[k].shape} vs {expected[k]}"
-        for k in set(expected) & set(flat)
-        if tuple(flat[k].shape) != expected[k]
-    ]
-    if bad:
-        raise ValueError(f"{d / JAXSLIM_PARAMS} does not match its config: " + "; ".join(bad[:20]))
+    hf_config = read_json(d / CONFIG)
+    fam, arch = family_of(hf_config)
+    _config(fam, arch, hf_config, None)  # unsupported features fail before the weights are read
+    tensors = read_tensors(d)
+    cfg = _config(fam, arch, hf_config, tensors.keys()).replace(
+        scan_layers=False, dtype=dtype, param_dtype=param_dtype
+    )
+    flat = hf_to_flat(
+        tensors,
+        fam.rules(cfg),
+        param_shapes(cfg),
+        cfg,
+        prefix=fam.PREFIX,
+        ignore=fam.IGNORE,
+        source=f"checkpoint {d}",
+    )
+    del tensors
+    if scan_layers:
+        cfg = cfg.replace(scan_layers=True)
+        flat = scan_flat(flat, cfg.n_layers)
     return model_from_flat(cfg, flat)
+
+
+def save_hf(
+    model: Transformer,
+    path: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    overwrite: bool = False,
+) -> pathlib.Path:
+    """Writes ``model`` as a Hugging Face checkpoint directory that ``from_pretrained`` loads.
+
+    The directory gets ``config.json`` and ``model.safetensors``, or shards of at most
+    ``max_shard_bytes`` (5 GB by default) plus ``model.safetensors.index.json``. Tied heads are not
+    written (``from_pretrained`` ties them again). Nothing is written when the model cannot be
+    expressed, and an existing checkpoint in ``path`` is only replaced with ``overwrite=True``.
+
+    Args:
+        model: a uniform jaxslim model, scanned or not.
+        path: output directory (created if needed).
+        dtype: dtype of the written tensors (``"float32"``, ``"bfloat16"``, ``"float16"``); defaults
+            to the model's ``param_dtype``.
+        max_shard_bytes: largest shard size.
+        overwrite: replace a checkpoint already in ``path`` (its old shards are deleted first).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: per-layer head counts / FFN widths (a slimmed model), or a feature the HF
+            architecture cannot express.
+        FileExistsError: ``path`` already holds a checkpoint and ``overwrite`` is False.
+
+    Example:
+        >>> save_hf(load_hf("all-MiniLM-L6-v2/"), "exported/")  # doctest: +SKIP
+    """
+    cfg: ModelConfig = model.cfg
+    dtype = dtype or cfg.param_dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"save_hf dtype must be one of {DTYPES}, got {dtype!r}")
+    hf_config = config_to_hf(cfg, dtype=dtype)  # raises for per-layer widths before anything is written
+    fam = _BY_ARCH[cfg.arch]
+    flat = flat_params(model)
+    if cfg.scan_layers:
+        flat = unscan_flat(flat, cfg.n_layers)
+    tensors = flat_to_hf(flat, fam.rules(cfg), cfg, prefix=fam.prefix_for(hf_config["architectures"][0]))
+    np_dtype = np.dtype(jnp.dtype(dtype))
+    tensors = {k: v.astype(np_dtype, copy=False) for k, v in tensors.items()}
+    d = pathlib.Path(path)
+    clear_outputs(d, (CONFIG, WEIGHTS, INDEX, SHARD_GLOB), overwrite=overwrite)
+    write_tensors(d, tensors, max_shard_bytes=max_shard_bytes)
+    (d / CONFIG).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    return d

@@ -1,42 +1,87 @@
-"""Reading and writing safetensors checkpoint directories with the numpy API (no torch)."""
+"""Reading and writing safetensors checkpoint directories with the numpy API (no torch).
+
+A Hugging Face directory holds ``config.json`` and either ``model.safetensors`` or shards listed in
+``model.safetensors.index.json``. Every failure names the file it concerns.
+
+Example:
+    >>> tensors = read_tensors("all-MiniLM-L6-v2/")  # doctest: +SKIP
+    >>> tensors["embeddings.word_embeddings.weight"].shape  # doctest: +SKIP
+    (30522, 384)
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+from collections.abc import Iterable
 
+# Registers bfloat16 with numpy: safetensors' numpy reader looks dtypes up by name, and bf16
+# checkpoints (most Llama releases) would otherwise fail with "data type 'bfloat16' not understood".
+import ml_dtypes  # noqa: F401
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+SHARD_GLOB = "model-*-of-*.safetensors"
 MAX_SHARD_BYTES = 5 * 1024**3
+# what save_pretrained writes; transformers 4.x refuses safetensors files without a known format
+HF_METADATA = {"format": "pt"}
 
 
 def read_json(path: pathlib.Path) -> dict:
+    """The JSON object in ``path``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it is not a JSON object.
+    """
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} is missing: a checkpoint directory needs it") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
+    return data
 
 
-def _read_file(path: pathlib.Path, keys=None) -> dict[str, np.ndarray]:
+def read_file(path: pathlib.Path, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Tensors of one safetensors file: all of them, or ``keys``.
+
+    Raises:
+        ValueError: the file is truncated or corrupt, or lacks one of ``keys``.
+    """
     try:
         with safe_open(str(path), framework="numpy") as f:
-            return {k: f.get_tensor(k) for k in (keys if keys is not None else f.keys())}
-    except (SafetensorError, OSError, ValueError) as e:
+            present = set(f.keys())
+            wanted = sorted(present) if keys is None else list(keys)
+            absent = [k for k in wanted if k not in present]
+            if absent:
+                raise ValueError(
+                    f"{path} lacks {len(absent)} tensor(s) that {INDEX} places in it: {', '.join(absent)}"
+                )
+            return {k: f.get_tensor(k) for k in wanted}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing") from None
+    except (SafetensorError, OSError, TypeError) as e:
+        # safetensors reports a cut-off file as an invalid header or an out-of-range buffer
         raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 
 def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of ``model.safetensors`` or of the shards listed in ``model.safetensors.index.json``."""
+    """All tensors of ``model.safetensors``, or of the shards listed in ``model.safetensors.index.json``.
+
+    Raises:
+        FileNotFoundError: neither file exists, or a listed shard is missing.
+        ValueError: a file is corrupt, or the index is malformed.
+    """
     d = pathlib.Path(directory)
     if (d / WEIGHTS).exists():
-        return _read_file(d / WEIGHTS)
+        return read_file(d / WEIGHTS)
     if (d / INDEX).exists():
         weight_map = read_json(d / INDEX).get("weight_map")
         if not isinstance(weight_map, dict):
@@ -47,18 +92,69 @@ def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for fname, keys in sorted(by_file.items()):
             if not (d / fname).exists():
-                raise FileNotFoundError(f"{d / fname}, listed in {INDEX}, is missing")
-            out.update(_read_file(d / fname, keys))
+                raise FileNotFoundError(f"{d / fname}, listed in {d / INDEX}, is missing")
+            out.update(read_file(d / fname, keys))
         return out
-    raise FileNotFoundError(f"{d} has neither {WEIGHTS} nor {INDEX}")
+    hint = ""
+    if any((d / n).exists() for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        # pickled torch files need torch (and unpickling untrusted code) to read
+        hint = (
+            "; it has pytorch_model.bin, which jaxslim does not read: re-save it with transformers' "
+            "save_pretrained (safetensors is the default) first"
+        )
+    raise FileNotFoundError(f"{d} has neither {WEIGHTS} nor {INDEX}{hint}")
+
+
+def clear_outputs(directory: pathlib.Path, names: Iterable[str], *, overwrite: bool) -> None:
+    """Makes sure writing ``names`` (file names or globs) into ``directory`` loses nothing by accident.
+
+    Without ``overwrite``, any existing match raises; with it, every match is deleted first, so
+    no shard of an older, differently split checkpoint stays behind to be read later.
+
+    Raises:
+        FileExistsError: a match exists and ``overwrite`` is False.
+    """
+    found = sorted({p for pattern in names for p in directory.glob(pattern) if p.is_file()})
+    if found and not overwrite:
+        raise FileExistsError(
+            f"{directory} already holds {', '.join(p.name for p in found)}; refusing to overwrite "
+            "(pass overwrite=True, or --overwrite on the command line)"
+        )
+    for p in found:
+        p.unlink()
+
+
+def save_safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """``safetensors.numpy.save_file`` giving the file the permissions any other new file gets."""
+    # safetensors writes a private (0600) temporary file and renames it; creating the path first
+    # tells the mode a new file gets under the current umask, without touching the umask itself
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o666)
+    try:
+        mode = os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, mode)
 
 
 def write_tensors(
-    directory: str | os.PathLike, tensors: dict[str, np.ndarray], *, max_shard_bytes: int = MAX_SHARD_BYTES
+    directory: str | os.PathLike,
+    tensors: dict[str, np.ndarray],
+    *,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+    metadata: dict[str, str] | None = None,
 ) -> list[pathlib.Path]:
-    """Writes ``tensors`` as one file, or as shards of at most ``max_shard_bytes`` plus an index."""
+    """Writes ``tensors`` as ``model.safetensors``, or as shards of at most ``max_shard_bytes`` plus
+    ``model.safetensors.index.json`` (the layout ``from_pretrained`` reads).
+
+    A single tensor larger than ``max_shard_bytes`` gets a shard of its own.
+
+    Returns:
+        The weight files written.
+    """
     d = pathlib.Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    meta = HF_METADATA if metadata is None else metadata
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     for key in sorted(tensors):
@@ -68,17 +164,14 @@ def write_tensors(
             size = 0
         shards[-1][key] = tensors[key]
         size += nbytes
-    meta = {"format": "pt"}  # transformers only loads safetensors files that say so
     if len(shards) == 1:
-        save_file(shards[0], str(d / WEIGHTS), metadata=meta)
+        save_safetensors(d / WEIGHTS, shards[0], meta)
         return [d / WEIGHTS]
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    weight_map = {}
+    weight_map: dict[str, str] = {}
     for name, shard in zip(names, shards, strict=True):
-        save_file(shard, str(d / name), metadata=meta)
-        weight_map.update({k: name for k in shard})
-    total = sum(t.nbytes for t in tensors.values())
-    (d / INDEX).write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1)
-    )
+        save_safetensors(d / name, shard, meta)
+        weight_map.update(dict.fromkeys(shard, name))
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
+    (d / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
     return [d / n for n in names]

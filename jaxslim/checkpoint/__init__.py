@@ -1,0 +1,35 @@
+"""Checkpoints of the full training state: async Orbax saves, retention, resume, resharding restore.
+
+The Orbax API is used in one module only (:mod:`jaxslim.checkpoint.manager`), so an Orbax API change
+touches one file. See :class:`Checkpointer` for the on-disk layout and the guarantees.
+
+Example:
+    >>> import jax.numpy as jnp, tempfile
+    >>> from jaxslim.checkpoint import Checkpointer, abstract_like
+    >>> state = {"w": jnp.ones((2, 2))}
+    >>> with Checkpointer(tempfile.mkdtemp(), async_save=False) as ckpt:
+    ...     _ = ckpt.save(1, state)
+    ...     restored, extra = ckpt.restore(abstract_like(state))
+    >>> bool((restored["w"] == state["w"]).all())
+    True
+"""
+
+from jaxslim.checkpoint.manager import (
+    Checkpointer,
+    CorruptCheckpointError,
+    IncompatibleCheckpointError,
+    NoCheckpointError,
+    NonFiniteStateError,
+    abstract_from_shardings,
+    abstract_like,
+)
+
+__all__ = [
+    "Checkpointer",
+    "CorruptCheckpointError",
+    "IncompatibleCheckpointError",
+    "NoCheckpointError",
+    "NonFiniteStateError",
+    "abstract_from_shardings",
+    "abstract_like",
+]

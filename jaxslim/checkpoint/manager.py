@@ -1,0 +1,623 @@
+"""Save, retain and restore training state with Orbax, behind one small class.
+
+:class:`Checkpointer` wraps an Orbax ``CheckpointManager``. Each step directory holds three items:
+
+- ``state``: any pytree of arrays (``jax.Array`` in any sharding, numpy arrays, Python scalars,
+  typed PRNG keys), written with ``StandardSave`` (TensorStore arrays in an OCDBT database, zstd);
+- ``extra``: a small JSON dict (the data iterator's position, anything else a run needs);
+- ``config``: the resolved run config as JSON, when the checkpointer was given one.
+
+The same config is also written to ``<directory>/config.json``, atomically (temporary file then
+rename). When that file already holds a *different* config (a run resumed with changed settings),
+the old file is first copied to ``config.previous-<n>.json`` and a warning is logged, so nothing is
+clobbered silently; every step keeps the exact config it was saved with in its own ``config`` item.
+
+Guarantees, all inherited from Orbax's commit protocol and checked in the tests:
+
+- A save writes into ``<step>.orbax-checkpoint-tmp*`` and renames it to ``<step>`` only after
+  every item is written, so a process killed mid-save leaves earlier checkpoints untouched and
+  the partial step is never listed; leftover temporary directories are removed the next time a
+  checkpointer opens the directory.
+- Old steps are deleted (keep-last-N, keep-every-K) only after the new step has committed.
+- An existing step is never overwritten, and by default a state holding NaN or Inf is refused
+  before anything touches the disk, so a bad step cannot push the last good checkpoint out.
+
+Restores always go through an abstract target (``jax.ShapeDtypeStruct`` leaves carrying the
+*current* shardings), so a run saved on one mesh restores onto another. The saved shapes and dtypes
+are compared with the target first, and every mismatch is reported in one
+:class:`IncompatibleCheckpointError`.
+
+Example:
+    >>> import jax, jax.numpy as jnp, tempfile
+    >>> ckpt = Checkpointer(tempfile.mkdtemp(), max_to_keep=2, async_save=False)
+    >>> state = {"w": jnp.ones((2, 3)), "step": jnp.int32(10)}
+    >>> ckpt.save(10, state, extra={"data": {"epoch": 0}})
+    True
+    >>> restored, extra = ckpt.restore(abstract_like(state))
+    >>> extra
+    {'data': {'epoch': 0}}
+    >>> ckpt.close()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+
+STATE, EXTRA, CONFIG = "state", "extra", "config"
+CONFIG_FILE = "config.json"
+# Mismatch listings longer than this are cut, with a count of what was left out.
+_MAX_LISTED = 40
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The checkpoint's tree (paths, shapes, dtypes) does not match the restore target."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint step exists but could not be read (damaged or incomplete files)."""
+
+
+class NoCheckpointError(FileNotFoundError):
+    """The directory holds no checkpoint, or not the requested step."""
+
+
+class NonFiniteStateError(ValueError):
+    """A save was refused because the state holds NaN or Inf values."""
+
+
+# -- abstract targets -----------------------------------------------------------------------------
+
+
+def _abstract_leaf(x: Any) -> Any:
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    # numpy arrays and Python scalars are their own targets: Orbax restores them as the same type.
+    return x
+
+
+def abstract_like(state: Any) -> Any:
+    """The restore target of ``state``: each ``jax.Array`` becomes a ``ShapeDtypeStruct`` with its sharding.
+
+    numpy arrays and Python scalars are kept as they are (Orbax restores them as the same type),
+    and ``ShapeDtypeStruct`` leaves pass through, so the function is idempotent.
+
+    Args:
+        state: a pytree of arrays (``nnx.State``, dicts, NamedTuples, optax states, ...).
+
+    Returns:
+        A pytree of the same structure usable as the ``abstract_state`` of :meth:`Checkpointer.restore`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> abstract_like({"w": jnp.zeros((2, 3))})["w"].shape
+        (2, 3)
+    """
+    return jax.tree.map(_abstract_leaf, state)
+
+
+def abstract_from_shardings(abstract: Any, shardings: Any) -> Any:
+    """Attaches ``shardings`` to the leaves of an abstract (or concrete) tree.
+
+    ``shardings`` may have the same structure as ``abstract`` or be a prefix of it: a
+    ``NamedSharding`` standing where ``abstract`` has a subtree (for example where
+    :func:`jaxslim.sharding.state_shardings` returns one sharding per ``nnx.Variable``) applies to
+    every leaf of that subtree. A ``None`` sharding leaves the subtree unsharded (restored as numpy).
+
+    Args:
+        abstract: a pytree of arrays or ``ShapeDtypeStruct`` (e.g. from ``nnx.eval_shape`` or
+            ``jax.eval_shape``).
+        shardings: a pytree of ``jax.sharding.Sharding`` (or ``None``) matching ``abstract``.
+
+    Returns:
+        ``abstract`` with each leaf replaced by a ``ShapeDtypeStruct`` carrying its sharding.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jax.sharding import AxisType, NamedSharding, PartitionSpec
+        >>> mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:1])
+        >>> shapes = jax.eval_shape(lambda: {"w": jnp.zeros((4, 2))})
+        >>> t = abstract_from_shardings(shapes, {"w": NamedSharding(mesh, PartitionSpec("data"))})
+        >>> t["w"].sharding.spec == PartitionSpec("data")
+        True
+    """
+
+    def attach(sharding: Any, subtree: Any) -> Any:
+        def leaf(x: Any) -> Any:
+            shape, dtype = np.shape(x), getattr(x, "dtype", None)
+            if dtype is None:  # a Python scalar: restored as the same Python type
+                return x
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+        return jax.tree.map(leaf, subtree)
+
+    return jax.tree.map(attach, shardings, abstract, is_leaf=lambda s: s is None)
+
+
+# -- tree comparison ------------------------------------------------------------------------------
+
+
+def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
+    """Flat ``{path: leaf}`` in Orbax's own serialised key form (empty nodes dropped)."""
+    return ocp.tree.to_flat_dict(ocp.tree.serialize_tree(tree, keep_empty_nodes=False))
+
+
+def _stored_shape_dtype(x: Any) -> tuple[tuple[int, ...], str | None]:
+    """Shape and dtype a target leaf will have on disk (typed PRNG keys are stored as key data)."""
+    if isinstance(x, (jax.ShapeDtypeStruct, jax.Array)) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(x.shape, x.dtype))
+        return tuple(data.shape), str(data.dtype)
+    dtype = getattr(x, "dtype", None)
+    # A Python scalar target is restored as its own type whatever was stored: check no dtype.
+    return tuple(np.shape(x)), (None if dtype is None else str(np.dtype(dtype)))
+
+
+def _path(key: tuple[str, ...]) -> str:
+    return "/".join(key)
+
+
+def _listing(title: str, lines: list[str]) -> list[str]:
+    if not lines:
+        return []
+    shown = lines[:_MAX_LISTED]
+    more = [f"    ... and {len(lines) - len(shown)} more"] if len(lines) > len(shown) else []
+    return [f"  {title} ({len(lines)}):"] + [f"    {s}" for s in shown] + more
+
+
+def _tree_mismatches(
+    saved: Mapping[tuple[str, ...], Any], target: Mapping[tuple[str, ...], Any]
+) -> list[str]:
+    """Human-readable lines for every path whose shape or dtype differs, is missing or unexpected."""
+    changed, missing, unexpected = [], [], []
+    for key in sorted(target):
+        if key not in saved:
+            missing.append(_path(key))
+            continue
+        want_shape, want_dtype = _stored_shape_dtype(target[key])
+        meta = saved[key]
+        have_shape = tuple(getattr(meta, "shape", ()) or ())
+        have_dtype = getattr(meta, "dtype", None)
+        have_dtype = None if have_dtype is None else str(np.dtype(have_dtype))
+        dtype_differs = want_dtype is not None and have_dtype is not None and want_dtype != have_dtype
+        if have_shape != want_shape or dtype_differs:
+            changed.append(
+                f"{_path(key)}: saved {have_shape} {have_dtype}, expected {want_shape} {want_dtype}"
+            )
+    unexpected = [_path(k) for k in sorted(saved) if k not in target]
+    return (
+        _listing("shape or dtype differs (saved vs expected)", changed)
+        + _listing("expected but not in the checkpoint", missing)
+        + _listing("in the checkpoint but not expected", unexpected)
+    )
+
+
+def _config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths at which two JSON configs differ, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new), key=str):
+            p = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old:
+                out.append(f"{p}: absent -> {new[k]!r}")
+            elif k not in new:
+                out.append(f"{p}: {old[k]!r} -> absent")
+            else:
+                out.extend(_config_diff(old[k], new[k], p))
+        return out
+    return [] if old == new else [f"{prefix or '<root>'}: {old!r} -> {new!r}"]
+
+
+# -- finiteness -----------------------------------------------------------------------------------
+
+
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+    return jnp.isfinite(x).all()
+
+
+def _nonfinite_paths(state: Any) -> list[str]:
+    """Paths of the floating-point leaves of ``state`` that hold a NaN or an Inf."""
+    checks = []
+    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+        dtype = getattr(x, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            continue
+        # Device leaves reduce where they live (one small jitted reduction each, cached per shape);
+        # only the booleans travel to the host.
+        ok = _all_finite(x) if isinstance(x, jax.Array) else np.isfinite(np.asarray(x)).all()
+        checks.append((jax.tree_util.keystr(path), ok))
+    flags = jax.device_get([ok for _, ok in checks])
+    return [p for (p, _), ok in zip(checks, flags, strict=True) if not bool(ok)]
+
+
+# -- the checkpointer -----------------------------------------------------------------------------
+
+
+def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """Handlers for the three items, registered up front so metadata is readable before any save."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    items = (
+        (STATE, ocp.args.StandardSave, ocp.args.StandardRestore, ocp.StandardCheckpointHandler),
+        (EXTRA, ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler),
+        (CONFIG, ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler),
+    )
+    for name, save_args, restore_args, handler in items:
+        registry.add(name, save_args, handler)
+        registry.add(name, restore_args, handler)
+    return registry
+
+
+def _check_count(name: str, value: int | None, *, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        allowed = "a positive integer or None" if allow_none else "a positive integer"
+        raise ValueError(f"Checkpointer: {name} must be {allowed}, got {value!r}")
+
+
+class Checkpointer:
+    """Async, retained, resumable checkpoints of a training state in one directory.
+
+    Args:
+        directory: where step directories (``<directory>/<step>/``) and ``config.json`` live;
+            created unless ``read_only``. Local paths and anything ``etils.epath`` accepts
+            (``gs://...``) work.
+        max_to_keep: keep the most recent this many checkpoints (``None``: keep all).
+        keep_every: also keep, forever, every checkpoint whose step is a multiple of this.
+        async_save: write in background threads; :meth:`save` blocks only for the device-to-host
+            copy. Call :meth:`wait` (or :meth:`close`) before reading the files or exiting.
+        save_every: :meth:`save` writes only at steps that are multiples of this (``force=True``
+            overrides it).
+        config_json: the resolved run config, as JSON text or a JSON-serialisable mapping; written
+            to ``<directory>/config.json`` and into every step.
+        read_only: open an existing directory for restoring only (nothing is created or deleted).
+
+    Raises:
+        ValueError: for a bad retention setting or a config that is not JSON.
+
+    Example:
+        >>> import jax.numpy as jnp, tempfile
+        >>> with Checkpointer(tempfile.mkdtemp(), max_to_keep=3, keep_every=100) as ckpt:
+        ...     for step in (1, 2):
+        ...         _ = ckpt.save(step, {"w": jnp.full((2,), float(step))})
+        ...     ckpt.wait()
+        ...     ckpt.all_steps()
+        [1, 2]
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_to_keep: int | None = 3,
+        keep_every: int | None = None,
+        async_save: bool = True,
+        save_every: int = 1,
+        config_json: str | Mapping[str, Any] | None = None,
+        read_only: bool = False,
+    ) -> None:
+        _check_count("max_to_keep", max_to_keep, allow_none=True)
+        _check_count("keep_every", keep_every, allow_none=True)
+        _check_count("save_every", save_every, allow_none=False)
+        self._dir = epath.Path(directory)
+        self._config = _parse_config(config_json)
+        if read_only and not self._dir.exists():
+            raise NoCheckpointError(f"checkpoint directory {self._dir} does not exist")
+
+        policies: list[Any] = [ocp.checkpoint_managers.LatestN(max_to_keep)]
+        if keep_every is not None:
+            policies.append(ocp.checkpoint_managers.EveryNSteps(keep_every))
+        preservation = (
+            policies[0] if len(policies) == 1 else ocp.checkpoint_managers.AnyPreservationPolicy(policies)
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=preservation,
+            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_every),
+            enable_async_checkpointing=async_save,
+            # A save killed mid-way leaves a *.orbax-checkpoint-tmp directory; remove it on open.
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self._manager = ocp.CheckpointManager(self._dir, options=options, handler_registry=_registry())
+        if self._config is not None and not read_only and jax.process_index() == 0:
+            self._write_root_config(self._config)
+
+    # -- context manager and lifecycle ------------------------------------------------------------
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def directory(self) -> epath.Path:
+        """The checkpoint directory."""
+        return self._dir
+
+    def wait(self) -> None:
+        """Blocks until every pending async save has committed (re-raising a background failure)."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception:
+            # A failed save may still be listed in the manager's memory; re-read the disk so
+            # retention never counts a step that was not committed.
+            self._manager.reload()
+            raise
+
+    def close(self) -> None:
+        """Waits for pending saves and releases Orbax's threads."""
+        self._manager.close()
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def all_steps(self) -> list[int]:
+        """Committed (or, with async saves, in-flight) steps, ascending."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest step, or ``None`` when there is no checkpoint (the resume point)."""
+        return self._manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        """Whether :meth:`save` would write at ``step`` (a multiple of ``save_every`` past the latest)."""
+        return self._manager.should_save(step)
+
+    # -- save -------------------------------------------------------------------------------------
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        force: bool = False,
+        check_finite: bool = True,
+    ) -> bool:
+        """Saves ``state`` (and ``extra``) as checkpoint ``step``.
+
+        Returns once the arrays are copied off the device when saving asynchronously; the files
+        commit in the background. Old steps beyond the retention policy are deleted only after
+        the new one has committed.
+
+        Args:
+            step: the training step; must be newer than :meth:`latest_step`.
+            state: any pytree of arrays (``jax.Array`` in any sharding, numpy, Python scalars,
+                typed PRNG keys).
+            extra: a JSON-serialisable dict stored beside the state (e.g. the data iterator's
+                position); returned by :meth:`restore`.
+            force: save even when ``step`` is not a multiple of ``save_every``.
+            check_finite: refuse a state with NaN or Inf in a floating-point leaf (one small
+                reduction per leaf), so a diverged run cannot replace good checkpoints.
+
+        Returns:
+            ``True`` if a save was started; ``False`` when skipped (``save_every`` or a step not
+            newer than the latest one, unless ``force``).
+
+        Raises:
+            NonFiniteStateError: ``check_finite`` and a leaf holds NaN or Inf.
+            TypeError: ``extra`` is not JSON-serialisable.
+            ValueError: ``force`` and ``step`` already exists (nothing is overwritten).
+        """
+        extra_json = _parse_json(dict(extra or {}), "extra")
+        if not force and not self.should_save(step):
+            return False
+        if check_finite:
+            bad = _nonfinite_paths(state)
+            if bad:
+                raise NonFiniteStateError(
+                    f"refusing to save step {step} to {self._dir}: non-finite values in "
+                    f"{len(bad)} leaves ({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}); "
+                    f"the existing checkpoints {self.all_steps()} are kept"
+                )
+        items = {STATE: ocp.args.StandardSave(state), EXTRA: ocp.args.JsonSave(extra_json)}
+        if self._config is not None:
+            items[CONFIG] = ocp.args.JsonSave(self._config)
+        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    # -- restore ----------------------------------------------------------------------------------
+
+    def restore(
+        self,
+        abstract_state: Any,
+        step: int | None = None,
+        *,
+        fallback: bool = False,
+    ) -> tuple[Any, dict[str, Any]]:
+        """Restores a step into the structure, shapes and shardings of ``abstract_state``.
+
+        Args:
+            abstract_state: the target: a pytree of ``jax.ShapeDtypeStruct`` with ``sharding=``
+                (see :func:`abstract_like`, :func:`abstract_from_shardings`); concrete
+                ``jax.Array`` leaves are accepted and stand for their own shape and sharding.
+                The arrays come back in these shardings, whatever mesh the checkpoint was saved on.
+            step: the step to restore; the latest one by default.
+            fallback: if the chosen step cannot be read (damaged files), try the next older
+                steps in turn instead of raising. Incompatible shapes never fall back.
+
+        Returns:
+            ``(state, extra)``: the restored pytree (same structure as ``abstract_state``) and the
+            ``extra`` dict saved with it.
+
+        Raises:
+            NoCheckpointError: no checkpoint in the directory, or no such ``step``.
+            IncompatibleCheckpointError: paths, shapes or dtypes differ from the target (all of
+                them are listed, with saved and expected shapes).
+            CorruptCheckpointError: the step (and, with ``fallback``, every older one) is unreadable.
+        """
+        self.wait()
+        steps = self.all_steps()
+        if not steps:
+            raise NoCheckpointError(f"no checkpoint to restore in {self._dir} (the directory holds no steps)")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise NoCheckpointError(f"no checkpoint for step {step} in {self._dir}; available steps: {steps}")
+        candidates = [step] + ([s for s in reversed(steps) if s < step] if fallback else [])
+        target = abstract_like(abstract_state)
+        failures: list[str] = []
+        for s in candidates:
+            try:
+                return self._restore_step(target, s)
+            except CorruptCheckpointError as e:
+                if not fallback:
+                    raise
+                log.warning("skipping unreadable checkpoint step %d in %s: %s", s, self._dir, e)
+                failures.append(f"step {s}: {e}")
+        raise CorruptCheckpointError(
+            f"no readable checkpoint at or before step {step} in {self._dir}:\n" + "\n".join(failures)
+        )
+
+    def _restore_step(self, target: Any, step: int) -> tuple[Any, dict[str, Any]]:
+        self._check_compatible(target, step)
+        args = ocp.args.Composite(**{STATE: ocp.args.StandardRestore(target), EXTRA: ocp.args.JsonRestore()})
+        try:
+            restored = self._manager.restore(step, args=args)
+        except Exception as e:  # TensorStore reports damaged files as ValueError / OSError
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} in {self._dir} could not be read (arrays): "
+                f"{type(e).__name__}: {_first_line(e)}"
+            ) from e
+        return restored[STATE], dict(restored[EXTRA] or {})
+
+    def _state_metadata(self, step: int) -> Any:
+        try:
+            meta = self._manager.item_metadata(step)
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} in {self._dir} could not be read (metadata): "
+                f"{type(e).__name__}: {_first_line(e)}"
+            ) from e
+        tree = meta[STATE] if STATE in meta else None
+        if tree is None:
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} in {self._dir} could not be read (no '{STATE}' item)"
+            )
+        return tree
+
+    def _check_compatible(self, target: Any, step: int) -> None:
+        saved = _flat(self._state_metadata(step))
+        problems = _tree_mismatches(saved, _flat(target))
+        if not problems:
+            return
+        lines = [
+            f"checkpoint {self._dir} step {step} does not match the restore target:",
+            *problems,
+        ]
+        saved_config = self.config(step) if self._config is not None else None
+        if saved_config is not None:
+            diff = _config_diff(saved_config, self._config)
+            if diff:
+                lines += _listing("config differences (saved -> current)", diff)
+        lines.append(
+            "The model or optimizer differs from the one this checkpoint was written with; restore "
+            "with the saved config or start a new run directory."
+        )
+        raise IncompatibleCheckpointError("\n".join(lines))
+
+    # -- config -----------------------------------------------------------------------------------
+
+    def config(self, step: int | None = None) -> dict[str, Any] | None:
+        """The config saved with ``step`` (latest by default), or ``None`` if it has none."""
+        self.wait()
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        if not (self._step_dir(step) / CONFIG).exists():
+            return None
+        try:
+            args = ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
+            return self._manager.restore(step, args=args)[CONFIG]
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} in {self._dir} could not be read (config): {_first_line(e)}"
+            ) from e
+
+    def _step_dir(self, step: int) -> epath.Path:
+        return ocp.path.step.build_step_path(self._dir, ocp.path.step.standard_name_format(), step)
+
+    def _write_root_config(self, config: dict[str, Any]) -> None:
+        path = self._dir / CONFIG_FILE
+        text = json.dumps(config, indent=1, sort_keys=True)
+        if path.exists():
+            try:
+                old = json.loads(path.read_text())
+            except ValueError:
+                old = None
+            if old == config:
+                return
+            n = 1
+            while (self._dir / f"config.previous-{n}.json").exists():
+                n += 1
+            backup = self._dir / f"config.previous-{n}.json"
+            # Copy, not rename: config.json must exist at every instant, even if killed here.
+            _atomic_write(backup, path.read_text())
+            diff = _config_diff(old, config) if old is not None else ["<unreadable previous config>"]
+            log.warning(
+                "the config in %s differs from the saved one (%s); the previous one is kept as %s",
+                path,
+                "; ".join(diff[:5]) + (" ..." if len(diff) > 5 else ""),
+                backup.name,
+            )
+        _atomic_write(path, text)
+
+
+def _atomic_write(path: epath.Path, text: str) -> None:
+    """Writes through a temporary file and a rename, so readers see the old or the new file, never half."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _parse_json(value: Any, name: str) -> Any:
+    """``value`` round-tripped through JSON, so a bad value fails here rather than in a save thread."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"Checkpointer: {name} must be JSON-serialisable: {e}") from e
+
+
+def _parse_config(config: str | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if config is None:
+        return None
+    if isinstance(config, str):
+        try:
+            parsed = json.loads(config)
+        except ValueError as e:
+            raise ValueError(f"Checkpointer: config_json is not valid JSON: {e}") from e
+    else:
+        parsed = _parse_json(dict(config), "config_json")
+    if not isinstance(parsed, dict):
+        raise ValueError(f"Checkpointer: config_json must be a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else ""
+    return line if len(line) <= 300 else line[:300] + "..."
+
+
+__all__: Sequence[str] = (
+    "Checkpointer",
+    "CorruptCheckpointError",
+    "IncompatibleCheckpointError",
+    "NoCheckpointError",
+    "NonFiniteStateError",
+    "abstract_from_shardings",
+    "abstract_like",
+)

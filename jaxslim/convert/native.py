@@ -1,0 +1,97 @@
+"""jaxslim's own checkpoint directory for converted models (a stopgap until the Orbax module).
+
+A directory holds two files:
+
+- ``jaxslim_config.json``: ``dataclasses.asdict(model.cfg)``, the full :class:`ModelConfig`;
+- ``params.safetensors``: every parameter under its dotted path in the model's own layout
+  (``stack.blocks.attn.wq`` with a leading layers axis when scanned, ``stack.blocks.0.attn.wq``
+  otherwise), in the model's ``param_dtype``.
+
+It keeps what a Hugging Face directory cannot: per-layer widths, scanning, dtypes. It holds
+parameters only, no optimizer state.
+
+Example:
+    >>> save_jaxslim(load_hf("all-MiniLM-L6-v2/"), "minilm-jax/")  # doctest: +SKIP
+    >>> model = load_jaxslim("minilm-jax/")                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+from jaxslim.config import ModelConfig
+from jaxslim.convert.hf import flat_params, model_from_flat, param_shapes
+from jaxslim.convert.io import clear_outputs, read_file, read_json, save_safetensors
+from jaxslim.convert.rules import describe, raise_problems
+from jaxslim.models import Transformer
+
+JAXSLIM_CONFIG = "jaxslim_config.json"
+JAXSLIM_PARAMS = "params.safetensors"
+
+
+def save_jaxslim(model: Transformer, path: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
+    """Writes ``path/jaxslim_config.json`` and ``path/params.safetensors``.
+
+    Args:
+        model: any jaxslim model (scanned or not, per-layer widths included).
+        path: output directory (created if needed).
+        overwrite: replace an existing jaxslim checkpoint in ``path``.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        FileExistsError: ``path`` already holds one and ``overwrite`` is False.
+    """
+    d = pathlib.Path(path)
+    clear_outputs(d, (JAXSLIM_CONFIG, JAXSLIM_PARAMS), overwrite=overwrite)
+    d.mkdir(parents=True, exist_ok=True)
+    save_safetensors(d / JAXSLIM_PARAMS, flat_params(model), {"format": "jaxslim"})
+    (d / JAXSLIM_CONFIG).write_text(json.dumps(dataclasses.asdict(model.cfg), indent=2) + "\n")
+    return d
+
+
+def _read_config(file: pathlib.Path) -> ModelConfig:
+    raw = read_json(file)
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"{file} is not a jaxslim ModelConfig: unknown fields {unknown}")
+    for key in ("layer_heads", "layer_ffn"):
+        if raw.get(key) is not None:
+            raw[key] = tuple(raw[key])  # JSON has no tuples; the frozen config wants them
+    try:
+        return ModelConfig(**raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{file} is not a valid jaxslim ModelConfig: {e}") from None
+
+
+def load_jaxslim(path: str | os.PathLike) -> Transformer:
+    """Reads a directory written by :func:`save_jaxslim` (or ``jaxslim-convert to-jax``).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: a corrupt file, or an invalid config.
+        ConversionError: (a ``ValueError``) parameters that do not match the config, all listed.
+    """
+    d = pathlib.Path(path)
+    cfg = _read_config(d / JAXSLIM_CONFIG)
+    flat = read_file(d / JAXSLIM_PARAMS)
+    expected = param_shapes(cfg)
+    common = sorted(set(expected) & set(flat))
+    raise_problems(
+        f"{d / JAXSLIM_PARAMS} does not match {d / JAXSLIM_CONFIG} ({describe(cfg)}):",
+        {
+            "missing": sorted(set(expected) - set(flat)),
+            "unexpected": sorted(set(flat) - set(expected)),
+            "mis-shaped": [
+                f"{k}: shape {tuple(flat[k].shape)}, expected {expected[k]}"
+                for k in common
+                if tuple(flat[k].shape) != expected[k]
+            ],
+        },
+    )
+    return model_from_flat(cfg, flat)

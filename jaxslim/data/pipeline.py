@@ -1,0 +1,208 @@
+"""``TextData``: a ``DataConfig`` turned into tokenized, packed, split data and its iterators.
+
+The steps, each cached so a second run starts in about a second:
+
+1. documents of the corpus (:func:`~jaxslim.data.corpora.corpus_text`; embedded corpora are
+   downloaded and extracted once);
+2. a seeded, document-level train / validation split (:func:`~jaxslim.data.split.split_documents`);
+3. the tokenizer: the given ``tokenizer.json``, or a byte-level BPE trained on the training split
+   only (:func:`~jaxslim.data.tokenizer.cached_bpe`);
+4. one id stream per split with an end-of-text id after every document, saved as ``.npy``
+   (:func:`~jaxslim.data.packing.tokenize_documents`);
+5. rows of ``seq_len + 1`` (causal LM) or ``seq_len`` (MLM) tokens, read by a resumable, shuffled,
+   per-host training iterator and a fixed validation pass.
+
+Every host runs the same steps on its own and gets the same result: the split and the shuffle are
+seeded, and BPE training gave byte-identical tokenizers on repeated runs. A run keeps its tokenizer
+in its run directory (:meth:`TextData.save_tokenizer`), which refuses to overwrite a different one;
+pass that file as ``DataConfig.tokenizer`` to pin it when resuming elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from jaxslim.data.baselines import ngram_baselines
+from jaxslim.data.config import DataConfig
+from jaxslim.data.corpora import cache_root, corpus_text
+from jaxslim.data.iterators import TrainIterator, validation_batches
+from jaxslim.data.masking import MlmMasker
+from jaxslim.data.packing import PackedSequences, tokenize_documents
+from jaxslim.data.split import split_documents
+from jaxslim.data.tokenizer import cached_bpe, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is not None and process_count is not None:
+        return process_index, process_count
+    # Imported only when the caller leaves the host to JAX, so the data package itself does not
+    # start a JAX backend.
+    import jax
+
+    return (
+        jax.process_index() if process_index is None else process_index,
+        jax.process_count() if process_count is None else process_count,
+    )
+
+
+class TextData:
+    """Tokenized, split and packed text for one :class:`~jaxslim.data.config.DataConfig`.
+
+    Args:
+        config: the data config.
+
+    Attributes:
+        config: the config.
+        tokenizer: the :class:`~jaxslim.data.tokenizer.Tokenizer`.
+        train_tokens / val_tokens: the id streams of the two splits.
+        train_sequences / val_sequences: their packed rows.
+        stats: document, character, token and row counts, and seconds per preparation step.
+
+    Raises:
+        ValueError / FileNotFoundError / CorpusError: from the corpus, the tokenizer or the split;
+            also a split with less text than one row, and MLM with a tokenizer lacking a mask token.
+
+    Example:
+        >>> data = TextData(DataConfig(corpus="shakespeare", seq_len=256, batch_size=32))  # doctest: +SKIP
+        >>> batch = next(data.train_iterator(process_index=0, process_count=1))  # doctest: +SKIP
+        >>> batch["tokens"].shape  # doctest: +SKIP
+        (32, 257)
+    """
+
+    def __init__(self, config: DataConfig):
+        self.config = config
+        root = cache_root(config.cache_dir)
+        times: dict[str, float] = {}
+
+        t = time.perf_counter()
+        docs = corpus_text(config.corpus, root, text_field=config.text_field)
+        train_docs, val_docs = split_documents(docs, config.val_fraction, seed=config.split_seed)
+        times["corpus_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if config.tokenizer is not None:
+            self.tokenizer = load_tokenizer(config.tokenizer)
+        else:
+            self.tokenizer = cached_bpe(train_docs, config.bpe_vocab_size, cache_dir=root)
+        times["tokenizer_s"] = time.perf_counter() - t
+        if config.mlm and self.tokenizer.mask_id is None:
+            raise ValueError(
+                f"DataConfig.mlm is set but tokenizer {self.tokenizer.source} has no mask token "
+                "(looked for <mask>, [MASK]); use a trained BPE or a BERT tokenizer"
+            )
+
+        t = time.perf_counter()
+        self.train_tokens = tokenize_documents(self.tokenizer, train_docs, cache_dir=root)
+        self.val_tokens = tokenize_documents(self.tokenizer, val_docs, cache_dir=root)
+        times["tokenize_s"] = time.perf_counter() - t
+
+        causal = not config.mlm
+        self.train_sequences = PackedSequences(self.train_tokens, config.seq_len, causal=causal)
+        self.val_sequences = PackedSequences(self.val_tokens, config.seq_len, causal=causal)
+        for split, rows, ids in (
+            ("training", self.train_sequences, self.train_tokens),
+            ("validation", self.val_sequences, self.val_tokens),
+        ):
+            if len(rows) == 0:
+                raise ValueError(
+                    f"the {split} split of corpus {config.corpus!r} has {len(ids)} tokens, fewer than "
+                    f"one sequence of {rows.width}; lower DataConfig.seq_len"
+                    + (" or raise DataConfig.val_fraction" if split == "validation" else " or add text")
+                )
+        self._masker = (
+            MlmMasker(
+                mask_id=self.tokenizer.mask_id,
+                vocab_size=self.tokenizer.vocab_size,
+                special_ids=self.tokenizer.special_ids,
+                probability=config.mlm_probability,
+            )
+            if config.mlm
+            else None
+        )
+        self.stats: dict[str, Any] = {
+            "train_documents": len(train_docs),
+            "val_documents": len(val_docs),
+            "train_chars": sum(len(d) for d in train_docs),
+            "val_chars": sum(len(d) for d in val_docs),
+            "train_tokens": len(self.train_tokens),
+            "val_tokens": len(self.val_tokens),
+            "train_sequences": len(self.train_sequences),
+            "val_sequences": len(self.val_sequences),
+            "vocab_size": self.tokenizer.vocab_size,
+            **times,
+        }
+        log.info("data: %s", self.stats)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids (the model's vocabulary must be at least this large)."""
+        return self.tokenizer.vocab_size
+
+    def train_iterator(
+        self, *, process_index: int | None = None, process_count: int | None = None
+    ) -> TrainIterator:
+        """A fresh training iterator at the start of epoch 0 (``set_state`` to resume).
+
+        Args:
+            process_index: this host; default ``jax.process_index()``.
+            process_count: number of hosts; default ``jax.process_count()``.
+        """
+        index, count = _process(process_index, process_count)
+        return TrainIterator(
+            self.train_sequences,
+            global_batch_size=self.config.batch_size,
+            seed=self.config.seed,
+            process_index=index,
+            process_count=count,
+            masker=self._masker,
+        )
+
+    def val_batches(
+        self,
+        *,
+        batch_size: int | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """One pass over the validation split (see :func:`~jaxslim.data.iterators.validation_batches`).
+
+        Args:
+            batch_size: global batch size; default ``config.batch_size``.
+            process_index: this host; default ``jax.process_index()``.
+            process_count: number of hosts; default ``jax.process_count()``.
+        """
+        index, count = _process(process_index, process_count)
+        return validation_batches(
+            self.val_sequences,
+            global_batch_size=batch_size or self.config.batch_size,
+            process_index=index,
+            process_count=count,
+            pad_id=self.tokenizer.pad_id,
+            masker=self._masker,
+            seed=self.config.seed,
+        )
+
+    def save_tokenizer(self, run_dir: str | os.PathLike) -> pathlib.Path:
+        """Writes the tokenizer into the run directory (never over a different one); returns its path."""
+        return self.tokenizer.save(run_dir)
+
+    def ngram_baselines(self) -> dict[str, float]:
+        """Unigram and bigram validation losses in nats per token (see
+        :func:`~jaxslim.data.baselines.ngram_baselines`)."""
+        return ngram_baselines(self.train_tokens, self.val_tokens, self.vocab_size)
+
+    def __repr__(self) -> str:
+        s = self.stats
+        return (
+            f"TextData(corpus={self.config.corpus!r}, vocab_size={self.vocab_size}, "
+            f"train_sequences={s['train_sequences']}, val_sequences={s['val_sequences']})"
+        )
