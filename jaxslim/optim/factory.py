@@ -40,17 +40,10 @@ def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
     )
 
     def make(learning_rate):
-        if cfg.name == "adamw":
-            opt = optax.adamw(
-                learning_rate,
-                b1=cfg.b1,
-                b2=cfg.b2,
-                eps=cfg.eps,
-                weight_decay=cfg.weight_decay,
-                mask=decay_mask,
-            )
-        elif cfg.name == "lamb":
-            opt = optax.lamb(
+        if cfg.name in ("adamw", "lamb"):
+            # the two share Adam's moments and decoupled decay; LAMB adds the trust ratio
+            build = optax.adamw if cfg.name == "adamw" else optax.lamb
+            opt = build(
                 learning_rate,
                 b1=cfg.b1,
                 b2=cfg.b2,
