@@ -1,4 +1,4 @@
-"""Frozen dataclass configs: what a model and a device mesh look like.
+"""Frozen dataclass configs: model, device mesh, optimizer, checkpoints, data and a whole training run.
 
 Every config validates itself in ``__post_init__`` and raises a ``ValueError`` that names the field,
 the value it got and the values it accepts. Configs are hashable, so they can be static arguments of
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 ARCHS = ("bert", "gpt2", "llama")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
@@ -392,3 +392,189 @@ class CheckpointConfig:
         _check_positive(o, "every", self.every, allow_zero=True)
         _check_positive(o, "keep", self.keep)
         _check_positive(o, "keep_every", self.keep_every, allow_zero=True)
+
+
+# 256 byte symbols plus the three special tokens of a trained byte-level BPE: a smaller vocabulary
+# could not encode every byte.
+MIN_BPE_VOCAB = 259
+# Token ids are stored on disk as uint32 at most; 2**20 is far beyond any useful trained BPE.
+MAX_BPE_VOCAB = 1 << 20
+
+
+def _is_int(value: Any) -> bool:
+    # bool is an int subclass; a flag passed where a count belongs is a mistake worth catching.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"DataConfig.{name} must be an integer {bound}, got {value!r}")
+
+
+def _check_str(name: str, value: Any, *, optional: bool) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        what = "a non-empty string" + (" or None" if optional else "")
+        raise ValueError(f"DataConfig.{name} must be {what}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Text data for training: corpus, tokenizer, packing, split, order and MLM masking.
+
+    Attributes:
+        corpus: an embedded corpus (``"shakespeare"``, ``"kjv"``), a local path (a ``.txt``,
+            ``.jsonl`` or ``.json`` file, or a folder of them), or a Hugging Face hub dataset
+            written ``"hf:owner/name"`` or ``"hf:owner/name:config"`` (needs hub access).
+        seq_len: tokens a model sees per sequence. Causal LM batches hold ``seq_len + 1`` tokens
+            (inputs and shifted targets); MLM batches hold ``seq_len``.
+        batch_size: global batch size in sequences, summed over all hosts.
+        tokenizer: path to a ``tokenizer.json`` (or a folder holding one) to use as is; ``None``
+            trains a byte-level BPE on the training split (cached).
+        bpe_vocab_size: vocabulary size of the trained BPE (ignored when ``tokenizer`` is set).
+        val_fraction: share of the text (by characters, whole documents) held out for validation.
+        split_seed: seed of the document-level train / validation split. Kept apart from ``seed``
+            so that runs with different shuffles are evaluated on the same held-out text.
+        seed: seed of the per-epoch shuffle and of MLM masking.
+        mlm: masked-LM batches (BERT 80/10/10 masking) instead of causal-LM batches.
+        mlm_probability: share of non-special tokens selected for masking.
+        text_field: record field holding the text in ``.jsonl`` / ``.json`` files and hub datasets.
+        cache_dir: root of jaxslim's data cache; ``None`` uses ``$JAXSLIM_CACHE``, else
+            ``$XDG_CACHE_HOME/jaxslim``, else ``~/.cache/jaxslim``.
+    """
+
+    corpus: str = "shakespeare"
+    seq_len: int = 256
+    batch_size: int = 32
+    tokenizer: str | None = None
+    bpe_vocab_size: int = 8192
+    val_fraction: float = 0.05
+    split_seed: int = 0
+    seed: int = 0
+    mlm: bool = False
+    mlm_probability: float = 0.15
+    text_field: str = "text"
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_str("corpus", self.corpus, optional=False)
+        _check_int("seq_len", self.seq_len, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_str("tokenizer", self.tokenizer, optional=True)
+        _check_int("bpe_vocab_size", self.bpe_vocab_size, MIN_BPE_VOCAB, MAX_BPE_VOCAB)
+        if not _is_real(self.val_fraction) or not 0 < self.val_fraction <= 0.5:
+            raise ValueError(
+                f"DataConfig.val_fraction must be a number in (0, 0.5], got {self.val_fraction!r}"
+            )
+        _check_int("split_seed", self.split_seed, 0)
+        _check_int("seed", self.seed, 0)
+        if not isinstance(self.mlm, bool):
+            raise ValueError(f"DataConfig.mlm must be True or False, got {self.mlm!r}")
+        if not _is_real(self.mlm_probability) or not 0 < self.mlm_probability < 1:
+            raise ValueError(
+                f"DataConfig.mlm_probability must be a number in (0, 1), got {self.mlm_probability!r}"
+            )
+        _check_str("text_field", self.text_field, optional=False)
+        _check_str("cache_dir", self.cache_dir, optional=True)
+
+    @property
+    def sequence_width(self) -> int:
+        """Tokens per packed sequence: ``seq_len + 1`` for causal LM, ``seq_len`` for MLM."""
+        return self.seq_len if self.mlm else self.seq_len + 1
+
+
+def _default_model() -> ModelConfig:
+    # a small GPT-2; the vocabulary follows the tokenizer when the run starts
+    return ModelConfig.gpt2(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=1024, max_len=256)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run: model, mesh, data, optimizer, checkpoints, evaluation and logging.
+
+    Presets live in ``configs/*.py`` (``get_config(arg) -> TrainConfig``); the command line overrides
+    any field (``--optim.lr 3e-4 --data.batch-size 16``). The resolved config is written to
+    ``<workdir>/config.json``.
+
+    Attributes:
+        model / mesh / data / optim / checkpoint: the parts (``model.vocab_size`` is set to the
+            tokenizer's vocabulary size when they differ).
+        workdir: run directory: checkpoints, metrics.jsonl, TensorBoard events, tokenizer, plots.
+        steps: total optimizer steps (a resumed run continues up to this).
+        seed: model initialisation and per-step PRNG seed.
+        accum_steps: micro-batches per optimizer step (``data.batch_size`` must divide by it).
+        log_every: steps between logged training metrics.
+        eval_every: steps between evaluations on the validation split (0: only at the end).
+        eval_batches: validation batches per evaluation (0: the whole split).
+        sample_tokens: tokens of text generated from the final model (causal LM only; 0: none).
+        sample_prompt: the text that generation continues.
+        tensorboard: also write TensorBoard events (through tensorboardX).
+        verbose: print the full parameter and sharding table at start-up.
+        profile_start / profile_steps: a ``jax.profiler`` trace of ``profile_steps`` steps from
+            ``profile_start`` into ``<workdir>/profile`` (0 steps: no trace).
+    """
+
+    model: ModelConfig = field(default_factory=lambda: _default_model())
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    workdir: str = "runs/default"
+    steps: int = 1000
+    seed: int = 0
+    accum_steps: int = 1
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 0
+    sample_tokens: int = 0
+    sample_prompt: str = "\n"
+    tensorboard: bool = True
+    verbose: bool = False
+    profile_start: int = 0
+    profile_steps: int = 0
+
+    def __post_init__(self):
+        o = "TrainConfig"
+        for name, kind in (
+            ("model", ModelConfig),
+            ("mesh", MeshConfig),
+            ("data", DataConfig),
+            ("optim", OptimConfig),
+            ("checkpoint", CheckpointConfig),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"{o}.{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
+        if not isinstance(self.workdir, str) or not self.workdir.strip():
+            raise ValueError(f"{o}.workdir must be a non-empty path, got {self.workdir!r}")
+        _check_positive(o, "steps", self.steps)
+        _check_positive(o, "seed", self.seed, allow_zero=True)
+        _check_positive(o, "accum_steps", self.accum_steps)
+        _check_positive(o, "log_every", self.log_every)
+        for name in ("eval_every", "eval_batches", "sample_tokens", "profile_start", "profile_steps"):
+            _check_positive(o, name, getattr(self, name), allow_zero=True)
+        if self.data.batch_size % self.accum_steps:
+            raise ValueError(
+                f"{o}.accum_steps={self.accum_steps} must divide data.batch_size={self.data.batch_size}"
+            )
+        if self.data.mlm != (self.model.arch == "bert"):
+            want = "data.mlm=True" if self.model.arch == "bert" else "data.mlm=False"
+            raise ValueError(
+                f"{o}: model.arch={self.model.arch!r} trains with {want} "
+                f"(encoders use masked LM, decoders causal LM), got data.mlm={self.data.mlm}"
+            )
+        if self.model.max_len and not self.model.rope and self.data.seq_len > self.model.max_len:
+            raise ValueError(
+                f"{o}: data.seq_len={self.data.seq_len} exceeds model.max_len={self.model.max_len} "
+                "(the learned position table)"
+            )
+        if self.sample_tokens and self.data.mlm:
+            raise ValueError(f"{o}.sample_tokens needs a causal LM; set it to 0 for masked-LM runs")
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)

@@ -151,8 +151,9 @@ def abstract_from_shardings(abstract: Any, shardings: Any) -> Any:
 
 
 def _flat(tree: Any) -> dict[tuple[str, ...], Any]:
-    """Flat ``{path: leaf}`` in Orbax's own serialised key form (empty nodes dropped)."""
-    return ocp.tree.to_flat_dict(ocp.tree.serialize_tree(tree, keep_empty_nodes=False))
+    """Flat ``{path: leaf}`` in Orbax's own serialised key form; empty nodes (optax's ``EmptyState``) hold
+    their list index so later siblings keep theirs, then drop out of the flat dict."""
+    return ocp.tree.to_flat_dict(ocp.tree.serialize_tree(tree, keep_empty_nodes=True))
 
 
 def _stored_shape_dtype(x: Any) -> tuple[tuple[int, ...], str | None]:

@@ -12,7 +12,7 @@ Example:
 """
 
 from jaxslim.data.baselines import ngram_baselines
-from jaxslim.data.config import DataConfig
+from jaxslim.config import DataConfig
 from jaxslim.data.corpora import (
     CORPORA,
     CorpusError,

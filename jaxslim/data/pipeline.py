@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from jaxslim.data.baselines import ngram_baselines
-from jaxslim.data.config import DataConfig
+from jaxslim.config import DataConfig
 from jaxslim.data.corpora import cache_root, corpus_text
 from jaxslim.data.iterators import TrainIterator, validation_batches
 from jaxslim.data.masking import MlmMasker
@@ -55,7 +55,7 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
 
 
 class TextData:
-    """Tokenized, split and packed text for one :class:`~jaxslim.data.config.DataConfig`.
+    """Tokenized, split and packed text for one :class:`~jaxslim.config.DataConfig`.
 
     Args:
         config: the data config.

@@ -1,9 +1,20 @@
-"""The training loop: config in, a trained and checkpointed run directory out.
+"""The training loop: a ``TrainConfig`` in, a trained and checkpointed run directory out.
 
-``train(cfg)`` resolves the config, builds the mesh, the data, the model and the optimizer, resumes
-from the run directory's latest checkpoint when there is one, then steps, logs, evaluates,
-checkpoints and profiles. Everything that varies by method enters through the objective, loss
-terms and metric functions of :func:`~jaxslim.training.step.make_train_step`.
+``train(cfg)`` builds the mesh, the data, the model and the optimizer, resumes from the run
+directory's latest checkpoint when there is one, then steps, logs, evaluates, checkpoints and
+profiles, and finally evaluates on the held-out split, draws the loss curves and samples text.
+Everything that varies by method enters through the objective, loss terms and metric functions of
+:func:`~jaxslim.training.step.make_train_step`; the loop itself does not change.
+
+Run directory layout::
+
+    config.json        the resolved config of the latest invocation
+    tokenizer.json     the tokenizer the run was trained with
+    metrics.jsonl      one JSON object per logged step (appended across resumes)
+    tb/                TensorBoard events
+    checkpoints/       Orbax checkpoints (state + data iterator position + config)
+    loss.png           training and validation loss curves
+    samples.txt        generated text (causal LM)
 """
 
 from __future__ import annotations
@@ -28,7 +39,9 @@ from jaxslim.training.state import (
     TrainSetup,
     TrainState,
     abstract_train_state,
+    count_params,
     create_train_state,
+    merge_model,
 )
 from jaxslim.training.step import lm_objective, make_eval_step, make_train_step, mlm_objective
 from jaxslim.training.summary import param_table
@@ -37,16 +50,22 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when a step's loss or gradient norm is NaN or Inf."""
+    """Raised when a step's loss or gradient norm is NaN or Inf (the update is never applied)."""
 
 
 class TrainResult(NamedTuple):
+    """What :func:`train` returns: the final state and everything the run reported."""
+
     state: TrainState
     setup: TrainSetup
+    config: Any
     workdir: pathlib.Path
     resumed_from: int | None
     last_metrics: dict
     eval_metrics: dict
+    baselines: dict
+    sample: str | None
+    files: dict
 
 
 def config_to_json(cfg: Any) -> str:
@@ -54,11 +73,11 @@ def config_to_json(cfg: Any) -> str:
     return json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True, default=str)
 
 
-def evaluate(eval_step, state, batches, mesh, rules, *, max_batches: int | None = None) -> dict:
-    """Mean loss and perplexity over ``batches`` (token-weighted, exact across batches)."""
+def evaluate(eval_step, state, batches, mesh, rules, *, max_batches: int = 0) -> dict:
+    """Token-weighted mean loss and perplexity over ``batches`` (``max_batches`` 0: all of them)."""
     loss_sum = count = 0.0
     for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
+        if max_batches and i >= max_batches:
             break
         m = jax.device_get(eval_step(state, shard_batch(batch, mesh, rules)))
         loss_sum += float(m["loss_sum"])
@@ -69,52 +88,75 @@ def evaluate(eval_step, state, batches, mesh, rules, *, max_batches: int | None 
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": count}
 
 
-def _check_finite(step: int, metrics: dict, checkpointer) -> None:
-    if int(metrics.get("nonfinite", 0)):
-        latest = None if checkpointer is None else checkpointer.latest_step()
-        kept = (
-            f"the last good checkpoint (step {latest}) is kept"
-            if latest is not None
-            else "no checkpoint was written"
-        )
-        raise NonFiniteLossError(
-            f"non-finite loss or gradient at step {step} (loss={metrics.get('loss')}, "
-            f"grad_norm={metrics.get('grad_norm')}); the update was not applied and {kept}. "
-            "Lower the learning rate, enable clipping, or check the data."
-        )
+def _first_nonfinite(pending: list[tuple[int, Any]]) -> tuple[int, dict] | None:
+    """The first (step, metrics) among ``pending`` whose update was refused as non-finite."""
+    flags = jax.device_get([m["nonfinite"] for _, m in pending])
+    for (step, metrics), flag in zip(pending, flags, strict=True):
+        if int(flag):
+            return step, {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return None
+
+
+def _raise_nonfinite(step: int, metrics: dict, checkpointer) -> None:
+    latest = None if checkpointer is None else checkpointer.latest_step()
+    kept = f"the last good checkpoint (step {latest}) is kept" if latest is not None else "no checkpoint exists"
+    raise NonFiniteLossError(
+        f"non-finite loss or gradient at step {step} (loss={metrics.get('loss')}, "
+        f"grad_norm={metrics.get('grad_norm')}); the update was not applied, training stopped and {kept}. "
+        "Lower the learning rate, enable clipping (optim.clip_norm), or check the data."
+    )
+
+
+def _restore(checkpointer, state: TrainState, train_iter):
+    """Resumes ``state`` and the data position from the latest checkpoint, if there is one."""
+    if checkpointer is None or checkpointer.latest_step() is None:
+        return state, None
+    step = checkpointer.latest_step()
+    state, extra = checkpointer.restore(abstract_train_state(state), fallback=True)
+    if "data" not in extra:
+        raise ValueError(f"checkpoint step {step} in {checkpointer.directory} has no data iterator position")
+    train_iter.set_state(extra["data"])
+    return state, int(jax.device_get(state.step))
 
 
 def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True) -> TrainResult:
-    """Runs (or resumes) the training described by ``cfg`` (a :class:`~jaxslim.config.TrainConfig`).
+    """Runs, or resumes, the training described by ``cfg`` (a :class:`~jaxslim.config.TrainConfig`).
 
     Args:
         cfg: the training config.
         data: a prepared :class:`~jaxslim.data.TextData` (built from ``cfg.data`` when omitted).
-        loss_terms / metric_fns: hooks passed to :func:`~jaxslim.training.step.make_train_step`.
+        loss_terms / metric_fns: hooks passed to :func:`~jaxslim.training.step.make_train_step`
+            (auxiliary losses and metrics of later methods).
         progress: show a tqdm bar on process 0.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        NonFiniteLossError: a step's loss or gradient was NaN or Inf; the step is named and the
+            checkpoints written before it are kept.
+        IncompatibleCheckpointError: the run directory holds a checkpoint of other shapes.
     """
     from jaxslim.checkpoint import Checkpointer
     from jaxslim.data import TextData
 
     maybe_initialize()
     workdir = pathlib.Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     data = data or TextData(cfg.data)
-    model_cfg = (
-        cfg.model
-        if cfg.model.vocab_size == data.vocab_size
-        else cfg.model.replace(vocab_size=data.vocab_size)
-    )
-    cfg = dataclasses.replace(cfg, model=model_cfg)
+    if cfg.model.vocab_size != data.vocab_size:
+        cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=data.vocab_size))
     mesh = make_mesh(cfg.mesh)
     rules = cfg.mesh.rules
     tx = build_optimizer(cfg.optim, cfg.steps)
     objective = mlm_objective if cfg.data.mlm else lm_objective
+    is_main = jax.process_index() == 0
+    say = print if is_main else (lambda *a, **k: None)
 
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         state, setup = create_train_state(
-            lambda: Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)), tx, mesh, rules, seed=cfg.seed
+            lambda: Transformer(cfg.model, rngs=nnx.Rngs(cfg.seed)), tx, mesh, rules, seed=cfg.seed
         )
+        train_iter = data.train_iterator()
         checkpointer = None
         if cfg.checkpoint.every:
             checkpointer = Checkpointer(
@@ -124,17 +166,15 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
                 async_save=cfg.checkpoint.async_save,
                 config_json=config_to_json(cfg),
             )
-        resumed_from = None
-        train_iter = data.train_iterator(process_index=jax.process_index(), process_count=jax.process_count())
-        if checkpointer is not None and checkpointer.latest_step() is not None:
-            resumed_from = checkpointer.latest_step()
-            state, extra = checkpointer.restore(abstract_train_state(state))
-            train_iter.set_state(extra["data"])
-            print(f"resuming from step {resumed_from} in {workdir}")
-        if jax.process_index() == 0:
+        state, resumed_from = _restore(checkpointer, state, train_iter)
+        if is_main:
+            workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "config.json").write_text(config_to_json(cfg))
             data.save_tokenizer(workdir)
-            print(param_table(state.params, max_rows=0 if not cfg.verbose else 200))
+            say(param_table(state.params, max_rows=200 if cfg.verbose else 0))
+            say(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices")
+        if resumed_from is not None:
+            say(f"resuming from step {resumed_from} (checkpoint in {checkpointer.directory})")
 
         bsh = batch_sharding(mesh, rules)
         step_fn = make_train_step(
@@ -149,53 +189,129 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
         writer = default_writers(workdir, tensorboard=cfg.tensorboard)
         if resumed_from is None:
             writer.write_hparams(json.loads(config_to_json(cfg)))
-        start = int(jax.device_get(state.step))
+        run_eval = lambda: evaluate(eval_fn, state, data.val_batches(), mesh, rules, max_batches=cfg.eval_batches)  # noqa: E731
+        start = resumed_from or 0
+        if start >= cfg.steps:
+            say(f"the run in {workdir} is already at step {start} of {cfg.steps}; raise --steps to go on")
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-        bar = _progress(start, cfg.steps, progress)
-        last, eval_metrics, t_last, steps_since = {}, {}, time.perf_counter(), 0
+        bar = _progress(start, cfg.steps, progress and is_main)
+        last: dict = {}
+        eval_metrics: dict = {}
+        pending: list[tuple[int, Any]] = []
+        t_last, steps_since = time.perf_counter(), 0
         try:
             for step in range(start, cfg.steps):
-                profiling = cfg.profile_steps and step == cfg.profile_start
-                if profiling:
+                if cfg.profile_steps and step == cfg.profile_start:
                     jax.profiler.start_trace(str(workdir / "profile"))
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
                     batch = shard_batch(next(train_iter), mesh, rules)
                     state, metrics = step_fn(state, batch)
-                if cfg.profile_steps and step == cfg.profile_start + cfg.profile_steps - 1:
+                if cfg.profile_steps and step + 1 == cfg.profile_start + cfg.profile_steps:
                     jax.block_until_ready(state)
                     jax.profiler.stop_trace()
-                steps_since += 1
                 done = step + 1
+                pending.append((done, metrics))
+                steps_since += 1
+                bar.update(1)
                 is_log = done % cfg.log_every == 0 or done == cfg.steps
-                is_eval = cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps)
+                is_eval = done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)
                 is_save = checkpointer is not None and (done % cfg.checkpoint.every == 0 or done == cfg.steps)
-                if is_log or is_eval or is_save:
-                    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    _check_finite(done, last, checkpointer)
+                if not (is_log or is_eval or is_save):
+                    continue
+                # one host sync per logged step: every pending step's finiteness flag is read here
+                bad = _first_nonfinite(pending)
+                if bad is not None:
+                    _raise_nonfinite(*bad, checkpointer)
                 if is_log:
+                    for s, m in pending if cfg.log_every == 1 else pending[-1:]:
+                        last = {k: float(v) for k, v in jax.device_get(m).items()}
+                        writer.write_scalars(s, {k: v for k, v in last.items() if k not in ("loss_sum", "count")})
                     now = time.perf_counter()
-                    last["steps_per_s"] = steps_since / (now - t_last)
-                    last["tokens_per_s"] = last["steps_per_s"] * tokens_per_step
+                    last["tokens_per_s"] = steps_since * tokens_per_step / (now - t_last)
+                    writer.write_scalars(done, {"tokens_per_s": last["tokens_per_s"]})
                     t_last, steps_since = now, 0
-                    writer.write_scalars(
-                        done, {k: v for k, v in last.items() if k not in ("loss_sum", "count")}
-                    )
                     bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
+                pending.clear()
                 if is_eval:
-                    eval_metrics = evaluate(
-                        eval_fn, state, data.val_batches(), mesh, rules, max_batches=cfg.eval_batches
-                    )
+                    eval_metrics = run_eval()
                     writer.write_scalars(done, eval_metrics)
                 if is_save:
                     checkpointer.save(done, state, extra={"data": train_iter.get_state()})
-                bar.update(1)
+            if not eval_metrics:
+                eval_metrics = run_eval()
         finally:
             bar.close()
             writer.flush()
-            writer.close()
             if checkpointer is not None:
-                checkpointer.wait()
-    return TrainResult(state, setup, workdir, resumed_from, last, eval_metrics)
+                checkpointer.close()
+
+        baselines = data.ngram_baselines() if not cfg.data.mlm else {}
+        sample = None
+        if cfg.sample_tokens and is_main:
+            sample = _sample(cfg, setup, state, data)
+            (workdir / "samples.txt").write_text(sample + "\n")
+            writer.write_texts(int(jax.device_get(state.step)), {"sample": sample})
+        writer.close()
+    files = _finish(workdir, is_main)
+    result = TrainResult(state, setup, cfg, workdir, resumed_from, last, eval_metrics, baselines, sample, files)
+    if is_main:
+        say(report(result))
+    return result
+
+
+def _sample(cfg, setup: TrainSetup, state: TrainState, data) -> str:
+    from jaxslim.models.generate import generate
+
+    model = merge_model(setup, state)
+    prompt = data.tokenizer.encode(cfg.sample_prompt) or [data.tokenizer.eos_id]
+    ids = generate(model, prompt, cfg.sample_tokens, rng=jax.random.key(cfg.seed), window=cfg.data.seq_len)
+    return cfg.sample_prompt + data.tokenizer.decode(jax.device_get(ids).tolist())
+
+
+def _finish(workdir: pathlib.Path, is_main: bool) -> dict:
+    """Draws the loss curves and lists the run's files."""
+    files = {
+        "config": workdir / "config.json",
+        "metrics": workdir / "metrics.jsonl",
+        "tensorboard": workdir / "tb",
+        "checkpoints": workdir / "checkpoints",
+        "tokenizer": workdir / "tokenizer.json",
+        "samples": workdir / "samples.txt",
+    }
+    if is_main:
+        try:
+            from jaxslim.training.plots import plot
+        except ImportError:  # matplotlib is in the train extra
+            log.warning("matplotlib is not installed: no loss.png")
+        else:
+            files["plot"] = plot([workdir], ["loss", "eval_loss"], workdir / "loss.png")
+    return {k: p for k, p in files.items() if p.exists()}
+
+
+def report(result: TrainResult) -> str:
+    """A short human summary: losses against the n-gram baselines, a sample, where the files are."""
+    cfg, lines = result.config, []
+    step = int(jax.device_get(result.state.step))
+    lines.append(f"\n{cfg.model.arch} with {count_params(result.state) / 1e6:.2f}M parameters, step {step}")
+    if result.resumed_from is not None:
+        lines.append(f"resumed from the checkpoint of step {result.resumed_from}")
+    if result.last_metrics:
+        lines.append(f"train loss {result.last_metrics['loss']:.3f}")
+    ev = result.eval_metrics
+    if ev:
+        lines.append(
+            f"validation loss {ev['eval_loss']:.3f} nats/token (perplexity {ev['eval_perplexity']:.1f}, "
+            f"{int(ev['eval_tokens'])} tokens)"
+        )
+    partial = " (the model was scored on the first eval_batches only)" if cfg.eval_batches else ""
+    for name, value in result.baselines.items():
+        if not name.endswith("_k"):  # the smoothing constants, not losses
+            lines.append(f"  {name} baseline on the whole validation split: {value:.3f}{partial}")
+    if result.sample:
+        lines.append("sample:\n" + "-" * 60 + "\n" + result.sample + "\n" + "-" * 60)
+    lines.append("files:")
+    lines += [f"  {k:<12} {p}" for k, p in result.files.items()]
+    return "\n".join(lines)
 
 
 def _progress(start: int, total: int, enabled: bool):
@@ -203,7 +319,7 @@ def _progress(start: int, total: int, enabled: bool):
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is in the train extra; run without a bar otherwise
         tqdm = None
-    if tqdm is None or not enabled or jax.process_index() != 0:
+    if tqdm is None or not enabled:
         return _NoBar()
     return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
 

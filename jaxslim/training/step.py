@@ -30,10 +30,11 @@ MetricFn = Callable[[TrainState, Any, Any], dict]
 
 
 def lm_objective(model, batch, rng):
-    """Causal LM on ``batch["tokens"]: [b, t + 1]`` (inputs and shifted targets)."""
+    """Causal LM on ``batch["tokens"]: [b, t + 1]`` (inputs and shifted targets); optional
+    ``batch["weights"]: [b, t]`` zeroes the loss of padding (the last validation batch)."""
     tokens = batch["tokens"]
     out = model(tokens[:, :-1])
-    loss, metrics = causal_lm_loss(out.logits, tokens[:, 1:])
+    loss, metrics = causal_lm_loss(out.logits, tokens[:, 1:], batch.get("weights"))
     return loss, metrics, out
 
 
@@ -49,7 +50,11 @@ def _global_norm(tree) -> jax.Array:
 
 
 def _learning_rate(opt_state) -> jax.Array | None:
-    found = optax.tree_utils.tree_get(opt_state, "learning_rate", default=None)
+    # inject_hyperparams keeps the value (an array) and, for a schedule, its state under the same
+    # name: only the array is the learning rate
+    found = optax.tree_utils.tree_get(
+        opt_state, "learning_rate", default=None, filtering=lambda _, v: isinstance(v, jax.Array)
+    )
     return None if found is None else jnp.asarray(found, jnp.float32)
 
 
