@@ -283,7 +283,8 @@ class Checkpointer:
         save_every: :meth:`save` writes only at steps that are multiples of this (``force=True``
             overrides it).
         config_json: the resolved run config, as JSON text or a JSON-serialisable mapping; written
-            to ``<directory>/config.json`` and into every step.
+            to ``<directory>/config.json`` at the first save (a differing older one is kept as
+            ``config.previous-<n>.json``) and into every step.
         read_only: open an existing directory for restoring only (nothing is created or deleted).
 
     Raises:
@@ -334,8 +335,8 @@ class Checkpointer:
             read_only=read_only,
         )
         self._manager = ocp.CheckpointManager(self._dir, options=options, handler_registry=_registry())
-        if self._config is not None and not read_only and jax.process_index() == 0:
-            self._write_root_config(self._config)
+        # written with the first save, so a run refused at restore (other shapes) changes nothing
+        self._config_written = read_only
 
     # -- context manager and lifecycle ------------------------------------------------------------
 
@@ -425,6 +426,9 @@ class Checkpointer:
                     f"{len(bad)} leaves ({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}); "
                     f"the existing checkpoints {self.all_steps()} are kept"
                 )
+        if self._config is not None and not self._config_written and jax.process_index() == 0:
+            self._write_root_config(self._config)
+        self._config_written = True
         items = {STATE: ocp.args.StandardSave(state), EXTRA: ocp.args.JsonSave(extra_json)}
         if self._config is not None:
             items[CONFIG] = ocp.args.JsonSave(self._config)

@@ -86,5 +86,7 @@ def load_preset(spec: str) -> TrainConfig:
     except ValueError as e:
         raise PresetError(f"preset {name!r} rejected argument {arg!r}: {e}") from e
     if not isinstance(cfg, TrainConfig):
-        raise PresetError(f"get_config of preset {path} returned {type(cfg).__name__}, expected a TrainConfig")
+        raise PresetError(
+            f"get_config of preset {path} returned {type(cfg).__name__}, expected a TrainConfig"
+        )
     return cfg

@@ -51,15 +51,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxslim.data import CorpusError
     from jaxslim.training import NonFiniteLossError, train
 
-    logging.basicConfig(level=os.environ.get("JAXSLIM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("JAXSLIM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         cfg = parse(sys.argv[1:] if argv is None else argv)
     except (PresetError, ValueError) as e:
         print(f"jaxslim-train: error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # tyro printed the help, or which override is wrong and why
+        return e.code if isinstance(e.code, int) else 2
     try:
         train(cfg)
-    except (IncompatibleCheckpointError, CorruptCheckpointError, CorpusError, FileNotFoundError, ValueError) as e:
+    except (
+        IncompatibleCheckpointError,
+        CorruptCheckpointError,
+        CorpusError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         print(f"jaxslim-train: error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:

@@ -11,8 +11,8 @@ Example:
     (16, 129)
 """
 
-from jaxslim.data.baselines import ngram_baselines
 from jaxslim.config import DataConfig
+from jaxslim.data.baselines import ngram_baselines
 from jaxslim.data.corpora import (
     CORPORA,
     CorpusError,

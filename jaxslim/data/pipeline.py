@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxslim.data.baselines import ngram_baselines
 from jaxslim.config import DataConfig
+from jaxslim.data.baselines import ngram_baselines
 from jaxslim.data.corpora import cache_root, corpus_text
 from jaxslim.data.iterators import TrainIterator, validation_batches
 from jaxslim.data.masking import MlmMasker

@@ -99,7 +99,9 @@ def _first_nonfinite(pending: list[tuple[int, Any]]) -> tuple[int, dict] | None:
 
 def _raise_nonfinite(step: int, metrics: dict, checkpointer) -> None:
     latest = None if checkpointer is None else checkpointer.latest_step()
-    kept = f"the last good checkpoint (step {latest}) is kept" if latest is not None else "no checkpoint exists"
+    kept = (
+        f"the last good checkpoint (step {latest}) is kept" if latest is not None else "no checkpoint exists"
+    )
     raise NonFiniteLossError(
         f"non-finite loss or gradient at step {step} (loss={metrics.get('loss')}, "
         f"grad_norm={metrics.get('grad_norm')}); the update was not applied, training stopped and {kept}. "
@@ -189,7 +191,10 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
         writer = default_writers(workdir, tensorboard=cfg.tensorboard)
         if resumed_from is None:
             writer.write_hparams(json.loads(config_to_json(cfg)))
-        run_eval = lambda: evaluate(eval_fn, state, data.val_batches(), mesh, rules, max_batches=cfg.eval_batches)  # noqa: E731
+
+        def run_eval(state):
+            return evaluate(eval_fn, state, data.val_batches(), mesh, rules, max_batches=cfg.eval_batches)
+
         start = resumed_from or 0
         if start >= cfg.steps:
             say(f"the run in {workdir} is already at step {start} of {cfg.steps}; raise --steps to go on")
@@ -225,7 +230,9 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
                 if is_log:
                     for s, m in pending if cfg.log_every == 1 else pending[-1:]:
                         last = {k: float(v) for k, v in jax.device_get(m).items()}
-                        writer.write_scalars(s, {k: v for k, v in last.items() if k not in ("loss_sum", "count")})
+                        writer.write_scalars(
+                            s, {k: v for k, v in last.items() if k not in ("loss_sum", "count")}
+                        )
                     now = time.perf_counter()
                     last["tokens_per_s"] = steps_since * tokens_per_step / (now - t_last)
                     writer.write_scalars(done, {"tokens_per_s": last["tokens_per_s"]})
@@ -233,27 +240,32 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
                     bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
                 pending.clear()
                 if is_eval:
-                    eval_metrics = run_eval()
+                    eval_metrics = run_eval(state)
                     writer.write_scalars(done, eval_metrics)
                 if is_save:
                     checkpointer.save(done, state, extra={"data": train_iter.get_state()})
             if not eval_metrics:
-                eval_metrics = run_eval()
+                eval_metrics = run_eval(state)
+        except BaseException:
+            writer.close()
+            raise
         finally:
             bar.close()
-            writer.flush()
             if checkpointer is not None:
                 checkpointer.close()
-
-        baselines = data.ngram_baselines() if not cfg.data.mlm else {}
-        sample = None
-        if cfg.sample_tokens and is_main:
-            sample = _sample(cfg, setup, state, data)
-            (workdir / "samples.txt").write_text(sample + "\n")
-            writer.write_texts(int(jax.device_get(state.step)), {"sample": sample})
-        writer.close()
+        try:
+            baselines = data.ngram_baselines() if not cfg.data.mlm else {}
+            sample = None
+            if cfg.sample_tokens and is_main:
+                sample = _sample(cfg, setup, state, data)
+                (workdir / "samples.txt").write_text(sample + "\n")
+                writer.write_texts(int(jax.device_get(state.step)), {"sample": sample})
+        finally:
+            writer.close()
     files = _finish(workdir, is_main)
-    result = TrainResult(state, setup, cfg, workdir, resumed_from, last, eval_metrics, baselines, sample, files)
+    result = TrainResult(
+        state, setup, cfg, workdir, resumed_from, last, eval_metrics, baselines, sample, files
+    )
     if is_main:
         say(report(result))
     return result

@@ -46,7 +46,7 @@ def mlm_objective(model, batch, rng):
 
 
 def _global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 def _learning_rate(opt_state) -> jax.Array | None:
