@@ -515,7 +515,7 @@ class TrainConfig:
         sample_tokens: tokens of text generated from the final model (causal LM only; 0: none).
         sample_prompt: the text that generation continues.
         tensorboard: also write TensorBoard events (through tensorboardX).
-        verbose: print the full parameter and sharding table at start-up.
+        verbose: print every row of the parameter and sharding table at start-up (else the first 40).
         profile_start / profile_steps: a ``jax.profiler`` trace of ``profile_steps`` steps from
             ``profile_start`` into ``<workdir>/profile`` (0 steps: no trace).
     """

@@ -77,7 +77,7 @@ def _tiny(tmp_path: pathlib.Path, **changes) -> TrainConfig:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
-    cfg = _tiny(tmp, steps=8)
+    cfg = _tiny(tmp, steps=8, profile_start=2, profile_steps=2)
     return cfg, train(cfg, progress=False)
 
 
@@ -96,6 +96,7 @@ def test_run_directory_holds_everything(finished_run):
     assert result.sample and (run / "samples.txt").read_text().strip() == result.sample.strip()
     assert set(result.baselines) >= {"unigram", "bigram"}
     assert np.isfinite(result.eval_metrics["eval_loss"])
+    assert list((run / "profile").rglob("*.xplane.pb"))  # the jax.profiler window
 
 
 def test_rerun_resumes_and_says_so(finished_run, capsys):

@@ -173,7 +173,7 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "config.json").write_text(config_to_json(cfg))
             data.save_tokenizer(workdir)
-            say(param_table(state.params, max_rows=200 if cfg.verbose else 0))
+            say(param_table(state.params, max_rows=1000 if cfg.verbose else 40))
             say(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices")
         if resumed_from is not None:
             say(f"resuming from step {resumed_from} (checkpoint in {checkpointer.directory})")
