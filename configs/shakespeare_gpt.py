@@ -1,6 +1,6 @@
 """A small GPT-2 (about 10M parameters) on the embedded Shakespeare corpus: the demo run.
 
-``get_config("")`` is the demo (``make demo``, about 8 minutes on 2 CPU cores); ``get_config("tiny")``
+``get_config("")`` is the demo (``make demo``, about 7.5 minutes on 2 CPU cores); ``get_config("tiny")``
 is a seconds-long version of the same run for tests and smoke checks.
 """
 

@@ -242,6 +242,7 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
                 if is_eval:
                     eval_metrics = run_eval(state)
                     writer.write_scalars(done, eval_metrics)
+                writer.flush()  # metrics.jsonl is complete up to the last logged step
                 if is_save:
                     checkpointer.save(done, state, extra={"data": train_iter.get_state()})
             if not eval_metrics:
