@@ -225,23 +225,25 @@ def _config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 @jax.jit
-def _all_finite(x: jax.Array) -> jax.Array:
-    return jnp.isfinite(x).all()
+def _all_finite(leaves: list[jax.Array]) -> jax.Array:
+    return jnp.stack([jnp.isfinite(x).all() for x in leaves])
 
 
 def _nonfinite_paths(state: Any) -> list[str]:
     """Paths of the floating-point leaves of ``state`` that hold a NaN or an Inf."""
-    checks = []
+    device, host = [], []
     for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
         dtype = getattr(x, "dtype", None)
         if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
             continue
-        # Device leaves reduce where they live (one small jitted reduction each, cached per shape);
-        # only the booleans travel to the host.
-        ok = _all_finite(x) if isinstance(x, jax.Array) else np.isfinite(np.asarray(x)).all()
-        checks.append((jax.tree_util.keystr(path), ok))
-    flags = jax.device_get([ok for _, ok in checks])
-    return [p for (p, _), ok in zip(checks, flags, strict=True) if not bool(ok)]
+        (device if isinstance(x, jax.Array) else host).append((jax.tree_util.keystr(path), x))
+    bad = [p for p, x in host if not np.isfinite(np.asarray(x)).all()]
+    if device:
+        # One executable reduces every device leaf where it lives: one collective round on a
+        # multi-process mesh instead of one per leaf; only the booleans travel to the host.
+        flags = jax.device_get(_all_finite([x for _, x in device]))
+        bad += [p for (p, _), ok in zip(device, flags, strict=True) if not bool(ok)]
+    return bad
 
 
 # -- the checkpointer -----------------------------------------------------------------------------
