@@ -16,6 +16,7 @@ fake devices in its own process and compare the losses with the two-process run.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -34,6 +35,7 @@ from jaxslim.data import PackedSequences, TrainIterator
 from jaxslim.models import Transformer
 from jaxslim.optim import build_optimizer
 from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
+from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.state import TrainSetup, TrainState, abstract_train_state, create_train_state
 from jaxslim.training.step import lm_objective, make_train_step
 
@@ -128,6 +130,14 @@ def shards_equal(a: TrainState, b: TrainState) -> bool:
     return True
 
 
+def holds_whole_array(x: jax.Array) -> bool:
+    """Whether this process's shards of ``x`` together cover every element (replicated or not)."""
+    covered = np.zeros(x.shape, dtype=bool)
+    for shard in x.addressable_shards:
+        covered[shard.index] = True
+    return bool(covered.all())
+
+
 def all_processes(flag: bool) -> bool:
     """``flag`` AND-ed over every process, so both report the same verdict."""
     from jax.experimental import multihost_utils
@@ -142,13 +152,13 @@ def run(process_id: int, num_processes: int, port: int, workdir: pathlib.Path, m
     # Gloo is the default in this JAX, but naming it keeps the run independent of that default.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.config.update("jax_numpy_rank_promotion", "raise")
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}",
-        num_processes=num_processes,
-        process_id=process_id,
-        # fail within the test's time limit rather than JAX's default five minutes
-        initialization_timeout=60,
+    # the environment a launcher (SLURM, a job script) would set; jaxslim's start-up reads it
+    os.environ.update(
+        JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+        JAX_NUM_PROCESSES=str(num_processes),
+        JAX_PROCESS_ID=str(process_id),
     )
+    assert maybe_initialize()
     assert jax.process_index() == process_id and jax.process_count() == num_processes
     mesh_cfg = MESHES[mesh_name]
     rules = mesh_cfg.rules
@@ -167,7 +177,7 @@ def run(process_id: int, num_processes: int, port: int, workdir: pathlib.Path, m
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         # some weight must be split across the processes for the checkpoint to be a real multi-host one
         result["params_split_across_processes"] = any(
-            not x.is_fully_addressable for x in jax.tree.leaves(state.params)
+            not holds_whole_array(x) for x in jax.tree.leaves(state.params)
         )
         for _ in range(STEPS_BEFORE_SAVE):
             local = next(it)
