@@ -13,11 +13,10 @@ import socket
 import subprocess
 import sys
 
+import distributed_worker as worker
 import jax
 import numpy as np
 import pytest
-
-import distributed_worker as worker
 
 WORKER = pathlib.Path(worker.__file__)
 LOCAL_DEVICES = 2
