@@ -62,16 +62,26 @@ class Attention(nnx.Module):
                 if self.bo is None
                 else jnp.broadcast_to(self.bo[...].astype(x.dtype), x.shape)
             )
-        q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"))
-        k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"))
-        v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"))
-        if rope is not None:
-            q = apply_rope(q, *rope)
-            k = apply_rope(k, *rope)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+        out = self.contexts(x, mask=mask, rope=rope)
         if head_mask is not None:
             out = out * expand_to(head_mask.astype(out.dtype)[:, None], out.ndim)
         y = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(x.dtype))
         if self.bo is not None:
             y = y + expand_to(self.bo[...].astype(x.dtype), y.ndim)
         return constrain(y, ("batch", "length", "act_embed"))
+
+    def contexts(self, x: jax.Array, *, mask: jax.Array | None, rope=None) -> jax.Array:
+        """Each head's attention output before the output projection: ``[batch, length, heads, head_dim]``."""
+        q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"))
+        k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"))
+        v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"))
+        if rope is not None:
+            q = apply_rope(q, *rope)
+            k = apply_rope(k, *rope)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+    def head_outputs(self, x: jax.Array, *, mask: jax.Array | None, rope=None) -> jax.Array:
+        """Each head's contribution to the output, ``[batch, length, heads, embed]`` (bias excluded):
+        the attention output is their sum plus ``bo``."""
+        out = self.contexts(x, mask=mask, rope=rope)
+        return jnp.einsum("bthk,hkd->bthd", out, self.wo[...].astype(x.dtype))

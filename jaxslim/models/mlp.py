@@ -30,6 +30,19 @@ class Mlp(nnx.Module):
     def __call__(self, x: jax.Array, *, neuron_mask: jax.Array | None = None) -> jax.Array:
         """Applies the FFN; ``neuron_mask: [d_ff]`` multiplies each hidden unit."""
         dt = x.dtype
+        h = self.hidden(x)
+        if neuron_mask is not None:
+            h = h * expand_to(neuron_mask.astype(dt), h.ndim)
+        h = constrain(h, ("batch", "length", "act_mlp"))
+        y = h @ self.wo[...].astype(dt)
+        if self.bo is not None:
+            y = y + expand_to(self.bo[...].astype(dt), y.ndim)
+        return constrain(y, ("batch", "length", "act_embed"))
+
+    def hidden(self, x: jax.Array) -> jax.Array:
+        """The hidden units ``act(x wi + bi) [* (x wu + bu)]``, ``[batch, length, d_ff]``: the output is
+        ``hidden @ wo + bo``."""
+        dt = x.dtype
         h = x @ self.wi[...].astype(dt)
         if self.bi is not None:
             h = h + expand_to(self.bi[...].astype(dt), h.ndim)
@@ -39,10 +52,4 @@ class Mlp(nnx.Module):
             if self.bu is not None:
                 up = up + expand_to(self.bu[...].astype(dt), up.ndim)
             h = h * up
-        if neuron_mask is not None:
-            h = h * expand_to(neuron_mask.astype(dt), h.ndim)
-        h = constrain(h, ("batch", "length", "act_mlp"))
-        y = h @ self.wo[...].astype(dt)
-        if self.bo is not None:
-            y = y + expand_to(self.bo[...].astype(dt), y.ndim)
-        return constrain(y, ("batch", "length", "act_embed"))
+        return h
