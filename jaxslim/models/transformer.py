@@ -89,22 +89,12 @@ class Transformer(nnx.Module):
             head_mask: ``[layers, heads]`` multipliers of each attention head's output.
             neuron_mask: ``[layers, d_ff]`` multipliers of each FFN hidden unit.
         """
+        self._check_mask("head_mask", head_mask, self.cfg.n_heads)
+        self._check_mask("neuron_mask", neuron_mask, self.cfg.d_ff)
+        x, mask, rope = self.embed_inputs(
+            tokens, attention_mask=attention_mask, token_type_ids=token_type_ids, positions=positions
+        )
         cfg = self.cfg
-        b, t = tokens.shape
-        if not cfg.rope and t > cfg.max_len:
-            raise ValueError(f"sequence length {t} exceeds the model's max_len={cfg.max_len}")
-        self._check_mask("head_mask", head_mask, cfg.n_heads)
-        self._check_mask("neuron_mask", neuron_mask, cfg.d_ff)
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        x = self.embed(tokens, positions, token_type_ids)
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask.astype(bool)[:, None, None, :]
-        if cfg.causal:
-            causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
-            mask = causal if mask is None else mask & causal
-        rope = rope_tables(positions, cfg.head_dim_, cfg.rope_theta) if cfg.rope else None
         x = self.stack(x, mask=mask, rope=rope, head_mask=head_mask, neuron_mask=neuron_mask)
         if self.final_norm is not None:
             x = self.final_norm(x)
@@ -121,6 +111,25 @@ class Transformer(nnx.Module):
         if logits is not None:
             logits = logits.astype(jnp.float32)
         return ModelOutput(hidden=x, logits=logits, pooled=pooled)
+
+    def embed_inputs(self, tokens, *, attention_mask=None, token_type_ids=None, positions=None):
+        """The stack's inputs: embedded tokens ``[b, t, d]``, the boolean attention mask (padding and
+        causality, broadcastable to ``[b, heads, t, t]``) and the RoPE tables (or None)."""
+        cfg = self.cfg
+        b, t = tokens.shape
+        if not cfg.rope and t > cfg.max_len:
+            raise ValueError(f"sequence length {t} exceeds the model's max_len={cfg.max_len}")
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        x = self.embed(tokens, positions, token_type_ids)
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.astype(bool)[:, None, None, :]
+        if cfg.causal:
+            causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+            mask = causal if mask is None else mask & causal
+        rope = rope_tables(positions, cfg.head_dim_, cfg.rope_theta) if cfg.rope else None
+        return x, mask, rope
 
     def _check_mask(self, name: str, mask, width: int) -> None:
         if mask is None:
