@@ -97,7 +97,7 @@ def _round_ffn(neuron_mask, neuron_fisher, round_to, fits) -> np.ndarray:
         if not candidates:
             break
 
-        def block_loss(layer):
+        def block_loss(layer, counts=counts):
             worst = order[layer, counts[layer] - round_to : counts[layer]]
             return neuron_fisher[layer, worst].sum()
 
