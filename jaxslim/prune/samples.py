@@ -1,0 +1,96 @@
+"""Sample sets for post-training pruning: sentences from a corpus, tokenized into length buckets.
+
+Pruning statistics are sums over examples, so the examples may be reordered freely: they are sorted
+by length and padded only to the next multiple of ``bucket`` tokens, which on short sentences costs a
+fraction of padding everything to ``max_len`` (and compiles one shape per bucket).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def load_sentences(
+    source: str,
+    n: int,
+    *,
+    seed: int = 0,
+    min_words: int = 4,
+    skip: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[str]:
+    """``n`` distinct sentences drawn without replacement from ``source``.
+
+    Args:
+        source: an embedded corpus (``"kjv"``, ``"shakespeare"``, ``"vader"``), a local text file (one
+            sentence per line) or ``hf:owner/name`` (see :func:`jaxslim.data.corpus_text`).
+        n: how many (fewer are returned when the source has fewer lines).
+        seed: the draw's seed.
+        min_words: lines with fewer words are dropped.
+        skip: drop the first ``skip`` drawn sentences (a held-out set disjoint from a sample set
+            drawn with the same seed: ``skip=n_sample``).
+    """
+    from jaxslim.data.corpora import corpus_text
+
+    path = pathlib.Path(source)
+    if path.is_file() and path.suffix == ".txt":
+        docs = [path.read_text(encoding="utf-8")]
+    else:
+        docs = corpus_text(source, cache_dir)
+    lines = [ln.strip() for doc in docs for ln in doc.splitlines()]
+    lines = sorted({ln for ln in lines if len(ln.split()) >= min_words})
+    if not lines:
+        raise ValueError(f"no sentences of at least {min_words} words in {source!r}")
+    order = np.random.default_rng(seed).permutation(len(lines))
+    return [lines[i] for i in order[skip : skip + n]]
+
+
+def tokenize(tokenizer, sentences: Sequence[str], max_len: int) -> list[list[int]]:
+    """Token ids of each sentence (a ``tokenizers.Tokenizer`` or a path to ``tokenizer.json``),
+    truncated to ``max_len``."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tokenizer))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_len)
+    return [e.ids for e in tokenizer.encode_batch(list(sentences))]
+
+
+def bucket_batches(
+    ids: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 32,
+    bucket: int = 16,
+    pad_id: int = 0,
+    labels: Sequence[int] | None = None,
+) -> list[dict[str, np.ndarray]]:
+    """Batches sorted by length, padded to a multiple of ``bucket``: ``tokens``, ``attention_mask``,
+    ``index`` (position in ``ids``, for per-example noise) and ``label`` when given."""
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in idx)
+        width = -(-width // bucket) * bucket
+        tokens = np.full((len(idx), width), pad_id, np.int32)
+        mask = np.zeros((len(idx), width), np.int32)
+        for row, i in enumerate(idx):
+            tokens[row, : len(ids[i])] = ids[i]
+            mask[row, : len(ids[i])] = 1
+        batch = {"tokens": tokens, "attention_mask": mask, "index": idx.astype(np.int32)}
+        if labels is not None:
+            batch["label"] = np.asarray(labels, np.int32)[idx]
+        out.append(batch)
+    return out
+
+
+def mean_length(batches: Sequence[dict[str, np.ndarray]]) -> float:
+    """Average number of real tokens per example (the cost model's sequence length)."""
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    examples = sum(len(b["attention_mask"]) for b in batches)
+    return tokens / examples
