@@ -133,7 +133,9 @@ def save_safetensors(path: pathlib.Path, tensors: dict[str, np.ndarray], metadat
         mode = os.fstat(fd).st_mode & 0o777
     finally:
         os.close(fd)
-    save_file(tensors, str(path), metadata=metadata)
+    # safetensors copies each array's memory as it lies: a non-contiguous view (a slice taken with
+    # fancy indexing on an inner axis) would be written scrambled
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)
     os.chmod(path, mode)
 
 

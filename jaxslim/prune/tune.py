@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxslim.models.layers import expand_to
 from jaxslim.models.stack import unstack_layers
 
 
@@ -51,7 +52,9 @@ def _blocks(model):
 @nnx.jit
 def _embed(model, batch):
     x, mask, rope = model.embed_inputs(
-        batch["tokens"], attention_mask=batch.get("attention_mask"), token_type_ids=batch.get("token_type_ids")
+        batch["tokens"],
+        attention_mask=batch.get("attention_mask"),
+        token_type_ids=batch.get("token_type_ids"),
     )
     return x, mask, rope
 
@@ -67,7 +70,7 @@ def _attn_stats(block, xs, xt, mask, rope, w, hs, ht):
     pre = block.pre_norm
     cs = block.attn.head_outputs(block.attn_norm(xs) if pre else xs, mask=mask, rope=rope)
     t_out = block.attn(block.attn_norm(xt) if pre else xt, mask=mask, rope=rope, head_mask=ht)
-    bo = 0.0 if block.attn.bo is None else block.attn.bo[...]
+    bo = 0.0 if block.attn.bo is None else expand_to(block.attn.bo[...], 3)
     current = jnp.einsum("bthd,h->btd", cs, hs)
     r = (xt + t_out) - (xs + bo + current)
     ata = jnp.einsum("bthd,btkd,bt->hk", cs, cs, w)
@@ -81,8 +84,8 @@ def _mlp_stats(block, xs, xt, w, ns, nt):
     hid = block.mlp.hidden(block.mlp_norm(xs) if pre else xs)
     t_out = block.mlp(block.mlp_norm(xt) if pre else xt, neuron_mask=nt)
     wo = block.mlp.wo[...]
-    bo = 0.0 if block.mlp.bo is None else block.mlp.bo[...]
-    r = (xt + t_out) - (xs + bo + (hid * ns) @ wo)
+    bo = 0.0 if block.mlp.bo is None else expand_to(block.mlp.bo[...], 3)
+    r = (xt + t_out) - (xs + bo + (hid * expand_to(ns, 3)) @ wo)
     hh = jnp.einsum("btf,btg,bt->fg", hid, hid, w)
     ata = (wo @ wo.T) * hh
     atr = jnp.einsum("btf,btd,fd,bt->f", hid, r, wo, w)
@@ -160,7 +163,9 @@ def tune_masks(
     nt = np.ones_like(ns) if teacher_neuron_mask is None else np.asarray(teacher_neuron_mask, np.float64)
     data = []
     for batch in batches:
-        batch = {k: jnp.asarray(v) for k, v in batch.items() if k in ("tokens", "attention_mask", "token_type_ids")}
+        batch = {
+            k: jnp.asarray(v) for k, v in batch.items() if k in ("tokens", "attention_mask", "token_type_ids")
+        }
         x, mask, rope = _embed(model, batch)
         data.append([x, x, mask, rope, _valid(batch, x)])
     if not data:
@@ -168,7 +173,9 @@ def tune_masks(
     rows = []
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
     for layer, block in enumerate(blocks):
-        stats = [_attn_stats(block, xs, xt, m, r, w, f32(hs[layer]), f32(ht[layer])) for xs, xt, m, r, w in data]
+        stats = [
+            _attn_stats(block, xs, xt, m, r, w, f32(hs[layer]), f32(ht[layer])) for xs, xt, m, r, w in data
+        ]
         ata, atr, err = (sum(np.asarray(s[i], np.float64) for s in stats) for i in range(3))
         hs[layer], why, red = _solve(ata, atr, keep_h[layer], hs[layer], damp, max_scale)
         rows.append(("attn", layer, why, float(err), float(err) - red))
