@@ -1,0 +1,259 @@
+"""``jaxslim-prune``: retraining-free structured pruning of a model to a FLOPs or latency budget.
+
+Loads a Hugging Face directory, a jaxslim directory or the embedded all-MiniLM-L6-v2, draws sample
+sentences, prunes heads and FFN neurons label-free (distillation of the dense model's hidden states)
+or with the causal-LM loss for decoders, slims the model physically, measures dense vs slim latency
+and writes, per budget, ``<out>/flops-<budget>/`` (the slim model as a jaxslim checkpoint, the masks
+and ``report.json``) plus ``<out>/summary.json`` and, for several budgets, ``<out>/quality_vs_flops.png``.
+
+Example:
+    jaxslim-prune --model minilm --flops 0.5 0.6 --samples kjv --out runs/prune
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+
+def _load_model(spec: str):
+    from jaxslim.convert import load_hf, load_jaxslim
+    from jaxslim.convert.native import JAXSLIM_CONFIG
+
+    if spec == "minilm":
+        from jaxslim.cli.demo import find_minilm
+
+        path = find_minilm()
+    else:
+        path = pathlib.Path(spec)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--model {spec!r} is neither 'minilm' nor a model directory")
+    model = load_jaxslim(path) if (path / JAXSLIM_CONFIG).is_file() else load_hf(path)
+    tokenizer = path / "tokenizer.json"
+    return model, path, tokenizer if tokenizer.is_file() else None
+
+
+def _embed(model, batches, head_mask=None, neuron_mask=None):
+    """Mean-pooled, L2-normalised sentence embeddings (in ``index`` order)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, tokens, mask, hm, nm):
+        h = nnx.merge(graphdef, state)(tokens, attention_mask=mask, head_mask=hm, neuron_mask=nm).hidden
+        m = mask[..., None].astype(h.dtype)
+        e = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+        return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+
+    out = {}
+    for b in batches:
+        emb = np.asarray(run(state, b["tokens"], b["attention_mask"], head_mask, neuron_mask))
+        out.update(zip(b["index"].tolist(), emb, strict=True))
+    return np.stack([out[i] for i in sorted(out)])
+
+
+def _latency(model, batch: int, seq_len: int, repeats: int = 5) -> float:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxslim.prune.latency import time_fn
+
+    graphdef, state = nnx.split(model)
+    tokens = jnp.ones((batch, seq_len), jnp.int32)
+
+    @jax.jit
+    def run(state, tokens):
+        return nnx.merge(graphdef, state)(tokens, attention_mask=jnp.ones_like(tokens)).hidden
+
+    return time_fn(run, state, tokens, repeats=repeats)
+
+
+def _count(model) -> int:
+    import jax
+    from flax import nnx
+
+    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def _plot(rows, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["flops"] for r in rows], [r["cosine"] for r in rows], "o-")
+    ax.set_xlabel("FLOPs kept (fraction of dense)")
+    ax.set_ylabel("cosine similarity to dense")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="jaxslim-prune", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--model", default="minilm", help="'minilm' (embedded), a Hugging Face or jaxslim directory"
+    )
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--flops", type=float, nargs="+", help="kept FLOPs fraction(s) in (0, 1]")
+    budget.add_argument("--latency", type=float, nargs="+", help="kept latency fraction(s) in (0, 1]")
+    p.add_argument(
+        "--samples", default="kjv", help="embedded corpus (kjv, shakespeare, vader), .txt file or hf:name"
+    )
+    p.add_argument("--num-samples", type=int, default=2048)
+    p.add_argument("--held-out", type=int, default=512, help="held-out sentences for the quality metric")
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--round-to", type=int, default=1, help="FFN widths a multiple of this (FLOPs budgets)")
+    p.add_argument("--no-rearrange", action="store_true")
+    p.add_argument("--no-tune", action="store_true")
+    p.add_argument("--teacher", choices=("assistant", "dense"), default="assistant")
+    p.add_argument("--latency-batch", type=int, default=32)
+    p.add_argument("--latency-seq", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=pathlib.Path, required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    from jaxslim.convert import save_jaxslim
+    from jaxslim.prune import (
+        bucket_batches,
+        distill_loss,
+        lm_loss,
+        load_sentences,
+        measure_latency,
+        prune_post_training,
+        slim,
+        tokenize,
+    )
+    from jaxslim.prune.search import check_budget
+
+    metric = "flops" if args.flops else "latency"
+    budgets = [check_budget(b, f"--{metric}") for b in (args.flops or args.latency)]
+    out = args.out
+    existing = [out / f"{metric}-{b:g}" for b in budgets if (out / f"{metric}-{b:g}").exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it (nothing was written)")
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    model, path, tokenizer = _load_model(args.model)
+    if tokenizer is None:
+        raise FileNotFoundError(f"{path} has no tokenizer.json to tokenize the sample sentences")
+    seconds["load"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sents = load_sentences(args.samples, args.num_samples + args.held_out, seed=args.seed)
+    if len(sents) < args.num_samples + args.held_out:
+        raise ValueError(f"{args.samples!r} has only {len(sents)} usable sentences")
+    ids = tokenize(tokenizer, sents, args.max_len)
+    causal = model.cfg.causal
+    if causal:
+        sample = [
+            {"tokens": b["tokens"]} for b in bucket_batches([x + [x[-1]] for x in ids[: args.num_samples]])
+        ]
+        loss = lm_loss
+    else:
+        sample = bucket_batches(ids[: args.num_samples], batch_size=args.batch_size)
+        loss = distill_loss(seed=args.seed)
+    held = bucket_batches(ids[args.num_samples :], batch_size=args.batch_size)
+    seconds["data"] = time.perf_counter() - t0
+    latency_model = None
+    if metric == "latency":
+        t0 = time.perf_counter()
+        print(f"measuring latency tables at {args.latency_batch}x{args.latency_seq} ...", file=sys.stderr)
+        latency_model = measure_latency(model.cfg, batch=args.latency_batch, seq_len=args.latency_seq)
+        seconds["latency_tables"] = time.perf_counter() - t0
+    dense_emb = _embed(model, held)
+    dense_latency = _latency(model, args.latency_batch, args.latency_seq)
+    rows, grads = [], None
+    for budget in budgets:
+        bar = tqdm(total=4, desc=f"{metric} {budget:g}", leave=False)
+        result = prune_post_training(
+            model,
+            sample,
+            loss,
+            budget=budget,
+            metric=metric,
+            latency_model=latency_model,
+            rearrange=not args.no_rearrange,
+            tune=not args.no_tune,
+            teacher=args.teacher,
+            round_to=args.round_to,
+            grads=grads,
+            progress=lambda phase, bar=bar: (bar.set_postfix_str(phase), bar.update(1)),
+        )
+        bar.close()
+        grads = result.grads
+        small = slim(model, result.head_mask, result.neuron_mask)
+        emb = _embed(small, held)
+        slim_latency = _latency(small, args.latency_batch, args.latency_seq)
+        target = out / f"{metric}-{budget:g}"
+        save_jaxslim(small, target / "model", overwrite=True)
+        np.savez(target / "masks.npz", head_mask=result.head_mask, neuron_mask=result.neuron_mask)
+        row = {
+            "budget": budget,
+            "metric": metric,
+            "flops": result.flops,
+            "predicted_latency": result.latency,
+            "params_dense": _count(model),
+            "params_slim": _count(small),
+            "layer_heads": list(small.cfg.layer_heads),
+            "layer_ffn": list(small.cfg.layer_ffn),
+            "cosine": float(np.mean(np.sum(emb * dense_emb, -1))),
+            "latency_dense_s": dense_latency,
+            "latency_slim_s": slim_latency,
+            "speedup": dense_latency / slim_latency,
+            "seconds": {**seconds, **result.seconds},
+            "seq_len": result.seq_len,
+            "tune_skipped": [] if result.tune_report is None else result.tune_report.skipped(),
+        }
+        (target / "report.json").write_text(json.dumps(row, indent=1))
+        rows.append(row)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    if len(rows) > 1:
+        _plot(rows, out / "quality_vs_flops.png")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| budget | FLOPs | params dense -> slim | cosine | latency dense -> slim (ms) | speedup | fisher/search/rearrange/tune s |"
+    lines = [head, "|" + "---|" * 7]
+    for r in rows:
+        s = r["seconds"]
+        lines.append(
+            f"| {r['metric']} {r['budget']:g} | {r['flops']:.3f} | {r['params_dense'] / 1e6:.2f}M -> "
+            f"{r['params_slim'] / 1e6:.2f}M | {r['cosine']:.4f} | {r['latency_dense_s'] * 1e3:.1f} -> "
+            f"{r['latency_slim_s'] * 1e3:.1f} | {r['speedup']:.2f}x | {s['fisher']:.1f}/{s['search']:.2f}/"
+            f"{s['rearrange']:.1f}/{s['tune']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        rows = run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"jaxslim-prune: error: {e}", file=sys.stderr)
+        return 2
+    print(table(rows))
+    print(f"\nwritten to {args.out}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
