@@ -66,7 +66,10 @@ def classification_loss(classifier: Callable[[object], jax.Array]) -> MaskLoss:
     def loss(model, example, head_mask, neuron_mask):
         ex = _one(example)
         out = model(
-            ex["tokens"], attention_mask=ex.get("attention_mask"), head_mask=head_mask, neuron_mask=neuron_mask
+            ex["tokens"],
+            attention_mask=ex.get("attention_mask"),
+            head_mask=head_mask,
+            neuron_mask=neuron_mask,
         )
         logp = jax.nn.log_softmax(classifier(out).astype(jnp.float32))[0]
         return -logp[example["label"]]

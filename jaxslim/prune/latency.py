@@ -97,7 +97,9 @@ class LatencyModel:
         return float(self.base + self.mha[heads].sum() + self.ffn[ffn].sum())
 
     def predict_widths(self, layer_heads, layer_ffn) -> float:
-        return float(self.base + self.mha[np.asarray(layer_heads)].sum() + self.ffn[np.asarray(layer_ffn)].sum())
+        return float(
+            self.base + self.mha[np.asarray(layer_heads)].sum() + self.ffn[np.asarray(layer_ffn)].sum()
+        )
 
     def dense(self) -> float:
         return float(self.base + self.n_layers * (self.mha[-1] + self.ffn[-1]))
@@ -167,7 +169,9 @@ def measure_latency(
     widths = np.unique(np.linspace(0, cfg.d_ff, ffn_samples).round().astype(int))
     measured = []
     for f in widths:
-        measured.append(0.0 if f == 0 else _module_time(Mlp(cfg, int(f), rngs=nnx.Rngs(0)), x, lambda m, x: m(x), repeats))
+        measured.append(
+            0.0 if f == 0 else _module_time(Mlp(cfg, int(f), rngs=nnx.Rngs(0)), x, lambda m, x: m(x), repeats)
+        )
     ffn = np.interp(np.arange(cfg.d_ff + 1), widths, measured)
     ffn[0] = 0.0
     empty = cfg.replace(scan_layers=False, layer_heads=(0,) * cfg.n_layers, layer_ffn=(0,) * cfg.n_layers)

@@ -38,7 +38,9 @@ def slim(model: Transformer, head_mask, neuron_mask) -> Transformer:
     """
     cfg = model.cfg
     if not cfg.uniform:
-        raise ValueError("model is already slimmed (per-layer widths); slim the dense model with the full masks")
+        raise ValueError(
+            "model is already slimmed (per-layer widths); slim the dense model with the full masks"
+        )
     hm = _check("head_mask", head_mask, (cfg.n_layers, cfg.n_heads)).astype(np.float64)
     nm = _check("neuron_mask", neuron_mask, (cfg.n_layers, cfg.d_ff)).astype(np.float64)
     g = cfg.n_heads // cfg.kv_heads
