@@ -317,3 +317,28 @@ def test_batches_are_bucketed_and_indexed():
         for row, i in enumerate(b["index"]):
             assert b["attention_mask"][row].sum() == len(ids[i])
             assert b["label"][row] == [0, 1, 0, 1, 1][i]
+
+
+def test_masks_are_identical_on_one_and_eight_devices():
+    """Mask gradients of a model sharded over 8 devices (FSDP x tensor) with a data-sharded batch give
+    the same Fisher, hence the same masks, as on one device."""
+    from jaxslim.config import MeshConfig
+    from jaxslim.sharding import make_mesh, shard_batch, shard_model
+
+    cfg = CONFIGS["bert"].replace(n_heads=4, d_ff=48)
+    batches = _batches(n_batches=2, b=8)
+    one = mask_gradients(Transformer(cfg, rngs=nnx.Rngs(9)), batches, distill_loss())
+    mesh_cfg = MeshConfig(data=2, fsdp=2, tensor=2)
+    mesh = make_mesh(mesh_cfg, jax.devices()[:8])
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(mesh_cfg.rules):
+        model = shard_model(Transformer(cfg, rngs=nnx.Rngs(9)), mesh, mesh_cfg.rules)
+        assert any(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(nnx.state(model)))
+        sharded = [shard_batch(b, mesh, mesh_cfg.rules) for b in batches]
+        eight = mask_gradients(model, sharded, distill_loss())
+    np.testing.assert_allclose(eight.head, one.head, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(eight.neuron, one.neuron, rtol=1e-4, atol=1e-9)
+    cost = cost_model(cfg, 10)
+    for budget in (0.3, 0.5, 0.7):
+        a = search_flops(one.head_fisher, one.neuron_fisher, cost, budget)
+        b = search_flops(eight.head_fisher, eight.neuron_fisher, cost, budget)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
