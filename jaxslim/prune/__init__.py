@@ -1,4 +1,10 @@
-"""Pruning: post-training structured pruning (Kwon et al.) and physical slimming.
+"""Pruning: masks as pytrees, gradual pruning as an optax transform, post-training structured
+pruning (Kwon et al.) and physical slimming.
+
+Masks (:mod:`jaxslim.prune.masks`) have the structure and sharding of the parameters they mask:
+unstructured (magnitude, random, saliency; per-layer or global), N:M on the contraction axis, and
+structured (heads, neurons, channels). :func:`prune` / :func:`gradual_pruning` wrap any optax
+optimizer and keep the masks in its state; pruned weights stay exactly zero.
 
 Post-training, no retraining: per-example mask gradients (:func:`mask_gradients`) give a diagonal
 Fisher per head and FFN neuron; :func:`search_flops` / :func:`search_latency` pick what to keep under
@@ -21,11 +27,38 @@ from jaxslim.prune.fisher import (
 )
 from jaxslim.prune.flops import CostModel, cost_model
 from jaxslim.prune.latency import LatencyModel, LinearFit, fit_piecewise, measure_latency
+from jaxslim.prune.masks import (
+    apply_masks,
+    compute_masks,
+    compute_scores,
+    mask_counts,
+    mask_template,
+    nm_masks,
+    sparsity_summary,
+    structured_masks,
+    summary_table,
+    unstructured_masks,
+)
 from jaxslim.prune.posttrain import PruneResult, prune_post_training
 from jaxslim.prune.rearrange import rearrange
 from jaxslim.prune.samples import bucket_batches, load_sentences, tokenize
+from jaxslim.prune.schedule import (
+    constant_sparsity_schedule,
+    cubic_sparsity_schedule,
+    one_shot_sparsity_schedule,
+)
 from jaxslim.prune.search import BudgetError, search_flops, search_latency
 from jaxslim.prune.slim import slim
+from jaxslim.prune.transform import (
+    PruneState,
+    find_prune_state,
+    get_masks,
+    gradual_pruning,
+    masked_params,
+    params_sparsity,
+    prune,
+    sparsity_metrics,
+)
 from jaxslim.prune.tune import TuneReport, tune_masks
 
 __all__ = [
@@ -35,21 +68,42 @@ __all__ = [
     "LinearFit",
     "MaskGradients",
     "PruneResult",
+    "PruneState",
     "TuneReport",
+    "apply_masks",
     "bucket_batches",
     "classification_loss",
+    "compute_masks",
+    "compute_scores",
+    "constant_sparsity_schedule",
     "cost_model",
+    "cubic_sparsity_schedule",
     "distill_loss",
+    "find_prune_state",
     "fit_piecewise",
+    "get_masks",
+    "gradual_pruning",
     "lm_loss",
     "load_sentences",
+    "mask_counts",
     "mask_gradients",
+    "mask_template",
+    "masked_params",
     "measure_latency",
+    "nm_masks",
+    "one_shot_sparsity_schedule",
+    "params_sparsity",
+    "prune",
     "prune_post_training",
     "rearrange",
     "search_flops",
     "search_latency",
     "slim",
+    "sparsity_metrics",
+    "sparsity_summary",
+    "structured_masks",
+    "summary_table",
     "tokenize",
     "tune_masks",
+    "unstructured_masks",
 ]
