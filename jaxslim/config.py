@@ -495,6 +495,82 @@ def _default_model() -> ModelConfig:
 
 
 @dataclass(frozen=True)
+class PruneConfig:
+    """Gradual pruning during training (:func:`jaxslim.prune.prune` around the optimizer).
+
+    Masks follow Zhu & Gupta's cubic schedule from ``initial_sparsity`` at ``begin_step`` to
+    ``sparsity`` at ``begin_step + num_updates * update_every``, updated every ``update_every``
+    steps; pruned weights stay exactly zero. Per-layer sparsity is logged at every logged step.
+
+    Attributes:
+        kind: ``"none"`` (no pruning), ``"unstructured"``, ``"nm"`` (N:M along each kernel's
+            contraction axis), ``"heads"``, ``"neurons"`` or ``"channels"``.
+        sparsity: final fraction pruned, in ``(0, 1)`` (``kind="nm"`` prunes ``1 - n/m``).
+        initial_sparsity: ``s_i`` of the cubic schedule.
+        criterion: ``"magnitude"``, ``"random"`` or ``"saliency"`` (``|w * g|``).
+        allocation: ``"layer"`` (every layer the same sparsity) or ``"global"`` (unstructured).
+        n, m: the N:M pattern.
+        begin_step / num_updates / update_every: ``t0``, ``n`` and ``dt`` of the schedule.
+        ste: straight-through: params stay dense, the forward pass sees the masked weights and the
+            masks are recomputed every ``update_every`` steps for the whole run (N:M training).
+        sr_ste_decay: SR-STE's pull of pruned weights towards zero (needs ``ste``).
+    """
+
+    kind: Literal["none", "unstructured", "nm", "heads", "neurons", "channels"] = "none"
+    sparsity: float = 0.0
+    initial_sparsity: float = 0.0
+    criterion: Literal["magnitude", "random", "saliency"] = "magnitude"
+    allocation: Literal["layer", "global"] = "layer"
+    n: int = 2
+    m: int = 4
+    begin_step: int = 0
+    num_updates: int = 1
+    update_every: int = 1
+    ste: bool = False
+    sr_ste_decay: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
+
+    @property
+    def end_step(self) -> int:
+        """The step at which the schedule reaches its final sparsity."""
+        return self.begin_step + self.num_updates * self.update_every
+
+    def __post_init__(self):
+        o = "PruneConfig"
+        _check_choice(o, "kind", self.kind, ("none", "unstructured", "nm", "heads", "neurons", "channels"))
+        _check_choice(o, "criterion", self.criterion, ("magnitude", "random", "saliency"))
+        _check_choice(o, "allocation", self.allocation, ("layer", "global"))
+        _check_positive(o, "begin_step", self.begin_step, allow_zero=True)
+        _check_positive(o, "num_updates", self.num_updates)
+        _check_positive(o, "update_every", self.update_every)
+        for name in ("sparsity", "initial_sparsity"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v < 1):
+                raise ValueError(f"{o}.{name} must be in [0, 1), got {v!r}")
+        if self.kind not in ("none", "nm") and self.sparsity <= 0:
+            raise ValueError(f"{o}.sparsity must be in (0, 1) for kind={self.kind!r}, got {self.sparsity!r}")
+        if self.initial_sparsity > self.sparsity and self.kind != "nm":
+            raise ValueError(
+                f"{o}.initial_sparsity={self.initial_sparsity} must not exceed sparsity={self.sparsity}"
+            )
+        if self.kind == "nm" and not (
+            isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n < self.m
+        ):
+            raise ValueError(f"{o}: N:M needs integers 0 < n < m, got n={self.n!r}, m={self.m!r}")
+        if self.allocation == "global" and self.kind != "unstructured":
+            raise ValueError(f'{o}.allocation="global" is for kind="unstructured", got kind={self.kind!r}')
+        if not (isinstance(self.sr_ste_decay, (int, float)) and self.sr_ste_decay >= 0):
+            raise ValueError(f"{o}.sr_ste_decay must be a float >= 0, got {self.sr_ste_decay!r}")
+        if self.sr_ste_decay and not self.ste:
+            raise ValueError(f"{o}.sr_ste_decay needs ste=True (SR-STE acts on dense weights)")
+        if self.ste and self.criterion == "saliency":
+            raise ValueError(f'{o}.ste needs criterion "magnitude" or "random" (masks precede the gradient)')
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A whole training run: model, mesh, data, optimizer, checkpoints, evaluation and logging.
 
@@ -503,7 +579,7 @@ class TrainConfig:
     ``<workdir>/config.json``.
 
     Attributes:
-        model / mesh / data / optim / checkpoint: the parts (``model.vocab_size`` is set to the
+        model / mesh / data / optim / checkpoint / prune: the parts (``model.vocab_size`` is set to the
             tokenizer's vocabulary size when they differ).
         workdir: run directory: checkpoints, metrics.jsonl, TensorBoard events, tokenizer, plots.
         steps: total optimizer steps (a resumed run continues up to this).
@@ -525,6 +601,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     workdir: str = "runs/default"
     steps: int = 1000
     seed: int = 0
@@ -547,6 +624,7 @@ class TrainConfig:
             ("data", DataConfig),
             ("optim", OptimConfig),
             ("checkpoint", CheckpointConfig),
+            ("prune", PruneConfig),
         ):
             if not isinstance(getattr(self, name), kind):
                 raise ValueError(f"{o}.{name} must be a {kind.__name__}, got {getattr(self, name)!r}")

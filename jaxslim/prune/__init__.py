@@ -52,12 +52,14 @@ from jaxslim.prune.slim import slim
 from jaxslim.prune.transform import (
     PruneState,
     find_prune_state,
+    from_config,
     get_masks,
     gradual_pruning,
     masked_params,
     params_sparsity,
     prune,
     sparsity_metrics,
+    straight_through_params,
 )
 from jaxslim.prune.tune import TuneReport, tune_masks
 
@@ -80,6 +82,7 @@ __all__ = [
     "cubic_sparsity_schedule",
     "distill_loss",
     "find_prune_state",
+    "from_config",
     "fit_piecewise",
     "get_masks",
     "gradual_pruning",
@@ -101,6 +104,7 @@ __all__ = [
     "slim",
     "sparsity_metrics",
     "sparsity_summary",
+    "straight_through_params",
     "structured_masks",
     "summary_table",
     "tokenize",

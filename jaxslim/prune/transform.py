@@ -345,6 +345,59 @@ def masked_params(params: Any, opt_state: Any) -> Any:
     return apply_masks(params, _require(opt_state).masks)
 
 
+def straight_through_params(params: Any, opt_state: Any) -> Any:
+    """Masked params whose gradient is the dense one (straight-through estimator).
+
+    The value equals :func:`masked_params`; the gradient with respect to every weight, pruned or
+    not, is the gradient with respect to the masked weight, so pruned weights keep learning and a
+    mask may flip at the next update (``ste=True``). Use it as the training step's parameter view.
+    """
+    masks = _require(opt_state).masks
+
+    def leaf(_, mk, p):
+        if mk is None or _value(mk) is None:
+            return p
+        w = _value(p)
+        return _wrap(p, jnp.where(_value(mk), w, w - jax.lax.stop_gradient(w)))
+
+    return _map(leaf, masks, params)
+
+
+def from_config(cfg: Any, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The optimizer a :class:`~jaxslim.config.PruneConfig` asks for: ``inner`` itself when pruning
+    is off, else :func:`prune` around it with the cubic schedule (N:M from ``begin_step``; with
+    ``ste`` the masks are recomputed every ``update_every`` steps for the whole run)."""
+    if not cfg.enabled:
+        return inner
+    sparsity = None
+    if cfg.kind != "nm":
+        sparsity = cubic_sparsity_schedule(
+            cfg.sparsity,
+            initial_sparsity=cfg.initial_sparsity,
+            begin_step=cfg.begin_step,
+            num_updates=cfg.num_updates,
+            update_every=cfg.update_every,
+        )
+    if cfg.ste:
+        window = {"begin_step": cfg.begin_step, "end_step": None, "update_every": cfg.update_every}
+    else:
+        window = cubic_update_window(
+            begin_step=cfg.begin_step, num_updates=cfg.num_updates, update_every=cfg.update_every
+        )
+    return prune(
+        inner,
+        sparsity,
+        kind=cfg.kind,
+        criterion=cfg.criterion,
+        allocation=cfg.allocation,
+        n=cfg.n,
+        m=cfg.m,
+        ste=cfg.ste,
+        sr_ste_decay=cfg.sr_ste_decay,
+        **window,
+    )
+
+
 def sparsity_metrics(opt_state: Any, prefix: str = "sparsity") -> dict[str, jax.Array]:
     """Flat per-layer sparsity of the current masks (``sparsity/<param>/layer_<i>``,
     ``sparsity/<param>``, ``sparsity/overall``), jit-able, for training logs."""

@@ -32,6 +32,8 @@ from flax import nnx
 
 from jaxslim.models import Transformer
 from jaxslim.optim import build_optimizer
+from jaxslim.prune.transform import from_config as prune_from_config
+from jaxslim.prune.transform import masked_params, sparsity_metrics, straight_through_params
 from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
 from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.metrics import default_writers
@@ -121,7 +123,7 @@ def _restore(checkpointer, state: TrainState, train_iter):
     return state, int(jax.device_get(state.step))
 
 
-def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True) -> TrainResult:
+def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress: bool = True) -> TrainResult:
     """Runs, or resumes, the training described by ``cfg`` (a :class:`~jaxslim.config.TrainConfig`).
 
     Args:
@@ -129,6 +131,8 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
         data: a prepared :class:`~jaxslim.data.TextData` (built from ``cfg.data`` when omitted).
         loss_terms / metric_fns: hooks passed to :func:`~jaxslim.training.step.make_train_step`
             (auxiliary losses and metrics of later methods).
+        log_fns: ``state -> metrics`` computed (jitted) at logged steps only, for metrics too costly
+            or too many to compute every step. With ``cfg.prune`` the per-layer sparsity is one.
         progress: show a tqdm bar on process 0.
 
     Returns:
@@ -149,7 +153,10 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
         cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=data.vocab_size))
     mesh = make_mesh(cfg.mesh)
     rules = cfg.mesh.rules
-    tx = build_optimizer(cfg.optim, cfg.steps)
+    tx = prune_from_config(cfg.prune, build_optimizer(cfg.optim, cfg.steps))
+    params_view = straight_through_params if cfg.prune.enabled and cfg.prune.ste else None
+    if cfg.prune.enabled:
+        log_fns = (*log_fns, lambda state: sparsity_metrics(state.opt_state))
     objective = mlm_objective if cfg.data.mlm else lm_objective
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
@@ -175,6 +182,11 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
             data.save_tokenizer(workdir)
             say(param_table(state.params, max_rows=1000 if cfg.verbose else 40))
             say(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices")
+        if cfg.prune.enabled and not cfg.prune.ste and cfg.prune.end_step > cfg.steps:
+            say(
+                f"warning: the pruning schedule reaches sparsity {cfg.prune.sparsity} at step "
+                f"{cfg.prune.end_step}, after the last step {cfg.steps} of this run"
+            )
         if resumed_from is not None:
             say(f"resuming from step {resumed_from} (checkpoint in {checkpointer.directory})")
 
@@ -186,8 +198,10 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
             loss_terms=loss_terms,
             metric_fns=metric_fns,
             batch_sharding=bsh,
+            params_view=params_view,
         )
-        eval_fn = make_eval_step(setup, objective, batch_sharding=bsh)
+        eval_fn = make_eval_step(setup, objective, batch_sharding=bsh, params_view=params_view)
+        log_fn = jax.jit(lambda st: {k: v for fn in log_fns for k, v in fn(st).items()})
         writer = default_writers(workdir, tensorboard=cfg.tensorboard)
         if resumed_from is None:
             writer.write_hparams(json.loads(config_to_json(cfg)))
@@ -233,6 +247,10 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
                         writer.write_scalars(
                             s, {k: v for k, v in last.items() if k not in ("loss_sum", "count")}
                         )
+                    if log_fns:
+                        extra = {k: float(v) for k, v in jax.device_get(log_fn(state)).items()}
+                        writer.write_scalars(done, extra)
+                        last.update(extra)
                     now = time.perf_counter()
                     last["tokens_per_s"] = steps_since * tokens_per_step / (now - t_last)
                     writer.write_scalars(done, {"tokens_per_s": last["tokens_per_s"]})
@@ -258,7 +276,12 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), progress: bool = True
             baselines = data.ngram_baselines() if not cfg.data.mlm else {}
             sample = None
             if cfg.sample_tokens and is_main:
-                sample = _sample(cfg, setup, state, data)
+                view = (
+                    state
+                    if params_view is None
+                    else state._replace(params=masked_params(state.params, state.opt_state))
+                )
+                sample = _sample(cfg, setup, view, data)
                 (workdir / "samples.txt").write_text(sample + "\n")
                 writer.write_texts(int(jax.device_get(state.step)), {"sample": sample})
         finally:
@@ -310,6 +333,11 @@ def report(result: TrainResult) -> str:
         lines.append(f"resumed from the checkpoint of step {result.resumed_from}")
     if result.last_metrics:
         lines.append(f"train loss {result.last_metrics['loss']:.3f}")
+        if "sparsity/overall" in result.last_metrics:
+            lines.append(
+                f"pruned {result.last_metrics['sparsity/overall']:.1%} of the prunable weights "
+                f"({cfg.prune.kind}; per layer in metrics.jsonl as sparsity/<param>/layer_<i>)"
+            )
     ev = result.eval_metrics
     if ev:
         lines.append(

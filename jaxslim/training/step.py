@@ -27,6 +27,8 @@ Objective = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict, Any]
 LossTerm = Callable[[Any, Batch], tuple[jax.Array, dict]]
 # (new state, grads, updates) -> metrics
 MetricFn = Callable[[TrainState, Any, Any], dict]
+# (params, opt_state) -> the params the forward pass sees (e.g. straight-through masked weights)
+ParamsView = Callable[[Any, Any], Any]
 
 
 def lm_objective(model, batch, rng):
@@ -67,6 +69,7 @@ def make_train_step(
     metric_fns: Sequence[MetricFn] = (),
     batch_sharding: Any = None,
     donate: bool = True,
+    params_view: ParamsView | None = None,
 ):
     """Builds ``step(state, batch) -> (state, metrics)``, jitted with the setup's shardings.
 
@@ -78,12 +81,16 @@ def make_train_step(
         metric_fns: extra metrics computed from the new state, the gradients and the updates.
         batch_sharding: sharding of every batch array (default: let jit infer from the input).
         donate: donate the input state's buffers.
+        params_view: ``(params, opt_state) -> params`` seen by the forward pass (differentiated
+            through), e.g. :func:`jaxslim.prune.straight_through_params`; default: the params.
     """
     if not isinstance(accum_steps, int) or accum_steps < 1:
         raise ValueError(f"accum_steps must be an integer >= 1, got {accum_steps!r}")
     graphdef, tx = setup.graphdef, setup.tx
 
-    def loss_fn(params, rest, batch, rng):
+    def loss_fn(params, rest, batch, rng, opt_state):
+        if params_view is not None:
+            params = params_view(params, opt_state)
         model = nnx.merge(graphdef, params, rest)
         loss, metrics, out = objective(model, batch, rng)
         metrics = dict(metrics)
@@ -106,18 +113,23 @@ def make_train_step(
     def step(state: TrainState, batch: Batch):
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
         if accum_steps == 1:
-            (loss, metrics), grads = grad_fn(state.params, state.rest, batch, step_rng)
+            (loss, metrics), grads = grad_fn(state.params, state.rest, batch, step_rng, state.opt_state)
         else:
             rngs = jax.random.split(step_rng, accum_steps)
 
             def body(carry, xs):
                 mb, r = xs
-                (loss, metrics), grads = grad_fn(state.params, state.rest, mb, r)
+                (loss, metrics), grads = grad_fn(state.params, state.rest, mb, r, state.opt_state)
                 acc = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
                 return acc, None
 
             zeros = jax.eval_shape(
-                grad_fn, state.params, state.rest, jax.tree.map(lambda x: x[0], micro_batches(batch)), rngs[0]
+                grad_fn,
+                state.params,
+                state.rest,
+                jax.tree.map(lambda x: x[0], micro_batches(batch)),
+                rngs[0],
+                state.opt_state,
             )
             zeros = jax.tree.map(
                 lambda s: jnp.zeros(s.shape, s.dtype), ((zeros[0][0], zeros[0][1], zeros[1]))
@@ -164,12 +176,20 @@ def make_train_step(
     )
 
 
-def make_eval_step(setup: TrainSetup, objective: Objective = lm_objective, *, batch_sharding: Any = None):
-    """Builds ``eval_step(state, batch) -> {"loss_sum", "count", ...}`` (sums, to average exactly)."""
+def make_eval_step(
+    setup: TrainSetup,
+    objective: Objective = lm_objective,
+    *,
+    batch_sharding: Any = None,
+    params_view: ParamsView | None = None,
+):
+    """Builds ``eval_step(state, batch) -> {"loss_sum", "count", ...}`` (sums, to average exactly);
+    ``params_view`` as in :func:`make_train_step`."""
     graphdef = setup.graphdef
 
     def eval_step(state: TrainState, batch: Batch):
-        model = nnx.merge(graphdef, state.params, state.rest)
+        params = state.params if params_view is None else params_view(state.params, state.opt_state)
+        model = nnx.merge(graphdef, params, state.rest)
         _, metrics, _ = objective(model, batch, jax.random.wrap_key_data(state.rng))
         return metrics
 
