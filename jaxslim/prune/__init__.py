@@ -11,6 +11,8 @@ Fisher per head and FFN neuron; :func:`search_flops` / :func:`search_latency` pi
 a budget; :func:`rearrange` improves each layer's choice with its block-diagonal Fisher;
 :func:`tune_masks` rescales the kept units by layer-wise least squares; :func:`slim` turns the masks
 into a smaller, faster model. :func:`prune_post_training` runs the whole pipeline.
+:func:`prune_distill` goes further (SlimSAM): residual channels, then heads and neurons, each
+followed by distillation from the dense teacher.
 
 Example:
     >>> from jaxslim.prune import distill_loss, prune_post_training, slim  # doctest: +SKIP
@@ -18,6 +20,13 @@ Example:
     >>> small = slim(model, r.head_mask, r.neuron_mask)                      # doctest: +SKIP
 """
 
+from jaxslim.prune.distill import (
+    PruneDistillResult,
+    channel_scores,
+    distill,
+    prune_distill,
+    slim_channels,
+)
 from jaxslim.prune.fisher import (
     MaskGradients,
     classification_loss,
@@ -69,21 +78,24 @@ __all__ = [
     "LatencyModel",
     "LinearFit",
     "MaskGradients",
+    "PruneDistillResult",
     "PruneResult",
     "PruneState",
     "TuneReport",
     "apply_masks",
     "bucket_batches",
+    "channel_scores",
     "classification_loss",
     "compute_masks",
     "compute_scores",
     "constant_sparsity_schedule",
     "cost_model",
     "cubic_sparsity_schedule",
+    "distill",
     "distill_loss",
     "find_prune_state",
-    "from_config",
     "fit_piecewise",
+    "from_config",
     "get_masks",
     "gradual_pruning",
     "lm_loss",
@@ -97,11 +109,13 @@ __all__ = [
     "one_shot_sparsity_schedule",
     "params_sparsity",
     "prune",
+    "prune_distill",
     "prune_post_training",
     "rearrange",
     "search_flops",
     "search_latency",
     "slim",
+    "slim_channels",
     "sparsity_metrics",
     "sparsity_summary",
     "straight_through_params",
