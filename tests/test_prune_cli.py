@@ -54,9 +54,12 @@ def test_prunes_several_budgets_and_writes_slim_models(model_dir, tmp_path, caps
 
 def test_latency_budget_runs_on_measured_tables(model_dir, tmp_path):
     out = tmp_path / "lat"
-    assert cli.main(_args(model_dir, out, "--latency", "0.7", "--no-tune")) == 0
+    assert cli.main(_args(model_dir, out, "--latency", "0.7", "--no-tune", "--export-hf")) == 0
     (row,) = json.loads((out / "summary.json").read_text())
     assert row["predicted_latency"] <= 0.7 + 1e-9
+    info = json.loads((out / "latency-0.7" / "hf" / "jaxslim_export.json").read_text())
+    assert row["hf_export"] == info["format"] and info["format"] in ("slim", "masked-dense")
+    assert (out / "latency-0.7" / "hf" / "config.json").is_file()
 
 
 def test_bad_inputs_exit_2_and_keep_existing_outputs(model_dir, tmp_path, capsys):

@@ -122,6 +122,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--latency-batch", type=int, default=32)
     p.add_argument("--latency-seq", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--export-hf",
+        action="store_true",
+        help="also write a Hugging Face checkpoint per budget (slim where the format can express it, "
+        "else the masked dense weights; see <budget>/hf/jaxslim_export.json)",
+    )
     p.add_argument("--out", type=pathlib.Path, required=True)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     return p.parse_args(argv)
@@ -204,6 +210,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         target = out / f"{metric}-{budget:g}"
         save_jaxslim(small, target / "model", overwrite=True)
         np.savez(target / "masks.npz", head_mask=result.head_mask, neuron_mask=result.neuron_mask)
+        hf_export = None
+        if args.export_hf:
+            from jaxslim.prune.export import export_hf
+
+            hf_export = export_hf(model, result.head_mask, result.neuron_mask, target / "hf", overwrite=True)
         row = {
             "budget": budget,
             "metric": metric,
@@ -220,6 +231,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             "seconds": {**seconds, **result.seconds},
             "seq_len": result.seq_len,
             "tune_skipped": [] if result.tune_report is None else result.tune_report.skipped(),
+            "hf_export": None if hf_export is None else hf_export["format"],
         }
         (target / "report.json").write_text(json.dumps(row, indent=1))
         rows.append(row)

@@ -27,6 +27,7 @@ from jaxslim.prune.distill import (
     prune_distill,
     slim_channels,
 )
+from jaxslim.prune.export import export_hf, fold_masks
 from jaxslim.prune.fisher import (
     MaskGradients,
     classification_loss,
@@ -93,8 +94,10 @@ __all__ = [
     "cubic_sparsity_schedule",
     "distill",
     "distill_loss",
+    "export_hf",
     "find_prune_state",
     "fit_piecewise",
+    "fold_masks",
     "from_config",
     "get_masks",
     "gradual_pruning",
