@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import pathlib
-import platform
 import tempfile
 import time
 
@@ -75,7 +72,7 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    import jax
+    from common import machine_line, write_results
 
     from jaxslim.cli.presets import load_preset
     from jaxslim.config import PruneConfig
@@ -117,8 +114,7 @@ def main() -> None:
         row["val_loss_vs_dense"] = row["val_loss"] - rows[0]["val_loss"]
 
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-        f"backend {jax.default_backend()}; demo GPT {args.steps} steps, batch {base.data.batch_size} x {base.data.seq_len}"
+        f"{machine_line()}; demo GPT {args.steps} steps, batch {base.data.batch_size} x {base.data.seq_len}"
     )
     print("| variant | sparsity | val loss | vs dense | step ms (median) | overhead | train s |")
     print("|---|---|---|---|---|---|---|")
@@ -127,17 +123,11 @@ def main() -> None:
             f"| {r['variant']} | {r['sparsity']:.3f} | {r['val_loss']:.4f} | {r['val_loss_vs_dense']:+.4f} | "
             f"{r['step_ms']:.1f} | {r['overhead']:+.1%} | {r['train_seconds']:.0f} |"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = {
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "backend": jax.default_backend(),
-        "steps": args.steps,
-        "rounds": args.rounds,
-        "step_seconds": times,
-        "rows": rows,
-    }
-    (args.out / "gradual_pruning.json").write_text(json.dumps(out, indent=1))
+    write_results(
+        args.out,
+        "gradual_pruning",
+        {"steps": args.steps, "rounds": args.rounds, "step_seconds": times, "rows": rows},
+    )
 
 
 if __name__ == "__main__":

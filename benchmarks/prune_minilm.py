@@ -17,28 +17,13 @@ Prints a table and writes ``benchmarks/results/prune_minilm.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
-import platform
 import time
 
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def logistic_probe(x_train, y_train, x_test, y_test, l2: float = 1e-2, iters: int = 30) -> float:
-    """Test accuracy of L2-regularised logistic regression fitted by Newton's method."""
-    add = lambda x: np.concatenate([x, np.ones((len(x), 1))], 1)  # noqa: E731
-    a, b = add(x_train).astype(np.float64), add(x_test).astype(np.float64)
-    w = np.zeros(a.shape[1])
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-a @ w))
-        grad = a.T @ (p - y_train) / len(a) + l2 * w
-        hess = (a * (p * (1 - p))[:, None]).T @ a / len(a) + l2 * np.eye(len(w))
-        w -= np.linalg.solve(hess, grad)
-    return float(np.mean(((b @ w) > 0) == (y_test > 0.5)))
 
 
 def main() -> None:
@@ -50,9 +35,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import jax
+    from common import machine_line, probe_accuracy, review_probe_data, write_results
 
     from jaxslim.cli.prune import _embed, _latency, _load_model
-    from jaxslim.data import labelled_sentences
     from jaxslim.prune import (
         bucket_batches,
         distill_loss,
@@ -69,15 +54,10 @@ def main() -> None:
     ids = tokenize(tok, sents, 128)
     sample = bucket_batches(ids[: args.num_samples])
     held = bucket_batches(ids[args.num_samples :])
-    reviews = [(t, v) for t, v in labelled_sentences() if v != 0]
-    order = np.random.default_rng(0).permutation(len(reviews))[:8000]
-    texts = [reviews[i][0] for i in order]
-    labels = np.array([reviews[i][1] > 0 for i in order], np.float64)
-    review_batches = bucket_batches(tokenize(tok, texts, 128))
+    review_batches, labels = review_probe_data(tok)
 
     def probe(m):
-        emb = _embed(m, review_batches)
-        return logistic_probe(emb[:6000], labels[:6000], emb[6000:], labels[6000:])
+        return probe_accuracy(_embed(m, review_batches), labels)
 
     dense_emb = _embed(model, held)
     rows = [{"variant": "dense", "flops": 1.0, "cosine": 1.0, "probe_accuracy": probe(model)}]
@@ -116,10 +96,7 @@ def main() -> None:
         row["latency_ms"] = 1e3 * float(np.median(times[row["variant"]]))
         row["speedup"] = float(np.median(times["dense"]) / np.median(times[row["variant"]]))
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
-        f"backend {jax.default_backend()}"
-    )
+    print(machine_line())
     print(
         f"samples: {args.num_samples} KJV verses (mean {sum(len(x) for x in ids[: args.num_samples]) / args.num_samples:.1f} tokens); "
         "held-out: 512 verses; probe: 6000/2000 movie snippets"
@@ -142,15 +119,7 @@ def main() -> None:
             f"{r['latency_ms']:.1f} | {r['speedup']:.2f}x | {phases} |"
         )
     print(f"first budget end to end (load + Fisher + search + rearrange + tune + slim): {wall_first:.0f} s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "backend": jax.default_backend(),
-        "rows": rows,
-        "first_budget_seconds": wall_first,
-    }
-    (args.out / "prune_minilm.json").write_text(json.dumps(result, indent=1))
+    write_results(args.out, "prune_minilm", {"rows": rows, "first_budget_seconds": wall_first})
 
 
 if __name__ == "__main__":
