@@ -10,9 +10,12 @@ import pytest
 
 from jaxslim.cli.presets import load_preset
 from jaxslim.config import PruneConfig
+from jaxslim.data import TextData
 from jaxslim.prune import masked_params
 from jaxslim.prune.masks import _named_leaves, _value, nm_axis
 from jaxslim.training import train
+from jaxslim.training.loop import evaluate
+from jaxslim.training.step import make_eval_step
 
 
 def _tiny(tmp_path, name="run", **prune):
@@ -97,6 +100,20 @@ def test_two_four_straight_through_keeps_dense_weights_and_a_valid_pattern(tmp_p
         # straight-through: the stored weights stay dense, so a mask can still flip
         assert float(np.mean(dense[name][0] == 0)) < 0.01, name
     assert result.last_metrics["sparsity/overall"] == pytest.approx(0.5, abs=1e-6)
+    # the reported validation loss is the sparse model's, not the dense weights'
+    data = TextData(cfg.data)
+    eval_fn = make_eval_step(result.setup)
+    mesh, rules = result.setup.mesh, cfg.mesh.rules
+
+    def loss_of(params):
+        state = result.state._replace(params=params)
+        return evaluate(eval_fn, state, data.val_batches(), mesh, rules, max_batches=cfg.eval_batches)[
+            "eval_loss"
+        ]
+
+    sparse_loss = loss_of(masked_params(result.state.params, result.state.opt_state))
+    assert result.eval_metrics["eval_loss"] == pytest.approx(sparse_loss, rel=1e-6)
+    assert abs(loss_of(result.state.params) - sparse_loss) > 1e-4
 
 
 @pytest.mark.parametrize(
