@@ -34,6 +34,132 @@ def _check_positive(owner: str, name: str, value, *, allow_zero: bool = False) -
         raise ValueError(f"{owner}.{name} must be an integer {bound}, got {value!r}")
 
 
+ROUTERS = ("topk", "stochastic")
+DISPATCHES = ("capacity", "dropless")
+GRANULARITIES = ("batch", "sequence", "token")
+EVAL_MODES = ("random_token", "random_sequence", "fixed", "mean")
+
+
+def _check_real(
+    owner: str, name: str, value, *, low: float, high: float | None = None, open_low=False
+) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (value > low if open_low else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>' if open_low else '>='} {low}" + ("" if high is None else f" and <= {high}")
+        raise ValueError(f"{owner}.{name} must be a number {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    """Mixture-of-experts FFNs: which layers, how tokens are routed and what the router pays.
+
+    Every ``every``-th block (those with ``layer % every == offset``; THOR and Switch use 2, Mixtral
+    1) replaces its FFN by ``num_experts`` expert FFNs stacked on a leading ``exp`` axis.
+
+    Routers (``router``):
+
+    - ``"topk"``: token-choice top-k over an fp32 softmax (``top_k=1`` is Switch). Under
+      ``dispatch="capacity"`` each expert takes at most ``capacity_factor * group_size /
+      num_experts`` (at least ``min_capacity``) tokens per routing group; top-1 choices take
+      precedence over top-2 choices, tokens in order (or by router confidence with
+      ``batch_prioritized``); overflowing tokens pass through the residual. ``dispatch="dropless"``
+      sorts the tokens by expert and runs grouped matmuls (``jax.lax.ragged_dot``): nothing drops.
+    - ``"stochastic"``: THOR. Training draws a uniformly random expert per layer for the whole batch
+      (``granularity="batch"``, the reference behaviour), per sequence or per token (uniform load
+      by construction, for expert parallelism). Evaluation (``model.eval()``) follows ``eval_mode``:
+      a random expert per token or per sequence, the fixed expert ``eval_expert``, or the mean of
+      all experts. ``consistency_alpha > 0`` trains on two views of each batch with independent
+      draws: ``CE(p1) + CE(p2) + alpha * symmetric KL(p1, p2)`` (the IWSLT recipe used 5.0).
+
+    Attributes:
+        num_experts / top_k: experts per MoE layer and experts per token (1 for stochastic).
+        router / dispatch: see above.
+        every / offset: MoE placement (``offset < every``).
+        d_ff: hidden width of one expert (default: the model's ``d_ff``).
+        train_capacity_factor / eval_capacity_factor / min_capacity / group_size: capacity dispatch;
+            ``group_size`` tokens form one routing group (default: one sequence).
+        batch_prioritized: fill capacity by descending top-1 router probability (V-MoE's BPR).
+        renormalize: top-k gates sum to 1 (Mixtral); else they are the router probabilities.
+        jitter: multiplicative router-input noise ``U(1 - jitter, 1 + jitter)`` in training.
+        expert_dropout: dropout on the expert hidden units in training.
+        aux_loss_coef / z_loss_coef: Switch load-balancing loss and ST-MoE router z-loss weights.
+        granularity / eval_mode / eval_expert / consistency_alpha: stochastic experts, see above.
+    """
+
+    num_experts: int = 8
+    top_k: int = 1
+    router: Literal["topk", "stochastic"] = "topk"
+    dispatch: Literal["capacity", "dropless"] = "capacity"
+    every: int = 2
+    offset: int = 0
+    d_ff: int | None = None
+    train_capacity_factor: float = 1.25
+    eval_capacity_factor: float = 2.0
+    min_capacity: int = 4
+    group_size: int | None = None
+    batch_prioritized: bool = False
+    renormalize: bool = False
+    jitter: float = 0.0
+    expert_dropout: float = 0.0
+    aux_loss_coef: float = 0.01
+    z_loss_coef: float = 0.0
+    granularity: Literal["batch", "sequence", "token"] = "batch"
+    eval_mode: Literal["random_token", "random_sequence", "fixed", "mean"] = "random_sequence"
+    eval_expert: int = 0
+    consistency_alpha: float = 0.0
+
+    def __post_init__(self):
+        o = "MoeConfig"
+        _check_positive(o, "num_experts", self.num_experts)
+        _check_positive(o, "top_k", self.top_k)
+        if self.top_k > self.num_experts:
+            raise ValueError(f"{o}.top_k must be <= num_experts={self.num_experts}, got {self.top_k}")
+        _check_choice(o, "router", self.router, ROUTERS)
+        _check_choice(o, "dispatch", self.dispatch, DISPATCHES)
+        _check_choice(o, "granularity", self.granularity, GRANULARITIES)
+        _check_choice(o, "eval_mode", self.eval_mode, EVAL_MODES)
+        if self.router == "stochastic" and self.top_k != 1:
+            raise ValueError(
+                f"{o}.top_k must be 1 for router='stochastic' (one random expert), got {self.top_k}"
+            )
+        _check_positive(o, "every", self.every)
+        if not (isinstance(self.offset, int) and 0 <= self.offset < self.every):
+            raise ValueError(f"{o}.offset must be an integer in [0, every={self.every}), got {self.offset!r}")
+        if self.d_ff is not None:
+            _check_positive(o, "d_ff", self.d_ff)
+        for name in ("train_capacity_factor", "eval_capacity_factor"):
+            _check_real(o, name, getattr(self, name), low=0, open_low=True)
+        _check_positive(o, "min_capacity", self.min_capacity)
+        if self.group_size is not None:
+            _check_positive(o, "group_size", self.group_size)
+        _check_real(o, "jitter", self.jitter, low=0, high=1, open_low=False)
+        if self.jitter >= 1:
+            raise ValueError(
+                f"{o}.jitter must be < 1 (inputs are scaled by U(1 - jitter, 1 + jitter)), got {self.jitter}"
+            )
+        _check_real(o, "expert_dropout", self.expert_dropout, low=0, high=1)
+        if self.expert_dropout >= 1:
+            raise ValueError(f"{o}.expert_dropout must be < 1, got {self.expert_dropout}")
+        for name in ("aux_loss_coef", "z_loss_coef", "consistency_alpha"):
+            _check_real(o, name, getattr(self, name), low=0)
+        if not (isinstance(self.eval_expert, int) and 0 <= self.eval_expert < self.num_experts):
+            raise ValueError(
+                f"{o}.eval_expert must be an integer in [0, num_experts={self.num_experts}), got {self.eval_expert!r}"
+            )
+        if self.consistency_alpha and self.router != "stochastic":
+            raise ValueError(
+                f"{o}.consistency_alpha needs router='stochastic' (THOR), got router={self.router!r}"
+            )
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` holds experts."""
+        return layer % self.every == self.offset
+
+    def replace(self, **changes) -> MoeConfig:
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One transformer family: BERT encoders, GPT-2 and Llama decoders.
@@ -73,6 +199,7 @@ class ModelConfig:
         remat: rematerialise each block in the backward pass.
         dtype: compute dtype; ``param_dtype``: storage dtype of the weights.
         pad_token_id: padding token of the tokenizer, kept for conversion.
+        moe: mixture-of-experts FFNs (:class:`MoeConfig`); None for a dense model.
     """
 
     arch: Literal["bert", "gpt2", "llama"]
@@ -100,6 +227,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     pad_token_id: int | None = None
+    moe: MoeConfig | None = None
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -155,6 +283,23 @@ class ModelConfig:
                     f"{o}.layer_heads entries must be multiples of the query group size {group} "
                     f"(n_heads / n_kv_heads), got {self.layer_heads!r}"
                 )
+        if self.moe is not None:
+            if not isinstance(self.moe, MoeConfig):
+                raise ValueError(f"{o}.moe must be a MoeConfig or None, got {self.moe!r}")
+            if not self.uniform:
+                raise ValueError(
+                    f"{o}.moe cannot be combined with per-layer widths (layer_heads / layer_ffn)"
+                )
+            if self.scan_layers and self.n_layers % self.moe.every:
+                raise ValueError(
+                    f"{o}: a scanned stack runs groups of moe.every={self.moe.every} layers, so it must "
+                    f"divide n_layers={self.n_layers} (or set scan_layers=False)"
+                )
+            if not any(self.moe.is_moe_layer(i) for i in range(self.n_layers)):
+                raise ValueError(
+                    f"{o}: moe.every={self.moe.every}, moe.offset={self.moe.offset} put experts in none of "
+                    f"the {self.n_layers} layers"
+                )
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -196,6 +341,21 @@ class ModelConfig:
     def ffn_in(self, layer: int) -> int:
         """FFN hidden width of ``layer``."""
         return self.d_ff if self.layer_ffn is None else self.layer_ffn[layer]
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether block ``layer`` holds mixture-of-experts FFNs."""
+        return self.moe is not None and self.moe.is_moe_layer(layer)
+
+    @property
+    def layer_period(self) -> int:
+        """Layers per scanned group: ``moe.every`` for a mixture of experts (dense and expert blocks
+        differ, so the scan runs over groups of them), else 1."""
+        return 1 if self.moe is None else self.moe.every
+
+    @property
+    def expert_ffn(self) -> int:
+        """Hidden width of one expert FFN."""
+        return (self.moe.d_ff if self.moe is not None and self.moe.d_ff else None) or self.d_ff
 
     @property
     def uniform(self) -> bool:
@@ -650,6 +810,12 @@ class TrainConfig:
             raise ValueError(
                 f"{o}: data.seq_len={self.data.seq_len} exceeds model.max_len={self.model.max_len} "
                 "(the learned position table)"
+            )
+        moe = self.model.moe
+        if moe is not None and self.mesh.expert != -1 and moe.num_experts % self.mesh.expert:
+            raise ValueError(
+                f"{o}: mesh.expert={self.mesh.expert} must divide model.moe.num_experts={moe.num_experts} "
+                "(experts are sharded over the expert axis)"
             )
         if self.sample_tokens and self.data.mlm:
             raise ValueError(f"{o}.sample_tokens needs a causal LM; set it to 0 for masked-LM runs")

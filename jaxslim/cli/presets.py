@@ -90,3 +90,19 @@ def load_preset(spec: str) -> TrainConfig:
             f"get_config of preset {path} returned {type(cfg).__name__}, expected a TrainConfig"
         )
     return cfg
+
+
+def preset_options(arg: str, allowed: tuple[str, ...]) -> dict[str, str]:
+    """A preset argument of comma-separated options: ``"tiny,experts=4"`` -> ``{"tiny": "",
+    "experts": "4"}``.
+
+    Raises:
+        ValueError: an option not in ``allowed``.
+    """
+    out = {}
+    for part in filter(None, arg.split(",")):
+        key, _, value = part.partition("=")
+        if key not in allowed:
+            raise ValueError(f"preset option {key!r} is not one of {allowed}")
+        out[key] = value
+    return out

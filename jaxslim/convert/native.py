@@ -22,7 +22,7 @@ import json
 import os
 import pathlib
 
-from jaxslim.config import ModelConfig
+from jaxslim.config import ModelConfig, MoeConfig
 from jaxslim.convert.hf import flat_params, model_from_flat, param_shapes
 from jaxslim.convert.io import clear_outputs, read_file, read_json, save_safetensors
 from jaxslim.convert.rules import describe, raise_problems
@@ -64,6 +64,8 @@ def _read_config(file: pathlib.Path) -> ModelConfig:
         if raw.get(key) is not None:
             raw[key] = tuple(raw[key])  # JSON has no tuples; the frozen config wants them
     try:
+        if raw.get("moe") is not None:
+            raw["moe"] = MoeConfig(**raw["moe"])
         return ModelConfig(**raw)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{file} is not a valid jaxslim ModelConfig: {e}") from None

@@ -1,4 +1,4 @@
-"""One transformer block: attention and FFN with pre- or post-normalisation."""
+"""One transformer block: attention and an FFN (dense or mixture of experts), pre- or post-norm."""
 
 from __future__ import annotations
 
@@ -14,19 +14,34 @@ from jaxslim.models.mlp import Mlp
 class Block(nnx.Module):
     """Pre-norm (GPT-2, Llama) or post-norm (BERT) residual block of layer ``layer``.
 
-    ``layer`` only matters for slimmed configs, where each layer has its own widths.
+    ``layer`` decides the block's widths in slimmed configs (each layer has its own) and whether
+    its FFN is a mixture of experts (``cfg.is_moe_layer(layer)``: ``self.moe`` instead of
+    ``self.mlp``).
     """
 
     def __init__(self, cfg: ModelConfig, layer: int = 0, *, rngs: nnx.Rngs):
         self.pre_norm = cfg.pre_norm
         self.attn = Attention(cfg, cfg.heads_in(layer), cfg.kv_heads_in(layer), rngs=rngs)
-        self.mlp = Mlp(cfg, cfg.ffn_in(layer), rngs=rngs)
+        if cfg.is_moe_layer(layer):
+            from jaxslim.moe.layer import MoeLayer  # models know the layer, not routing policy
+
+            self.mlp, self.moe = None, MoeLayer(cfg, rngs=rngs)
+        else:
+            self.mlp, self.moe = Mlp(cfg, cfg.ffn_in(layer), rngs=rngs), None
         self.attn_norm = Norm(cfg)
         self.mlp_norm = Norm(cfg)
 
-    def __call__(self, x, *, mask, rope=None, head_mask=None, neuron_mask=None) -> jax.Array:
+    def __call__(self, x, *, mask, rope=None, head_mask=None, neuron_mask=None, rng=None):
+        """Returns ``(x, moe_metrics)``; the metrics are None for a dense FFN."""
         if self.pre_norm:
             x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope, head_mask=head_mask)
-            return x + self.mlp(self.mlp_norm(x), neuron_mask=neuron_mask)
+            y, aux = self._ffn(self.mlp_norm(x), neuron_mask, rng)
+            return x + y, aux
         x = self.attn_norm(x + self.attn(x, mask=mask, rope=rope, head_mask=head_mask))
-        return self.mlp_norm(x + self.mlp(x, neuron_mask=neuron_mask))
+        y, aux = self._ffn(x, neuron_mask, rng)
+        return self.mlp_norm(x + y), aux
+
+    def _ffn(self, x, neuron_mask, rng) -> tuple[jax.Array, dict | None]:
+        if self.moe is not None:
+            return self.moe(x, rng=rng)
+        return self.mlp(x, neuron_mask=neuron_mask), None

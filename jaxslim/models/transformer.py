@@ -25,11 +25,14 @@ from jaxslim.models.stack import Stack
 
 class ModelOutput(NamedTuple):
     """``hidden``: last hidden state ``[b, t, d]``; ``logits``: ``[b, t, vocab]`` (float32) when the
-    model has a head; ``pooled``: BERT's pooler output ``[b, d]`` when it has one."""
+    model has a head; ``pooled``: BERT's pooler output ``[b, d]`` when it has one; ``moe``: the
+    expert layers' routing metrics and router losses (:func:`jaxslim.moe.routing_metrics`), each
+    stacked on a leading axis of one entry per expert layer, when the model has experts."""
 
     hidden: jax.Array
     logits: jax.Array | None = None
     pooled: jax.Array | None = None
+    moe: dict | None = None
 
 
 class MlmHead(nnx.Module):
@@ -79,6 +82,7 @@ class Transformer(nnx.Module):
         positions: jax.Array | None = None,
         head_mask: jax.Array | None = None,
         neuron_mask: jax.Array | None = None,
+        rng: jax.Array | None = None,
     ) -> ModelOutput:
         """Runs the model on ``tokens: [batch, length]`` (int).
 
@@ -87,15 +91,19 @@ class Transformer(nnx.Module):
             token_type_ids: BERT segment ids.
             positions: ``[batch, length]`` position ids; default ``0..length-1``.
             head_mask: ``[layers, heads]`` multipliers of each attention head's output.
-            neuron_mask: ``[layers, d_ff]`` multipliers of each FFN hidden unit.
+            neuron_mask: ``[layers, d_ff]`` multipliers of each FFN hidden unit (dense FFNs only).
+            rng: PRNG key for the stochastic parts of expert layers in training (THOR's draws,
+                router jitter, expert dropout); each layer folds in its index.
         """
         self._check_mask("head_mask", head_mask, self.cfg.n_heads)
         self._check_mask("neuron_mask", neuron_mask, self.cfg.d_ff)
+        if neuron_mask is not None and self.cfg.moe is not None:
+            raise ValueError("neuron_mask masks dense FFN units; this model's FFNs include expert layers")
         x, mask, rope = self.embed_inputs(
             tokens, attention_mask=attention_mask, token_type_ids=token_type_ids, positions=positions
         )
         cfg = self.cfg
-        x = self.stack(x, mask=mask, rope=rope, head_mask=head_mask, neuron_mask=neuron_mask)
+        x, moe = self.stack(x, mask=mask, rope=rope, head_mask=head_mask, neuron_mask=neuron_mask, rng=rng)
         if self.final_norm is not None:
             x = self.final_norm(x)
         pooled = None
@@ -110,7 +118,7 @@ class Transformer(nnx.Module):
             logits = self.embed.attend(x) if self.lm_head is None else x @ self.lm_head[...].astype(x.dtype)
         if logits is not None:
             logits = logits.astype(jnp.float32)
-        return ModelOutput(hidden=x, logits=logits, pooled=pooled)
+        return ModelOutput(hidden=x, logits=logits, pooled=pooled, moe=moe)
 
     def embed_inputs(self, tokens, *, attention_mask=None, token_type_ids=None, positions=None):
         """The stack's inputs: embedded tokens ``[b, t, d]``, the boolean attention mask (padding and

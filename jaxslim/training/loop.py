@@ -31,6 +31,7 @@ import jax
 from flax import nnx
 
 from jaxslim.models import Transformer
+from jaxslim.moe import check_expert_mesh, consistency_objective, lm_positions, mlm_positions, moe_loss_term
 from jaxslim.optim import build_optimizer
 from jaxslim.prune.transform import from_config as prune_from_config
 from jaxslim.prune.transform import masked_params, sparsity_metrics, straight_through_params
@@ -158,6 +159,14 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
     if cfg.prune.enabled:
         log_fns = (*log_fns, lambda state: sparsity_metrics(state.opt_state))
     objective = mlm_objective if cfg.data.mlm else lm_objective
+    train_objective = objective
+    moe = cfg.model.moe
+    if moe is not None:
+        check_expert_mesh(cfg.model, mesh)
+        loss_terms = (*loss_terms, moe_loss_term(moe.aux_loss_coef, moe.z_loss_coef))
+        if moe.consistency_alpha:
+            positions = mlm_positions if cfg.data.mlm else lm_positions
+            train_objective = consistency_objective(objective, moe.consistency_alpha, positions)
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
 
@@ -193,7 +202,7 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
         bsh = batch_sharding(mesh, rules)
         step_fn = make_train_step(
             setup,
-            objective,
+            train_objective,
             accum_steps=cfg.accum_steps,
             loss_terms=loss_terms,
             metric_fns=metric_fns,
@@ -299,6 +308,7 @@ def _sample(cfg, setup: TrainSetup, state: TrainState, data) -> str:
     from jaxslim.models.generate import generate
 
     model = merge_model(setup, state)
+    model.eval()
     prompt = data.tokenizer.encode(cfg.sample_prompt) or [data.tokenizer.eos_id]
     ids = generate(model, prompt, cfg.sample_tokens, rng=jax.random.key(cfg.seed), window=cfg.data.seq_len)
     return cfg.sample_prompt + data.tokenizer.decode(jax.device_get(ids).tolist())

@@ -35,14 +35,14 @@ def lm_objective(model, batch, rng):
     """Causal LM on ``batch["tokens"]: [b, t + 1]`` (inputs and shifted targets); optional
     ``batch["weights"]: [b, t]`` zeroes the loss of padding (the last validation batch)."""
     tokens = batch["tokens"]
-    out = model(tokens[:, :-1])
+    out = model(tokens[:, :-1], rng=rng)
     loss, metrics = causal_lm_loss(out.logits, tokens[:, 1:], batch.get("weights"))
     return loss, metrics, out
 
 
 def mlm_objective(model, batch, rng):
     """Masked LM on ``batch["tokens"]`` with ``batch["labels"]`` (-100 where not masked)."""
-    out = model(batch["tokens"], attention_mask=batch.get("attention_mask"))
+    out = model(batch["tokens"], attention_mask=batch.get("attention_mask"), rng=rng)
     loss, metrics = mlm_loss(out.logits, batch["labels"])
     return loss, metrics, out
 
@@ -184,12 +184,13 @@ def make_eval_step(
     params_view: ParamsView | None = None,
 ):
     """Builds ``eval_step(state, batch) -> {"loss_sum", "count", ...}`` (sums, to average exactly);
-    ``params_view`` as in :func:`make_train_step`."""
+    ``params_view`` as in :func:`make_train_step`. The model runs in eval mode (``model.eval()``)."""
     graphdef = setup.graphdef
 
     def eval_step(state: TrainState, batch: Batch):
         params = state.params if params_view is None else params_view(state.params, state.opt_state)
         model = nnx.merge(graphdef, params, state.rest)
+        model.eval()  # inference behaviour: eval capacity factor, THOR's eval mode, no dropout
         _, metrics, _ = objective(model, batch, jax.random.wrap_key_data(state.rng))
         return metrics
 
