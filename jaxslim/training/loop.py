@@ -124,6 +124,21 @@ def _restore(checkpointer, state: TrainState, train_iter):
     return state, int(jax.device_get(state.step))
 
 
+def objectives(cfg) -> tuple[Any, Any, tuple]:
+    """``(train objective, eval objective, loss terms)`` of a training config: the task loss (masked
+    or causal LM), THOR's two-view consistency objective for training when ``model.moe`` asks for
+    it, and the MoE router losses."""
+    objective = mlm_objective if cfg.data.mlm else lm_objective
+    moe = cfg.model.moe
+    if moe is None:
+        return objective, objective, ()
+    terms = (moe_loss_term(moe.aux_loss_coef, moe.z_loss_coef),)
+    if not moe.consistency_alpha:
+        return objective, objective, terms
+    positions = mlm_positions if cfg.data.mlm else lm_positions
+    return consistency_objective(objective, moe.consistency_alpha, positions), objective, terms
+
+
 def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress: bool = True) -> TrainResult:
     """Runs, or resumes, the training described by ``cfg`` (a :class:`~jaxslim.config.TrainConfig`).
 
@@ -158,15 +173,10 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
     params_view = straight_through_params if cfg.prune.enabled and cfg.prune.ste else None
     if cfg.prune.enabled:
         log_fns = (*log_fns, lambda state: sparsity_metrics(state.opt_state))
-    objective = mlm_objective if cfg.data.mlm else lm_objective
-    train_objective = objective
-    moe = cfg.model.moe
-    if moe is not None:
+    if cfg.model.moe is not None:
         check_expert_mesh(cfg.model, mesh)
-        loss_terms = (*loss_terms, moe_loss_term(moe.aux_loss_coef, moe.z_loss_coef))
-        if moe.consistency_alpha:
-            positions = mlm_positions if cfg.data.mlm else lm_positions
-            train_objective = consistency_objective(objective, moe.consistency_alpha, positions)
+    train_objective, objective, method_terms = objectives(cfg)
+    loss_terms = (*loss_terms, *method_terms)
     is_main = jax.process_index() == 0
     say = print if is_main else (lambda *a, **k: None)
 
