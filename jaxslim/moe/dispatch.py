@@ -113,9 +113,13 @@ def capacity_moe(
     to_slot = jax.nn.one_hot(pos, capacity, dtype=dt)  # [G, S, k, C]; all zero when dropped
     dispatch = jnp.einsum("gske,gskc->gsec", to_expert, to_slot)
     combine = jnp.einsum("gske,gskc->gsec", to_expert * routing.gates[..., None].astype(dt), to_slot)
-    xin = constrain(jnp.einsum("gsec,gsd->egcd", dispatch, x), ("act_exp", "batch", None, "act_embed"))
+    # dispatch where the tokens are (groups sharded on the batch axes), then move the expert axis
+    # onto the expert mesh axis: the reshard between the two constraints is the all-to-all
+    xin = constrain(jnp.einsum("gsec,gsd->gecd", dispatch, x), ("batch", None, None, "act_embed"))
+    xin = constrain(jnp.swapaxes(xin, 0, 1), ("act_exp", "batch", None, "act_embed"))
     y = constrain(expert_ffn(xin, w, hidden), ("act_exp", "batch", None, "act_embed"))
-    out = jnp.einsum("gsec,egcd->gsd", combine, y)
+    y = constrain(jnp.swapaxes(y, 0, 1), ("batch", None, None, "act_embed"))
+    out = jnp.einsum("gsec,gecd->gsd", combine, y)
     return out, pos < capacity
 
 
