@@ -754,6 +754,10 @@ class TrainConfig:
         verbose: print every row of the parameter and sharding table at start-up (else the first 40).
         profile_start / profile_steps: a ``jax.profiler`` trace of ``profile_steps`` steps from
             ``profile_start`` into ``<workdir>/profile`` (0 steps: no trace).
+        init_from: a model directory (jaxslim's ``save_jaxslim`` format or a Hugging Face checkpoint)
+            whose weights start a fresh run (a resumed run ignores it). A dense model starts a
+            mixture-of-experts ``model`` by upcycling (every expert a copy of the FFN, new routers);
+            the optimizer state starts fresh.
     """
 
     model: ModelConfig = field(default_factory=lambda: _default_model())
@@ -775,6 +779,7 @@ class TrainConfig:
     verbose: bool = False
     profile_start: int = 0
     profile_steps: int = 0
+    init_from: str | None = None
 
     def __post_init__(self):
         o = "TrainConfig"
@@ -811,6 +816,8 @@ class TrainConfig:
                 f"{o}: data.seq_len={self.data.seq_len} exceeds model.max_len={self.model.max_len} "
                 "(the learned position table)"
             )
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise ValueError(f"{o}.init_from must be a model directory path or None, got {self.init_from!r}")
         moe = self.model.moe
         if moe is not None and self.mesh.expert != -1 and moe.num_experts % self.mesh.expert:
             raise ValueError(

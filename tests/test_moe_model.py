@@ -315,3 +315,35 @@ def test_capacity_dispatch_is_two_all_to_alls_per_expert_layer(devices):
     assert len(all_to_all) == 2, all_to_all
     gathered = [line for line in hlo.splitlines() if re.search(r"all-gather(?:-start)?\(", line)]
     assert not any("[8,32,64]" in line or "[2,8,32,64]" in line for line in gathered), gathered
+
+
+def test_training_upcycles_a_dense_model_from_init_from(tmp_path):
+    from jaxslim.convert import save_jaxslim
+    from jaxslim.data import TextData
+    from jaxslim.training.state import merge_model
+
+    dense_cfg = load_preset("shakespeare_gpt:tiny").replace(
+        workdir=str(tmp_path / "dense"), tensorboard=False, sample_tokens=0, steps=4
+    )
+    dense = train(dense_cfg, progress=False)
+    dense_model = merge_model(dense.setup, dense.state)
+    save_jaxslim(dense_model, tmp_path / "dense_model")
+    moe = MoeConfig(num_experts=4, top_k=2, renormalize=True, dispatch="dropless", aux_loss_coef=0.0)
+    cfg = dense_cfg.replace(
+        model=dense.config.model.replace(moe=moe),
+        workdir=str(tmp_path / "moe"),
+        init_from=str(tmp_path / "dense_model"),
+        log_every=1,
+        steps=2,
+    )
+    train(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "moe" / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in rows if r.get("step") == 1 and "loss" in r)
+    batch = next(TextData(cfg.data).train_iterator())  # the batch of the upcycled run's first step
+    dense_loss = float(lm_objective(dense_model, {"tokens": jnp.asarray(batch["tokens"])}, None)[0])
+    assert first["loss"] == pytest.approx(dense_loss, abs=1e-5)
+    with pytest.raises(ValueError, match="d_model: 64 in .* 32 in the config"):
+        train(
+            cfg.replace(model=cfg.model.replace(d_model=32), workdir=str(tmp_path / "bad")),
+            progress=False,
+        )

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import jax
 from flax import nnx
 
-from jaxslim.models import Transformer
+from jaxslim.models import Transformer, stack_layers, unstack_layers
 from jaxslim.moe import check_expert_mesh, consistency_objective, lm_positions, mlm_positions, moe_loss_term
 from jaxslim.optim import build_optimizer
 from jaxslim.prune.transform import from_config as prune_from_config
@@ -124,6 +124,47 @@ def _restore(checkpointer, state: TrainState, train_iter):
     return state, int(jax.device_get(state.step))
 
 
+def initial_params(cfg, setup: TrainSetup, state: TrainState):
+    """The parameters of ``cfg.init_from`` in ``state``'s layout and shardings (dense models are
+    upcycled into ``cfg.model.moe`` experts).
+
+    Raises:
+        ValueError: the directory's model differs from ``cfg.model`` in anything but the experts
+            and the layer layout; the message lists the differing fields.
+    """
+    from jaxslim.convert import load_hf, load_jaxslim
+    from jaxslim.convert.native import JAXSLIM_CONFIG
+    from jaxslim.moe import upcycle
+
+    path = pathlib.Path(cfg.init_from)
+    if not path.is_dir():
+        raise FileNotFoundError(f"TrainConfig.init_from={cfg.init_from!r} is not a model directory")
+    model = load_jaxslim(path) if (path / JAXSLIM_CONFIG).is_file() else load_hf(path)
+    want = cfg.model
+    if model.cfg.moe is None and want.moe is not None:
+        model = upcycle(model, want.moe, seed=cfg.seed)
+    if model.cfg.scan_layers != want.scan_layers:
+        model = stack_layers(model) if want.scan_layers else unstack_layers(model)
+    ignore = {"scan_layers", "remat", "dtype", "param_dtype", "pad_token_id", "max_len"}
+    diff = [
+        f"{f.name}: {getattr(model.cfg, f.name)!r} in {path}, {getattr(want, f.name)!r} in the config"
+        for f in dataclasses.fields(want)
+        if f.name not in ignore and getattr(model.cfg, f.name) != getattr(want, f.name)
+    ]
+    if model.cfg.max_len < want.max_len and not want.rope:
+        diff.append(f"max_len: {model.cfg.max_len} in {path} < {want.max_len} in the config")
+    if diff:
+        raise ValueError("TrainConfig.init_from holds a different model:\n  " + "\n  ".join(diff))
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    if not want.rope and model.cfg.max_len != want.max_len:  # keep the first rows of the table
+        pure["embed"]["positions"] = pure["embed"]["positions"][: want.max_len]
+    params = jax.tree.map(lambda x: x, state.params)
+    nnx.replace_by_pure_dict(params, pure)
+    dtype = jax.numpy.dtype(want.param_dtype)
+    params = jax.tree.map(lambda x: x.astype(dtype), params)
+    return jax.device_put(params, setup.shardings.params)
+
+
 def objectives(cfg) -> tuple[Any, Any, tuple]:
     """``(train objective, eval objective, loss terms)`` of a training config: the task loss (masked
     or causal LM), THOR's two-view consistency objective for training when ``model.moe`` asks for
@@ -195,6 +236,9 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                 config_json=config_to_json(cfg),
             )
         state, resumed_from = _restore(checkpointer, state, train_iter)
+        if resumed_from is None and cfg.init_from:
+            state = state._replace(params=initial_params(cfg, setup, state))
+            say(f"initialised the weights from {cfg.init_from}")
         if is_main:
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "config.json").write_text(config_to_json(cfg))
