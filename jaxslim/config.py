@@ -67,7 +67,8 @@ class MoeConfig:
       sorts the tokens by expert and runs grouped matmuls (``jax.lax.ragged_dot``): nothing drops.
     - ``"stochastic"``: THOR. Training draws a uniformly random expert per layer for the whole batch
       (``granularity="batch"``, the reference behaviour), per sequence or per token (uniform load
-      by construction, for expert parallelism). Evaluation (``model.eval()``) follows ``eval_mode``:
+      by construction, for expert parallelism). Batch and sequence draws run the drawn expert's
+      weights directly (never dropping); per-token draws go through ``dispatch``. Evaluation (``model.eval()``) follows ``eval_mode``:
       a random expert per token or per sequence, the fixed expert ``eval_expert``, or the mean of
       all experts. ``consistency_alpha > 0`` trains on two views of each batch with independent
       draws: ``CE(p1) + CE(p2) + alpha * symmetric KL(p1, p2)`` (the IWSLT recipe used 5.0).
@@ -78,7 +79,9 @@ class MoeConfig:
         every / offset: MoE placement (``offset < every``).
         d_ff: hidden width of one expert (default: the model's ``d_ff``).
         train_capacity_factor / eval_capacity_factor / min_capacity / group_size: capacity dispatch;
-            ``group_size`` tokens form one routing group (default: one sequence).
+            ``group_size`` tokens form one routing group (default: one sequence). As in flaxformer,
+            the capacity does not grow with ``top_k``: top-2 at factor 1.25 holds at most 62.5% of
+            the choices, so top-k routing with capacity wants a factor of about ``top_k``.
         batch_prioritized: fill capacity by descending top-1 router probability (V-MoE's BPR).
         renormalize: top-k gates sum to 1 (Mixtral); else they are the router probabilities.
         jitter: multiplicative router-input noise ``U(1 - jitter, 1 + jitter)`` in training.

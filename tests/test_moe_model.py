@@ -284,6 +284,9 @@ def test_training_logs_routing_metrics_every_step(tmp_path, preset):
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     for r in steps:
         assert {"moe/load_max/0", "moe/load_min/0", "moe/dropped/0"} <= set(r)
+        loads = [r[f"moe/load/0/{e}"] for e in range(cfg.model.moe.num_experts)]
+        assert sum(loads) == pytest.approx(1.0, abs=1e-5)
+        assert max(loads) * len(loads) == pytest.approx(r["moe/load_max/0"], rel=1e-5)
         assert np.isfinite(r["loss"])
     if cfg.model.moe.router == "topk":
         assert all("moe/aux_loss" in r and "moe/router_entropy/0" in r for r in steps)
@@ -347,3 +350,25 @@ def test_training_upcycles_a_dense_model_from_init_from(tmp_path):
             cfg.replace(model=cfg.model.replace(d_model=32), workdir=str(tmp_path / "bad")),
             progress=False,
         )
+
+
+@pytest.mark.parametrize("per", ["token", "sequence"])
+def test_folded_views_for_per_token_and_per_sequence_draws(per):
+    """Per-token / per-sequence draws run both views as one doubled batch (no vmap of ragged_dot)."""
+    moe = MoeConfig(num_experts=4, router="stochastic", granularity=per, dispatch="dropless")
+    model = Transformer(_gpt(moe), rngs=nnx.Rngs(1))
+    tokens = _tokens(t=13)
+    objective = consistency_objective(lm_objective, 5.0, lm_positions, fold_views=True)
+    rng = jax.random.key(4)
+    (loss, metrics), grads = jax.jit(
+        jax.value_and_grad(lambda m: objective(m, {"tokens": tokens}, rng)[:2], has_aux=True)
+    )(model)
+    logits = model(jnp.concatenate([tokens, tokens])[:, :-1], rng=rng).logits
+    l1, l2 = jnp.split(logits, 2)
+    ce = causal_lm_loss(logits, jnp.concatenate([tokens, tokens])[:, 1:])[0]
+    p1, p2 = (jax.nn.softmax(np.asarray(a, np.float64)) for a in (l1, l2))
+    kl = np.mean(0.5 * np.sum((p1 - p2) * (np.log(p1) - np.log(p2)), -1))
+    assert kl > 0
+    np.testing.assert_allclose(loss, 2 * float(ce) + 5.0 * kl, rtol=1e-5)
+    assert float(metrics["count"]) == tokens.shape[0] * (tokens.shape[1] - 1)  # one view's tokens
+    assert float(jnp.abs(grads.stack.blocks[0].moe.wi[...]).sum()) > 0

@@ -110,10 +110,22 @@ class MoeLayer(nnx.Module):
         w = self.weights(x.dtype)
         hidden = self._hidden(drop_key)
 
-        if mode in ("batch", "fixed"):
-            idx = jax.random.randint(route_key, (), 0, e) if mode == "batch" else jnp.asarray(m.eval_expert)
-            y = expert_ffn(x[None], w.take(idx[None]), hidden)[0]
-            routing = Routing(jnp.broadcast_to(idx, x.shape[:2] + (1,)), jnp.ones(x.shape[:2] + (1,)))
+        if mode in ("batch", "fixed", "sequence", "random_sequence"):
+            # one expert for the batch or for each sequence: gather its weights and run it densely
+            # (a sequence's tokens would all crowd one expert's buffer under capacity dispatch)
+            if mode == "fixed":
+                idx = jnp.full((1,), m.eval_expert, jnp.int32)
+            else:
+                idx = random_routing(
+                    route_key, x.shape[:2], e, per="batch" if mode == "batch" else "sequence"
+                )
+                idx = idx.experts[:, 0, 0] if mode != "batch" else idx.experts[:1, 0, 0]
+            xs = x[None] if idx.shape[0] == 1 else x[:, None]
+            y = expert_ffn(xs, w.take(idx), hidden)
+            y = y[0] if idx.shape[0] == 1 else y[:, 0]
+            routing = Routing(
+                jnp.broadcast_to(idx[:, None, None], x.shape[:2] + (1,)), jnp.ones(x.shape[:2] + (1,))
+            )
             return y, routing_metrics(routing, jnp.ones((), bool), e)
         if mode == "mean":
             y = jnp.mean(expert_ffn(jnp.broadcast_to(x, (e, *x.shape)), w, hidden), axis=0)

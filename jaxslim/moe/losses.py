@@ -67,7 +67,8 @@ def moe_loss_term(aux_loss_coef: float, z_loss_coef: float):
     The loss is ``aux_loss_coef * sum_layers aux_loss + z_loss_coef * sum_layers z_loss``; the
     metrics are per-layer summaries ``moe/<name>/<layer>`` (``load_max``: the busiest expert's load
     times E, 1 when balanced; ``load_min`` likewise; ``dropped``; router entropy and confidence; the
-    two losses) plus the per-layer totals ``moe/aux_loss`` and ``moe/z_loss``.
+    two losses), every expert's share of the choices ``moe/load/<layer>/<expert>``, and the totals
+    over layers ``moe/aux_loss`` and ``moe/z_loss``.
     """
 
     def term(out, batch):
@@ -87,12 +88,15 @@ def moe_loss_term(aux_loss_coef: float, z_loss_coef: float):
 
 
 def moe_summary(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Flat scalar metrics ``moe/<name>/<layer>`` from a model output's stacked per-layer metrics."""
+    """Flat scalar metrics ``moe/<name>/<layer>`` and ``moe/load/<layer>/<expert>`` from a model
+    output's stacked per-layer metrics."""
     load = metrics["load"]  # [layers, E]
     num_experts = load.shape[-1]
     per_layer = {"load_max": jnp.max(load, -1) * num_experts, "load_min": jnp.min(load, -1) * num_experts}
     per_layer.update({k: v for k, v in metrics.items() if k != "load"})
-    return {f"moe/{name}/{i}": v[i] for name, v in per_layer.items() for i in range(v.shape[0])}
+    out = {f"moe/{name}/{i}": v[i] for name, v in per_layer.items() for i in range(v.shape[0])}
+    out.update({f"moe/load/{i}/{e}": load[i, e] for i in range(load.shape[0]) for e in range(num_experts)})
+    return out
 
 
 def symmetric_kl(logits_p: jax.Array, logits_q: jax.Array, weights: jax.Array | None = None) -> jax.Array:

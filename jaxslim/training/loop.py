@@ -177,7 +177,12 @@ def objectives(cfg) -> tuple[Any, Any, tuple]:
     if not moe.consistency_alpha:
         return objective, objective, terms
     positions = mlm_positions if cfg.data.mlm else lm_positions
-    return consistency_objective(objective, moe.consistency_alpha, positions), objective, terms
+    fold = moe.granularity != "batch"  # per-sequence / per-token draws: one batch of both views
+    return (
+        consistency_objective(objective, moe.consistency_alpha, positions, fold_views=fold),
+        objective,
+        terms,
+    )
 
 
 def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress: bool = True) -> TrainResult:
