@@ -1,4 +1,5 @@
-"""Hugging Face safetensors <-> jaxslim conversion (BERT, GPT-2, Llama), without torch, and a logit checker.
+"""Hugging Face safetensors <-> jaxslim conversion (BERT, GPT-2, Llama, Mixtral), without torch,
+and a logit checker.
 
 Example:
     >>> from jaxslim.convert import load_hf, save_hf  # doctest: +SKIP

@@ -53,7 +53,7 @@ def check(
 ) -> dict[str, dict[str, float]]:
     """Runs the PyTorch model and jaxslim on the same tokens and compares their outputs.
 
-    Both run in float32; the PyTorch model uses eager attention.
+    Both run in float32 and in evaluation mode; the PyTorch model uses eager attention.
 
     Args:
         path: a Hugging Face checkpoint directory that :func:`~jaxslim.convert.load_hf` supports.
@@ -94,7 +94,9 @@ def check(
             attention_mask=torch.from_numpy(mask),
             output_hidden_states=True,
         )
-    ours = load_hf(d)(tokens.astype(np.int32), attention_mask=mask.astype(np.int32))
+    model = load_hf(d)
+    model.eval()  # inference behaviour, as the reference's: no router jitter, eval capacity
+    ours = model(tokens.astype(np.int32), attention_mask=mask.astype(np.int32))
     result = {"hidden": difference(ours.hidden, ref.hidden_states[-1].numpy(), mask)}
     if ours.logits is not None and getattr(ref, "logits", None) is not None:
         result["logits"] = difference(ours.logits, ref.logits.numpy(), mask)

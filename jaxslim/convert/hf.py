@@ -1,7 +1,7 @@
 """Hugging Face checkpoint directories <-> jaxslim models, without torch.
 
 Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~jaxslim.convert.gpt2`,
-:mod:`~jaxslim.convert.llama`) that provides ``ARCHITECTURES`` (HF class names, the first is the
+:mod:`~jaxslim.convert.llama`, :mod:`~jaxslim.convert.mixtral`) that provides ``ARCHITECTURES`` (HF class names, the first is the
 default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
 ``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
 weights), ``config_from_hf``, ``config_to_hf`` and ``rules(cfg)`` (the regex key map). This module
@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from jaxslim.config import DTYPES, ModelConfig
-from jaxslim.convert import bert, gpt2, llama
+from jaxslim.convert import bert, gpt2, llama, mixtral
 from jaxslim.convert.io import (
     INDEX,
     MAX_SHARD_BYTES,
@@ -47,7 +47,7 @@ from jaxslim.convert.io import (
 from jaxslim.convert.rules import flat_to_hf, hf_to_flat
 from jaxslim.models import Transformer
 
-FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama)
+FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama, mixtral)
 SUPPORTED: tuple[str, ...] = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
 _BY_ARCH: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "llama": llama}  # ModelConfig.arch -> family
 CONFIG = "config.json"
@@ -78,6 +78,12 @@ def family_of(hf_config: Mapping) -> tuple[ModuleType, str]:
             f"jaxslim converts {', '.join(SUPPORTED)}"
         )
     raise ValueError(f"unsupported architecture {name!r}; jaxslim converts {', '.join(SUPPORTED)}")
+
+
+def family_for(cfg: ModelConfig) -> ModuleType:
+    """The key-map module that exports a model described by ``cfg``: its architecture's, or
+    Mixtral's for any mixture of experts (whose ``config_to_hf`` says what it cannot express)."""
+    return mixtral if cfg.moe is not None else _BY_ARCH[cfg.arch]
 
 
 def _config(
@@ -130,7 +136,7 @@ def config_to_hf(cfg: ModelConfig, *, dtype: str | None = None) -> dict:
             "so it cannot express them; export the dense model with masks applied instead, or pad "
             "every layer back to the full width"
         )
-    fam = _BY_ARCH[cfg.arch]
+    fam = family_for(cfg)
     arch, kwargs = fam.config_to_hf(cfg)
     dtype = dtype or cfg.param_dtype
     try:
@@ -160,30 +166,43 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
-def scan_flat(flat: Mapping[str, np.ndarray], n_layers: int) -> dict[str, np.ndarray]:
-    """Unscanned flat params (``stack.blocks.<i>.x``) -> scanned ones (``stack.blocks.x`` stacked)."""
+def _scanned_key(rest: str, slot: int, period: int) -> str:
+    return f"{_SCANNED_BLOCK}{rest}" if period == 1 else f"{_SCANNED_BLOCK}{slot}.{rest}"
+
+
+def scan_flat(flat: Mapping[str, np.ndarray], n_layers: int, period: int = 1) -> dict[str, np.ndarray]:
+    """Unscanned flat params (``stack.blocks.<i>.x``) -> scanned ones: ``stack.blocks.x`` stacked
+    over layers, or for a period-``p`` stack (mixtures of experts, see
+    :attr:`ModelConfig.layer_period`) ``stack.blocks.<i % p>.x`` stacked over groups of ``p`` layers."""
     out: dict[str, np.ndarray] = {}
-    per_layer: dict[str, dict[int, np.ndarray]] = {}
+    per_layer: dict[tuple[str, int], dict[int, np.ndarray]] = {}
     for key, value in flat.items():
         m = _BLOCK.match(key)
         if m is None:
             out[key] = value
         else:
-            per_layer.setdefault(m[2], {})[int(m[1])] = value
-    for rest, layers in per_layer.items():
-        out[_SCANNED_BLOCK + rest] = np.stack([layers[i] for i in range(n_layers)])
+            i = int(m[1])
+            per_layer.setdefault((m[2], i % period), {})[i // period] = value
+    for (rest, slot), groups in per_layer.items():
+        out[_scanned_key(rest, slot, period)] = np.stack([groups[g] for g in range(n_layers // period)])
     return out
 
 
-def unscan_flat(flat: Mapping[str, np.ndarray], n_layers: int) -> dict[str, np.ndarray]:
+def unscan_flat(flat: Mapping[str, np.ndarray], n_layers: int, period: int = 1) -> dict[str, np.ndarray]:
     """Scanned flat params -> unscanned ones: the inverse of :func:`scan_flat`."""
     out: dict[str, np.ndarray] = {}
     for key, value in flat.items():
-        if key.startswith(_SCANNED_BLOCK):
-            rest = key[len(_SCANNED_BLOCK) :]
-            out.update({f"{_SCANNED_BLOCK}{i}.{rest}": value[i] for i in range(n_layers)})
-        else:
+        if not key.startswith(_SCANNED_BLOCK):
             out[key] = value
+            continue
+        rest = key[len(_SCANNED_BLOCK) :]
+        slot = 0
+        if period > 1:
+            head, rest = rest.split(".", 1)
+            slot = int(head)
+        out.update(
+            {f"{_SCANNED_BLOCK}{g * period + slot}.{rest}": value[g] for g in range(n_layers // period)}
+        )
     return out
 
 
@@ -208,8 +227,9 @@ def load_hf(
 ) -> Transformer:
     """Loads a Hugging Face checkpoint directory (``config.json`` + safetensors) into jaxslim.
 
-    Supports ``BertModel``, ``BertForMaskedLM``, ``GPT2LMHeadModel``, ``GPT2Model`` and
-    ``LlamaForCausalLM`` with uniform layers. Buffers (``position_ids``, GPT-2's causal-mask
+    Supports ``BertModel``, ``BertForMaskedLM``, ``GPT2LMHeadModel``, ``GPT2Model``,
+    ``LlamaForCausalLM`` and ``MixtralForCausalLM`` (per-expert or fused expert tensors) with
+    uniform layers. Buffers (``position_ids``, GPT-2's causal-mask
     ``attn.bias``) are skipped; tied heads stored in the file must equal the embeddings.
 
     Args:
@@ -252,7 +272,7 @@ def load_hf(
     del tensors
     if scan_layers:
         cfg = cfg.replace(scan_layers=True)
-        flat = scan_flat(flat, cfg.n_layers)
+        flat = scan_flat(flat, cfg.n_layers, cfg.layer_period)
     return model_from_flat(cfg, flat)
 
 
@@ -295,10 +315,10 @@ def save_hf(
     if dtype not in DTYPES:
         raise ValueError(f"save_hf dtype must be one of {DTYPES}, got {dtype!r}")
     hf_config = config_to_hf(cfg, dtype=dtype)  # raises for per-layer widths before anything is written
-    fam = _BY_ARCH[cfg.arch]
+    fam = family_for(cfg)
     flat = flat_params(model)
     if cfg.scan_layers:
-        flat = unscan_flat(flat, cfg.n_layers)
+        flat = unscan_flat(flat, cfg.n_layers, cfg.layer_period)
     tensors = flat_to_hf(flat, fam.rules(cfg), cfg, prefix=fam.prefix_for(hf_config["architectures"][0]))
     np_dtype = np.dtype(jnp.dtype(dtype))
     tensors = {k: v.astype(np_dtype, copy=False) for k, v in tensors.items()}

@@ -28,9 +28,9 @@ def prefix_for(architecture: str) -> str:
     return PREFIX
 
 
-def rope_theta(hf: dict) -> float:
-    """The RoPE base of a Llama config: transformers 5's ``rope_parameters`` or the older
-    ``rope_theta`` / ``rope_scaling`` fields.
+def rope_theta(hf: dict, *, default: float = 10000.0, family: str = "Llama") -> float:
+    """The RoPE base of a Llama-style config: transformers 5's ``rope_parameters`` or the older
+    ``rope_theta`` / ``rope_scaling`` fields; ``default`` when it names none.
 
     Raises:
         ValueError: a RoPE scaling type (linear, dynamic, yarn, llama3, ...) jaxslim does not compute.
@@ -38,14 +38,14 @@ def rope_theta(hf: dict) -> float:
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
     if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
-        raise ValueError(f"Llama rope_parameters={params!r} is not supported; only one plain RoPE")
+        raise ValueError(f"{family} rope_parameters={params!r} is not supported; only one plain RoPE")
     kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if kind != "default":
         raise ValueError(
-            f"Llama rope type {kind!r} is not supported; jaxslim computes only plain RoPE ('default'), "
+            f"{family} rope type {kind!r} is not supported; jaxslim computes only plain RoPE ('default'), "
             f"without position scaling"
         )
-    return float(params.get("rope_theta") or hf.get("rope_theta") or 10000.0)
+    return float(params.get("rope_theta") or hf.get("rope_theta") or default)
 
 
 def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | None = None) -> ModelConfig:
@@ -98,20 +98,26 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     if problems:
         raise ValueError("cannot express this model as a Hugging Face Llama: " + "; ".join(problems))
     return "LlamaForCausalLM", dict(
+        decoder_fields(cfg), attention_bias=cfg.attn_bias, mlp_bias=cfg.mlp_bias, intermediate_size=cfg.d_ff
+    )
+
+
+def decoder_fields(cfg: ModelConfig) -> dict:
+    """The config fields Llama-style decoders (Llama, Mixtral) share, with ``intermediate_size``
+    the width of one FFN (one expert's for a mixture)."""
+    return dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
         num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim_,
-        intermediate_size=cfg.d_ff,
+        intermediate_size=cfg.expert_ffn,
         max_position_embeddings=cfg.max_len,
         rms_norm_eps=cfg.norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
         rope_theta=float(cfg.rope_theta),  # what transformers 4 reads; 5 reads rope_parameters
         tie_word_embeddings=cfg.tie_embeddings,
-        attention_bias=cfg.attn_bias,
-        mlp_bias=cfg.mlp_bias,
         hidden_act="silu",
         pad_token_id=cfg.pad_token_id,
     )
@@ -119,6 +125,19 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
 
 def rules(cfg: ModelConfig) -> list[Rule]:
     """The key map of a Llama model described by ``cfg``."""
+    return common_rules(cfg) + [
+        rule(L + "mlp.gate_proj.weight", B + "mlp.wi", transform=LINEAR),
+        rule(L + "mlp.gate_proj.bias", B + "mlp.bi"),
+        rule(L + "mlp.up_proj.weight", B + "mlp.wu", transform=LINEAR),
+        rule(L + "mlp.up_proj.bias", B + "mlp.bu"),
+        rule(L + "mlp.down_proj.weight", B + "mlp.wo", transform=LINEAR),
+        rule(L + "mlp.down_proj.bias", B + "mlp.bo"),
+    ]
+
+
+def common_rules(cfg: ModelConfig) -> list[Rule]:
+    """The key map of everything but the FFNs (embeddings, attention, norms, output head) of a
+    Llama-style decoder described by ``cfg``; Mixtral shares it."""
     out = [rule("embed_tokens.weight", "embed.tokens")]
     for proj in ("q", "k", "v"):
         out += [
@@ -128,12 +147,6 @@ def rules(cfg: ModelConfig) -> list[Rule]:
     out += [
         rule(L + "self_attn.o_proj.weight", B + "attn.wo", transform=LINEAR_FROM_HEADS),
         rule(L + "self_attn.o_proj.bias", B + "attn.bo"),
-        rule(L + "mlp.gate_proj.weight", B + "mlp.wi", transform=LINEAR),
-        rule(L + "mlp.gate_proj.bias", B + "mlp.bi"),
-        rule(L + "mlp.up_proj.weight", B + "mlp.wu", transform=LINEAR),
-        rule(L + "mlp.up_proj.bias", B + "mlp.bu"),
-        rule(L + "mlp.down_proj.weight", B + "mlp.wo", transform=LINEAR),
-        rule(L + "mlp.down_proj.bias", B + "mlp.bo"),
         rule(L + "input_layernorm.weight", B + "attn_norm.scale"),
         rule(L + "post_attention_layernorm.weight", B + "mlp_norm.scale"),
         rule("norm.weight", "final_norm.scale"),

@@ -2,8 +2,11 @@
 
 A :class:`Rule` ties one Hugging Face tensor name (``{i}`` stands for the layer index) to one or
 more jaxslim parameter paths in the unscanned layout (``stack.blocks.{i}.attn.wq``) and a
-:class:`Transform` that maps the array both ways. Loading matches every checkpoint key against the
-rules as a regex (:func:`hf_to_flat`); saving runs the inverse transforms (:func:`flat_to_hf`).
+:class:`Transform` that maps the array both ways. A name with ``{e}`` is one tensor per expert:
+the transformed tensors of experts ``0 .. E-1`` are stacked on the targets' leading ``exp`` axis.
+A ``load_only`` rule is another layout of the same parameters that loading accepts and saving
+never writes. Loading matches every checkpoint key against the rules as a regex
+(:func:`hf_to_flat`); saving runs the inverse transforms (:func:`flat_to_hf`).
 Problems are never raised one at a time: every missing, unexpected, mis-shaped or wrongly tied
 tensor is collected and reported in one :class:`ConversionError`.
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -109,6 +112,27 @@ CONV_QKV_BIAS = Transform(
     _check_rank(_split_qkv_bias, 1),
     lambda xs, c: np.concatenate([x.reshape(-1) for x in xs]),
 )
+
+
+def _swap_last(a: Array) -> Array:
+    return np.ascontiguousarray(np.swapaxes(a, -1, -2))
+
+
+def _split_gate_up(a: Array, cfg: ModelConfig) -> list[Array]:
+    # fused experts [E, 2f, d] (gate rows, then up rows) -> kernels [E, d, f] each
+    return np.split(_swap_last(a), 2, axis=-1)
+
+
+# Stacked experts stored as one tensor of nn.Linear weights [E, out, in] (transformers 5's fused
+# MoE layout), against jaxslim's [E, in, out] kernels.
+STACKED_LINEAR = Transform(
+    "transpose each expert", _check_rank(lambda a, c: [_swap_last(a)], 3), lambda xs, c: _swap_last(xs[0])
+)
+STACKED_GATE_UP = Transform(
+    "transpose each expert, split into gate and up",
+    _check_rank(_split_gate_up, 3),
+    lambda xs, c: _swap_last(np.concatenate(xs, axis=-1)),
+)
 CONV_FROM_HEADS = Transform(
     "split into heads",
     _check_rank(lambda a, c: [a.reshape(-1, c.head_dim_, a.shape[1])], 2),
@@ -121,13 +145,18 @@ class Rule:
     """One HF tensor name and the jaxslim parameters it becomes.
 
     Attributes:
-        hf: the HF name relative to the backbone prefix; ``{i}`` stands for the layer index.
+        hf: the HF name relative to the backbone prefix; ``{i}`` stands for the layer index and
+            ``{e}`` for an expert index: such a rule has one tensor per expert, each mapped by
+            ``transform`` and stacked on the leading (``exp``) axis of the targets, and a missing
+            expert is reported by name.
         jax: target paths in the unscanned layout.
-        transform: array map between the two.
+        transform: array map between the two (for ``{e}`` rules, between one expert's arrays).
         head: the name lives outside the backbone prefix (output heads such as ``lm_head.weight``).
         tied: the tensor duplicates a parameter that another rule loads (a tied output head): on
             load it must equal that parameter when present; on save it is not written, because
             ``from_pretrained`` ties it again.
+        load_only: another layout of parameters that a preceding rule also maps (e.g. fused
+            experts against per-expert tensors): accepted on load, never written on save.
     """
 
     hf: str
@@ -135,19 +164,32 @@ class Rule:
     transform: Transform = COPY
     head: bool = False
     tied: bool = False
+    load_only: bool = False
+
+    def __post_init__(self):
+        if self.tied and self.per_expert:
+            raise ValueError(f"rule {self.hf!r}: a tied rule cannot have one tensor per expert ({{e}})")
 
     @property
     def per_layer(self) -> bool:
         """Whether the rule has one tensor per layer."""
         return "{i}" in self.hf
 
-    def regex(self) -> re.Pattern:
-        """The pattern matching this rule's HF names (group ``i`` captures the layer)."""
-        return re.compile("^" + re.escape(self.hf).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+    @property
+    def per_expert(self) -> bool:
+        """Whether the rule has one tensor per expert, stacked on the targets' leading axis."""
+        return "{e}" in self.hf
 
-    def hf_name(self, layer: int | None, prefix: str) -> str:
-        """The full HF name of this rule's tensor in ``layer`` of a checkpoint using ``prefix``."""
-        name = self.hf.format(i=layer)
+    def regex(self) -> re.Pattern:
+        """The pattern matching this rule's HF names (groups ``i`` and ``e`` capture the layer and
+        the expert)."""
+        pattern = re.escape(self.hf).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{e\}", r"(?P<e>\d+)")
+        return re.compile("^" + pattern + "$")
+
+    def hf_name(self, layer: int | None, prefix: str, expert: int | str | None = None) -> str:
+        """The full HF name of this rule's tensor in ``layer`` (and ``expert``) of a checkpoint
+        using ``prefix``."""
+        name = self.hf.format(i=layer, e=expert)
         return name if self.head else prefix + name
 
     def targets(self, layer: int | str | None) -> list[str]:
@@ -155,16 +197,31 @@ class Rule:
         return [t.format(i=layer) for t in self.jax]
 
 
-def rule(hf: str, *jax: str, transform: Transform = COPY, head: bool = False, tied: bool = False) -> Rule:
-    """Shorthand for :class:`Rule`: ``rule("wte.weight", "embed.tokens")``."""
-    return Rule(hf, tuple(jax), transform, head, tied)
+def rule(
+    hf: str,
+    *jax: str,
+    transform: Transform = COPY,
+    head: bool = False,
+    tied: bool = False,
+    load_only: bool = False,
+) -> Rule:
+    """Shorthand for :class:`Rule`: ``rule("wte.weight", "embed.tokens")``.
+
+    Example:
+        >>> r = rule("layers.{i}.experts.{e}.w2.weight", "stack.blocks.{i}.moe.wo", transform=LINEAR)
+        >>> r.regex().match("layers.1.experts.7.w2.weight").groupdict()
+        {'i': '1', 'e': '7'}
+    """
+    return Rule(hf, tuple(jax), transform, head, tied, load_only)
 
 
 def describe(cfg: ModelConfig) -> str:
     """The sizes of ``cfg`` that a checkpoint's shapes must agree with."""
+    experts = "" if cfg.moe is None else f", experts={cfg.moe.num_experts}, expert d_ff={cfg.expert_ffn}"
     return (
         f"arch={cfg.arch}, d_model={cfg.d_model}, n_layers={cfg.n_layers}, n_heads={cfg.n_heads}, "
         f"n_kv_heads={cfg.kv_heads}, head_dim={cfg.head_dim_}, d_ff={cfg.d_ff}, vocab_size={cfg.vocab_size}"
+        f"{experts}"
     )
 
 
@@ -182,15 +239,17 @@ def raise_problems(header: str, problems: Mapping[str, Sequence[str]], hints: Se
 
 
 def _hf_names(
-    rules: Sequence[Rule], cfg: ModelConfig, prefix: str
+    rules: Sequence[Rule], cfg: ModelConfig, prefix: str, used: Collection[Rule] = ()
 ) -> dict[str, str]:  # jaxslim path -> HF name it is read from
+    # the layout the checkpoint uses (rules that matched some key) names what it lacks; load-only
+    # layouts it does not use are not mentioned
     out: dict[str, str] = {}
-    for r in rules:
-        if r.tied:
+    for r in sorted(rules, key=lambda r: r not in used):
+        if r.tied or (r.load_only and r not in used):
             continue
         for i in range(cfg.n_layers) if r.per_layer else [None]:
             for t in r.targets(i):
-                out.setdefault(t, r.hf_name(i, prefix))
+                out.setdefault(t, r.hf_name(i, prefix, "*"))
     return out
 
 
@@ -198,6 +257,34 @@ def _absent_target_reason(target: str, layer: str | None, cfg: ModelConfig) -> s
     if layer is not None and int(layer) >= cfg.n_layers:
         return f"layer {layer} does not exist: the config has n_layers={cfg.n_layers}"
     return f"the config has no parameter {target} (e.g. biases or this head are switched off)"
+
+
+@dataclasses.dataclass
+class _Experts:
+    """The per-expert tensors of one ``{e}`` rule in one layer, gathered before stacking."""
+
+    rule: Rule
+    targets: list[str]
+    parts: tuple[str, str]  # the key before and after the expert index
+    keys: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    def name(self, expert: int | str) -> str:
+        return f"{self.parts[0]}{expert}{self.parts[1]}"
+
+
+def _shape_problem(key: str, array: Array, targets: Sequence[str], shapes: Sequence, r: Rule) -> str:
+    want = " + ".join(f"{t} {s}" for t, s in zip(targets, shapes, strict=True))
+    how = "" if r.transform is COPY else f" ({r.transform.name})"
+    return f"{key}: shape {tuple(array.shape)} cannot give {want}{how}"
+
+
+def _transformed(r: Rule, array: Array, cfg: ModelConfig, shapes: Sequence[tuple]) -> list[Array] | None:
+    # None when the transform rejects the array or its results have the wrong shapes
+    try:
+        values = r.transform.to_jax(array, cfg)
+    except ValueError:
+        return None
+    return values if [tuple(v.shape) for v in values] == [tuple(s) for s in shapes] else None
 
 
 def hf_to_flat(
@@ -226,16 +313,22 @@ def hf_to_flat(
         jaxslim path -> array, one entry for every path in ``expected``.
 
     Raises:
-        ConversionError: listing every missing, unexpected, mis-shaped and wrongly tied tensor.
+        ConversionError: listing every missing, unexpected, mis-shaped and wrongly tied tensor
+            (for per-expert rules, every missing or mis-shaped expert).
     """
     compiled = [(r, r.regex()) for r in rules]
     ignored = [re.compile(p) for p in ignore]
     uses_prefix = any(k.startswith(prefix) for k in tensors) if prefix else False
     out: dict[str, Array] = {}
-    source_of: dict[str, str] = {}  # jaxslim path -> HF key that provided it (found, even if mis-shaped)
+    # jaxslim path -> HF key that provided it (found, even if mis-shaped); for a per-expert rule
+    # the key with ``*`` for the expert
+    source_of: dict[str, str] = {}
     tied: list[tuple[str, Rule, list[str]]] = []
+    experts: dict[tuple[Rule, str | None], _Experts] = {}
+    used: set[Rule] = set()
     unexpected: list[str] = []
     misshaped: list[str] = []
+    missing_experts: list[str] = []
     for key in sorted(tensors):
         if any(p.search(key) for p in ignored):
             continue
@@ -253,26 +346,63 @@ def hf_to_flat(
         if absent:
             unexpected.append(f"{key} ({_absent_target_reason(absent[0], layer, cfg)})")
             continue
+        used.add(r)
         if r.tied:
             tied.append((key, r, targets))
             continue
-        dup = [source_of[t] for t in targets if t in source_of]
+        group = None
+        provides = key
+        if r.per_expert:
+            cut = len(key) - len(name)  # the prefix that was stripped
+            start, end = m.span("e")
+            group = experts.get((r, layer)) or _Experts(r, targets, (key[: cut + start], key[cut + end :]))
+            provides = group.name("*")
+            e, n = int(m["e"]), expected[targets[0]][0]
+            if e >= n or e in group.keys:
+                why = f"the config has {n} experts" if e >= n else f"duplicates {group.keys[e]}"
+                unexpected.append(f"{key} (expert {m['e']}: {why})")
+                continue
+        dup = [source_of[t] for t in targets if source_of.get(t, provides) != provides]
         if dup:
             unexpected.append(f"{key} (duplicates {dup[0]}, which already gives {targets[0]})")
             continue
-        source_of.update(dict.fromkeys(targets, key))
+        source_of.update(dict.fromkeys(targets, provides))
+        if group is not None:
+            experts[(r, layer)] = group
+            group.keys[e] = key
+            continue
         shapes = [tuple(expected[t]) for t in targets]
         array = np.asarray(tensors[key])
-        try:
-            values = r.transform.to_jax(array, cfg)
-        except ValueError:
-            values = None
-        if values is None or [tuple(v.shape) for v in values] != shapes:
-            want = " + ".join(f"{t} {s}" for t, s in zip(targets, shapes, strict=True))
-            how = "" if r.transform is COPY else f" ({r.transform.name})"
-            misshaped.append(f"{key}: shape {tuple(array.shape)} cannot give {want}{how}")
+        values = _transformed(r, array, cfg, shapes)
+        if values is None:
+            misshaped.append(_shape_problem(key, array, targets, shapes, r))
             continue
         out.update(zip(targets, values, strict=True))
+    for group in experts.values():
+        n = expected[group.targets[0]][0]
+        absent = [e for e in range(n) if e not in group.keys]
+        if absent:
+            missing_experts.extend(
+                f"{group.name(e)} (expert {e} of {', '.join(group.targets)})" for e in absent
+            )
+            continue
+        shapes = [tuple(expected[t])[1:] for t in group.targets]
+        stacked: list[list[Array]] = []
+        bad: list[tuple[str, Array]] = []
+        for e in range(n):
+            array = np.asarray(tensors[group.keys[e]])
+            values = _transformed(group.rule, array, cfg, shapes)
+            if values is None:
+                bad.append((str(e), array))
+            else:
+                stacked.append(values)
+        if len(bad) == n and len({a.shape for _, a in bad}) == 1:
+            bad = [("*", bad[0][1])]  # every expert has the same wrong shape: one line, not n
+        for e, array in bad:
+            where = [f"{t}[{e}]" for t in group.targets]
+            misshaped.append(_shape_problem(group.name(e), array, where, shapes, group.rule))
+        if not bad:
+            out.update({t: np.stack([v[j] for v in stacked]) for j, t in enumerate(group.targets)})
     wrongly_tied = []
     for key, r, targets in tied:
         loaded = [out.get(t) for t in targets]
@@ -290,8 +420,9 @@ def hf_to_flat(
                 f"{key} differs from {source_of[targets[0]]}, to which the config ties it "
                 "(a tied model keeps one copy of both)"
             )
-    names = _hf_names(rules, cfg, prefix if uses_prefix else "")
+    names = _hf_names(rules, cfg, prefix if uses_prefix else "", used)
     missing = [f"{names.get(p, '?')} (for {p})" for p in sorted(set(expected) - set(source_of))]
+    missing += missing_experts
     hints = []
     if wrongly_tied:
         hints.append(
@@ -321,13 +452,16 @@ def flat_to_hf(
 ) -> dict[str, Array]:
     """Inverse of :func:`hf_to_flat`: HF-named tensors from flat jaxslim paths (unscanned layout).
 
+    Tied and load-only rules are not written; a per-expert rule writes one tensor per entry of its
+    targets' leading axis.
+
     Raises:
         ConversionError: a parameter of the model has no HF name (nothing is dropped silently).
     """
     out: dict[str, Array] = {}
     used: set[str] = set()
     for r in rules:
-        if r.tied:
+        if r.tied or r.load_only:
             continue
         for i in range(cfg.n_layers) if r.per_layer else [None]:
             targets = r.targets(i)
@@ -335,7 +469,12 @@ def flat_to_hf(
                 continue
             used.update(targets)
             arrays = [np.asarray(flat[t]) for t in targets]
-            out[r.hf_name(i, prefix)] = np.ascontiguousarray(r.transform.to_hf(arrays, cfg))
+            if r.per_expert:
+                for e in range(arrays[0].shape[0]):
+                    value = r.transform.to_hf([a[e] for a in arrays], cfg)
+                    out[r.hf_name(i, prefix, e)] = np.ascontiguousarray(value)
+            else:
+                out[r.hf_name(i, prefix)] = np.ascontiguousarray(r.transform.to_hf(arrays, cfg))
     raise_problems(
         f"cannot export this model as Hugging Face {cfg.arch} ({describe(cfg)}):",
         {"parameters without a Hugging Face name": sorted(set(flat) - used)},
