@@ -22,6 +22,8 @@ from jaxslim.training import NonFiniteLossError, abstract_train_state, train
 
 PRESETS = ["gpt2_small", "kjv_llama", "kjv_llama:tiny", "shakespeare_bert", "shakespeare_bert:tiny"]
 PRESETS += ["shakespeare_gpt", "shakespeare_gpt:tiny"]
+PRESETS += ["switch_shakespeare", "switch_shakespeare:tiny,experts=8,dropless"]
+PRESETS += ["thor_shakespeare", "thor_shakespeare:tiny,per=token,alpha=0"]
 
 
 def test_every_preset_is_listed_and_tested():
@@ -39,7 +41,7 @@ def test_preset_builds_model_and_optimizer_abstractly(spec):
     opt = jax.eval_shape(build_optimizer(cfg.optim, cfg.steps).init, params)
     assert len(jax.tree.leaves(opt)) >= 2 * len(jax.tree.leaves(params))
     x = jax.ShapeDtypeStruct((2, cfg.data.seq_len), jnp.int32)
-    logits = jax.eval_shape(lambda m, t: m(t).logits, model, x)
+    logits = jax.eval_shape(lambda m, t: m(t, rng=jax.random.key(0)).logits, model, x)
     assert logits.shape == (2, cfg.data.seq_len, cfg.model.vocab_size)
 
 
@@ -47,6 +49,14 @@ def test_overrides_reach_the_config():
     cfg = cli.parse(["shakespeare_gpt:tiny", "--optim.lr", "3e-4", "--data.batch-size", "16", "--steps", "7"])
     assert (cfg.optim.lr, cfg.data.batch_size, cfg.steps) == (3e-4, 16, 7)
     assert cfg.model == load_preset("shakespeare_gpt:tiny").model
+
+
+def test_moe_overrides_and_preset_options():
+    cfg = cli.parse(["switch_shakespeare:tiny", "model.moe:moe-config", "--model.moe.num-experts", "8"])
+    assert (cfg.model.moe.num_experts, cfg.model.moe.offset) == (8, 1)  # the rest stays the preset's
+    assert cli.parse(["switch_shakespeare:tiny", "model.moe:none"]).model.moe is None
+    with pytest.raises(ValueError, match="preset option 'dropless' is not one of"):
+        load_preset("thor_shakespeare:tiny,dropless")
 
 
 def test_unknown_preset_is_a_clear_error(capsys):

@@ -145,12 +145,26 @@ def initial_params(cfg, setup: TrainSetup, state: TrainState):
         model = upcycle(model, want.moe, seed=cfg.seed)
     if model.cfg.scan_layers != want.scan_layers:
         model = stack_layers(model) if want.scan_layers else unstack_layers(model)
-    ignore = {"scan_layers", "remat", "dtype", "param_dtype", "pad_token_id", "max_len"}
+    ignore = {"scan_layers", "remat", "dtype", "param_dtype", "pad_token_id", "max_len", "moe"}
     diff = [
         f"{f.name}: {getattr(model.cfg, f.name)!r} in {path}, {getattr(want, f.name)!r} in the config"
         for f in dataclasses.fields(want)
         if f.name not in ignore and getattr(model.cfg, f.name) != getattr(want, f.name)
     ]
+
+    # of the experts only what shapes the weights must agree; routing and losses are the run's own
+    def experts(c):
+        return (
+            None
+            if c.moe is None
+            else (c.moe.num_experts, c.moe.every, c.moe.offset, c.expert_ffn, c.moe.router)
+        )
+
+    if experts(model.cfg) != experts(want):
+        diff.append(
+            f"moe (num_experts, every, offset, expert width, router): {experts(model.cfg)} in {path}, "
+            f"{experts(want)} in the config"
+        )
     if model.cfg.max_len < want.max_len and not want.rope:
         diff.append(f"max_len: {model.cfg.max_len} in {path} < {want.max_len} in the config")
     if diff:
