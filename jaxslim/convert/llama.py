@@ -61,11 +61,26 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         KeyError: a required field is absent.
     """
     del architecture, tensor_names
+    return ModelConfig.llama(
+        **decoder_config(hf, "Llama", max_len=2048, norm_eps=1e-6, theta=10000.0),
+        attn_bias=bool(hf.get("attention_bias", False)),
+        mlp_bias=bool(hf.get("mlp_bias", False)),
+    )
+
+
+def decoder_config(hf: dict, family: str, *, max_len: int, norm_eps: float, theta: float) -> dict:
+    """The :meth:`ModelConfig.llama` arguments Llama-style decoders (Llama, Mixtral) share, read from
+    ``config.json`` with the family's defaults for absent fields.
+
+    Raises:
+        ValueError: an activation other than silu, or RoPE scaling.
+        KeyError: a required field is absent.
+    """
     if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"Llama hidden_act={hf['hidden_act']!r} is not supported; only 'silu'")
+        raise ValueError(f"{family} hidden_act={hf['hidden_act']!r} is not supported; only 'silu'")
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim")
-    return ModelConfig.llama(
+    return dict(
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
@@ -74,12 +89,10 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         # None keeps ModelConfig's own default (d_model // n_heads) when the config says the same
         head_dim=head_dim if head_dim and head_dim * heads != hf["hidden_size"] else None,
         d_ff=hf["intermediate_size"],
-        max_len=hf.get("max_position_embeddings", 2048),
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=rope_theta(hf),
+        max_len=hf.get("max_position_embeddings", max_len),
+        norm_eps=hf.get("rms_norm_eps", norm_eps),
+        rope_theta=rope_theta(hf, default=theta, family=family),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        attn_bias=bool(hf.get("attention_bias", False)),
-        mlp_bias=bool(hf.get("mlp_bias", False)),
         pad_token_id=hf.get("pad_token_id"),
     )
 

@@ -76,8 +76,6 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
     """
     del architecture, tensor_names
     hf = {**_DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"Mixtral hidden_act={hf['hidden_act']!r} is not supported; only 'silu'")
     window, max_len = hf.get("sliding_window"), hf["max_position_embeddings"]
     if window is not None and window < max_len:
         raise ValueError(
@@ -85,22 +83,11 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
             f"which is the same only when the window covers max_position_embeddings={max_len} "
             "(Mixtral-8x7B's config has sliding_window=null)"
         )
-    heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim")
+    decoder = llama.decoder_config(
+        hf, "Mixtral", max_len=max_len, norm_eps=hf["rms_norm_eps"], theta=_DEFAULTS["rope_theta"]
+    )
     return ModelConfig.llama(
-        vocab_size=hf["vocab_size"],
-        d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"],
-        n_heads=heads,
-        n_kv_heads=hf.get("num_key_value_heads") or heads,
-        # None keeps ModelConfig's own default (d_model // n_heads) when the config says the same
-        head_dim=head_dim if head_dim and head_dim * heads != hf["hidden_size"] else None,
-        d_ff=hf["intermediate_size"],
-        max_len=max_len,
-        norm_eps=hf["rms_norm_eps"],
-        rope_theta=llama.rope_theta(hf, default=_DEFAULTS["rope_theta"], family="Mixtral"),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        pad_token_id=hf.get("pad_token_id"),
+        **decoder,
         moe=MoeConfig(
             num_experts=hf["num_local_experts"],
             top_k=hf["num_experts_per_tok"],
