@@ -1,6 +1,15 @@
-"""Growth operators: wider and deeper models that start from a smaller one's function."""
+"""Growth operators: wider and deeper models, and training states, that start from a smaller one."""
 
-from jaxslim.grow.depth import deepen_plan, grow_depth
-from jaxslim.grow.width import block_diagonal, grow_width, widen_config
+from jaxslim.grow.depth import Deepen, deepen_plan, grow_depth
+from jaxslim.grow.width import Widen, block_diagonal, grow_width, narrow_config, widen_config
 
-__all__ = ["block_diagonal", "deepen_plan", "grow_depth", "grow_width", "widen_config"]
+__all__ = [
+    "Deepen",
+    "Widen",
+    "block_diagonal",
+    "deepen_plan",
+    "grow_depth",
+    "grow_width",
+    "narrow_config",
+    "widen_config",
+]

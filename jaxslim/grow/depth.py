@@ -15,6 +15,12 @@ instead of the weights, so it is not loss-preserving. Here the two modes are exp
 Placement: ``"interleave"`` puts block i's new block right after it (i -> 2i, 2i + 1), ``"append"``
 adds copies of the last ``n`` blocks after the stack.
 
+Optimizer state (see :mod:`jaxslim.grow.state`): the blocks already there keep their moments. An
+identity block adds nothing and its zeroed output projections pass no gradient back through it,
+so the old blocks' gradients, and hence their first updates, are exactly the small model's; the new
+blocks start with zero moments. Copy-mode new blocks take their source's moments (as in staged
+training's released code), since they start as that block. Pruning masks are copied with the block.
+
 Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
@@ -30,12 +36,17 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 
 from jaxslim.config import ModelConfig
+from jaxslim.grow.tree import Kind, grow_model
 
 _OUTPUTS = {"attn": ("wo", "bo"), "mlp": ("wo", "bo"), "moe": ("wo", "bo")}
+MODES = ("identity", "copy")
+PLACEMENTS = ("interleave", "append")
 
 
 def deepen_plan(n_layers: int, placement: str, n_new: int | None = None) -> list[tuple[int, bool]]:
@@ -66,6 +77,63 @@ def _silenced(tree: dict) -> dict:
     return tree
 
 
+@dataclass(frozen=True)
+class Deepen:
+    """Depth growth as a growth operator (:mod:`jaxslim.grow.state`).
+
+    Attributes:
+        mode: ``"identity"`` (exactly loss-preserving, pre-norm models) or ``"copy"`` (stacking).
+        placement: ``"interleave"`` or ``"append"`` (see :func:`deepen_plan`).
+        n_new: blocks appended (``placement="append"`` only; default: as many as there are).
+    """
+
+    mode: str = "identity"
+    placement: str = "interleave"
+    n_new: int | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"depth growth mode must be 'identity' or 'copy', got {self.mode!r}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(
+                f"depth growth placement must be 'interleave' or 'append', got {self.placement!r}"
+            )
+
+    def config(self, cfg: ModelConfig) -> ModelConfig:
+        if self.mode == "identity" and not cfg.pre_norm:
+            raise ValueError(
+                f"identity depth growth needs a pre-norm model; arch={cfg.arch!r} normalises after the "
+                "residual add, so no block is an identity (use mode='copy')"
+            )
+        if cfg.moe is not None:
+            raise ValueError(
+                "depth growth of a mixture of experts is not supported (its expert layers would move)"
+            )
+        if not cfg.uniform:
+            raise ValueError("depth growth of a slimmed model with per-layer widths is not supported")
+        return cfg.replace(n_layers=len(deepen_plan(cfg.n_layers, self.placement, self.n_new)))
+
+    def apply(self, cfg: ModelConfig, tree: dict, axes: dict, kind: Kind) -> dict:
+        """Inserts the new blocks into a params-shaped nested dict (weights, moments or masks)."""
+        from jaxslim.models.stack import layer_trees, stack_trees
+
+        new_cfg = self.config(cfg)
+        if "stack" not in tree or "blocks" not in tree["stack"]:
+            return tree  # a partial tree without blocks (e.g. masks of the embeddings only)
+        layers = layer_trees(cfg, tree["stack"]["blocks"])
+        out = []
+        for src, new in deepen_plan(cfg.n_layers, self.placement, self.n_new):
+            layer = jax.tree.map(jnp.asarray, layers[src])
+            if new and self.mode == "identity":
+                if kind == "param":
+                    layer = _silenced(layer)
+                elif kind != "mask":
+                    layer = jax.tree.map(jnp.zeros_like, layer)
+            out.append(layer)
+        stack = dict(tree["stack"], blocks=stack_trees(new_cfg, out))
+        return dict(tree, stack=stack)
+
+
 def grow_depth(model, *, mode: str = "identity", placement: str = "interleave", n_new: int | None = None):
     """A deeper copy of ``model`` (scanned or not; same layout).
 
@@ -78,30 +146,4 @@ def grow_depth(model, *, mode: str = "identity", placement: str = "interleave", 
         ValueError: an unknown mode or placement, identity growth of a post-norm (BERT) model, a
             mixture of experts (its expert placement would shift), or per-layer widths.
     """
-    from jaxslim.models.stack import rebuild
-
-    cfg: ModelConfig = model.cfg
-    if mode not in ("identity", "copy"):
-        raise ValueError(f"depth growth mode must be 'identity' or 'copy', got {mode!r}")
-    if mode == "identity" and not cfg.pre_norm:
-        raise ValueError(
-            f"identity depth growth needs a pre-norm model; arch={cfg.arch!r} normalises after the residual "
-            "add, so no block is an identity (use mode='copy')"
-        )
-    if cfg.moe is not None:
-        raise ValueError(
-            "depth growth of a mixture of experts is not supported (its expert layers would move)"
-        )
-    if not cfg.uniform:
-        raise ValueError("depth growth of a slimmed model with per-layer widths is not supported")
-    plan = deepen_plan(cfg.n_layers, placement, n_new)
-    new_cfg = cfg.replace(n_layers=len(plan))
-
-    def edit(layers):
-        out = []
-        for src, new in plan:
-            tree = jax.tree.map(jnp.asarray, layers[src])
-            out.append(_silenced(tree) if new and mode == "identity" else tree)
-        return out
-
-    return rebuild(model, new_cfg, edit)
+    return grow_model(model, Deepen(mode, placement, n_new))

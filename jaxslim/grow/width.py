@@ -11,6 +11,14 @@ dimension unchanged, GQA groups preserved), and the norm feeding the output head
 or BERT's MLM-head norm) is scaled by ``1/k`` so the head, whose input axis was repeated, returns
 the original logits. Routers of expert layers are repeated and scaled by ``1/k`` the same way.
 
+Optimizer state (see :mod:`jaxslim.grow.state`): the loss of the grown model sees each copy of an
+ordinary weight with ``1/k`` of the small model's gradient, so Adam-style first and second moments
+of the copied blocks become ``m/k`` and ``v/k**2`` (staged training's ``m/2, v/4``) and the first
+update of every copied block equals the small model's update; the ``1/k``-scaled head inputs and
+routers, and weights without a grown axis, get the full gradient per copy and keep their moments.
+Off-diagonal (new) blocks start with zero moments. Pruning masks are tiled over the grown axes,
+so every block keeps the small model's pattern (sparsity, N:M groups and pruned heads preserved).
+
 Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
@@ -28,11 +36,12 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
-from flax import nnx
+from dataclasses import dataclass
+
+import jax.numpy as jnp
 
 from jaxslim.config import ModelConfig
-from jaxslim.sharding import logical_axes
+from jaxslim.grow.tree import Kind, grow_model, map_paths
 
 GROWN_AXES = frozenset({"embed", "norm", "mlp", "heads", "kv_heads"})
 # weights whose unnamed axes are residual-width too (BERT's MLM-head transform and pooler)
@@ -43,10 +52,7 @@ _SCALED = ("final_norm.scale", "final_norm.bias", "mlm.norm.scale", "mlm.norm.bi
 
 def widen_config(cfg: ModelConfig, k: int) -> ModelConfig:
     """``cfg`` with residual width, heads, KV heads and FFN widths multiplied by ``k``."""
-    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-        raise ValueError(
-            f"width growth factor must be an integer >= 2 (the model is copied block-diagonally), got {k!r}"
-        )
+    _check_factor(k)
     if not cfg.uniform:
         raise ValueError(
             "width growth of a slimmed model with per-layer widths (layer_heads / layer_ffn) is not supported; "
@@ -65,13 +71,65 @@ def widen_config(cfg: ModelConfig, k: int) -> ModelConfig:
     )
 
 
-def block_diagonal(w: np.ndarray, grown: tuple[int, ...], k: int, scale: float = 1.0) -> np.ndarray:
-    """``k`` copies of ``w`` on the diagonal blocks of its ``grown`` axes (times ``scale``)."""
-    shape = tuple(n * k if i in grown else n for i, n in enumerate(w.shape))
-    out = np.zeros(shape, w.dtype)
+def narrow_config(cfg: ModelConfig, k: int) -> ModelConfig:
+    """The model that :func:`widen_config` turns into ``cfg``: widths and head counts divided by ``k``.
+
+    Raises:
+        ValueError: ``k`` does not divide a width or head count (each is named).
+    """
+    _check_factor(k)
+    if not cfg.uniform:
+        raise ValueError("a model with per-layer widths (layer_heads / layer_ffn) has no narrower start")
+    fields = {
+        "d_model": cfg.d_model,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.kv_heads,
+        "d_ff": cfg.d_ff,
+    }
+    if cfg.moe is not None and cfg.moe.d_ff is not None:
+        fields["moe.d_ff"] = cfg.moe.d_ff
+    bad = [f"{name}={value}" for name, value in fields.items() if value % k]
+    if bad:
+        raise ValueError(
+            f"width factor {k} must divide every width and head count of the model; it does not divide "
+            + ", ".join(bad)
+        )
+    if cfg.head_dim is None and (cfg.d_model // k) // (cfg.n_heads // k) != cfg.head_dim_:
+        raise AssertionError("narrowing changed the head dimension")
+    moe = cfg.moe
+    if moe is not None and moe.d_ff is not None:
+        moe = moe.replace(d_ff=moe.d_ff // k)
+    return cfg.replace(
+        d_model=cfg.d_model // k,
+        n_heads=cfg.n_heads // k,
+        n_kv_heads=None if cfg.n_kv_heads is None else cfg.n_kv_heads // k,
+        head_dim=cfg.head_dim,
+        d_ff=cfg.d_ff // k,
+        moe=moe,
+    )
+
+
+def _check_factor(k) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+        raise ValueError(
+            f"width growth factor must be an integer >= 2 (the model is copied block-diagonally), got {k!r}"
+        )
+
+
+def block_diagonal(w, grown: tuple[int, ...], k: int, scale: float = 1.0, *, tile: bool = False):
+    """``k`` copies of ``w`` (times ``scale``) on the diagonal blocks of its ``grown`` axes, zeros
+    elsewhere; with ``tile`` every block is a copy. Works on NumPy and JAX arrays (and under jit)."""
+    w = jnp.asarray(w)
+    if scale != 1.0:
+        w = w * jnp.asarray(scale, w.dtype)
+    if not grown:
+        return w
+    if tile:
+        return jnp.tile(w, [k if i in grown else 1 for i in range(w.ndim)])
+    out = jnp.zeros(tuple(n * k if i in grown else n for i, n in enumerate(w.shape)), w.dtype)
     for c in range(k):
         block = tuple(slice(c * n, (c + 1) * n) if i in grown else slice(None) for i, n in enumerate(w.shape))
-        out[block] = w * np.asarray(scale, w.dtype)
+        out = out.at[block].set(w)
     return out
 
 
@@ -81,13 +139,42 @@ def grown_axes(path: str, axes: tuple) -> tuple[int, ...]:
     return tuple(i for i, a in enumerate(axes) if a in GROWN_AXES or (a is None and unnamed))
 
 
-def widen_params(cfg: ModelConfig, flat: dict[str, np.ndarray], axes: dict[str, tuple], k: int) -> dict:
-    """Dotted-path params of a ``cfg`` model -> those of the k-times wider one (see module doc)."""
-    out = {}
-    for path, w in flat.items():
-        scale = 1.0 / k if any(path.endswith(s) for s in _SCALED) else 1.0
-        out[path] = block_diagonal(np.asarray(w), grown_axes(path, axes[path]), k, scale)
-    return out
+def gradient_scale(path: str, axes: tuple, k: int) -> float:
+    """How the gradient of each copy of ``path`` compares with the small model's: ``1/k`` for a
+    copied weight, ``1`` for the ``1/k``-scaled head inputs and for weights without a grown axis."""
+    if not grown_axes(path, axes) or any(path.endswith(s) for s in _SCALED):
+        return 1.0
+    return 1.0 / k
+
+
+@dataclass(frozen=True)
+class Widen:
+    """Width growth by ``k`` as a growth operator (:mod:`jaxslim.grow.state`)."""
+
+    k: int = 2
+
+    def __post_init__(self):
+        _check_factor(self.k)
+
+    def config(self, cfg: ModelConfig) -> ModelConfig:
+        return widen_config(cfg, self.k)
+
+    def apply(self, cfg: ModelConfig, tree: dict, axes: dict, kind: Kind) -> dict:
+        """Grows a params-shaped nested dict: weights (``"param"``), moments (``"moment1"``,
+        ``"moment2"``) or masks (``"mask"``); ``axes`` holds each leaf's logical axes."""
+        k = self.k
+
+        def leaf(path: str, w, ax):
+            grown = grown_axes(path, ax)
+            if kind == "mask":
+                return block_diagonal(w, grown, k, tile=True)
+            if kind == "param":
+                scale = 1.0 / k if any(path.endswith(s) for s in _SCALED) else 1.0
+            else:
+                scale = gradient_scale(path, ax, k) ** (1 if kind == "moment1" else 2)
+            return block_diagonal(w, grown, k, scale)
+
+        return map_paths(leaf, tree, axes)
 
 
 def grow_width(model, k: int = 2):
@@ -99,19 +186,4 @@ def grow_width(model, k: int = 2):
     Raises:
         ValueError: ``k`` is not an integer >= 2, or the model has per-layer widths.
     """
-    cfg: ModelConfig = model.cfg
-    new_cfg = widen_config(cfg, k)
-    state = nnx.state(model)
-    flat = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(state)}
-    axes = {".".join(map(str, p)): tuple(a) for p, a in nnx.to_flat_state(logical_axes(state))}
-    grown = widen_params(cfg, flat, axes, k)
-    target = nnx.eval_shape(lambda: type(model)(new_cfg, rngs=nnx.Rngs(0)))
-    graphdef, target_state = nnx.split(target)
-    filled = []
-    for p, var in nnx.to_flat_state(target_state):
-        key = ".".join(map(str, p))
-        value = grown[key]
-        if value.shape != tuple(var.shape):
-            raise AssertionError(f"width growth produced {key} of shape {value.shape}, expected {var.shape}")
-        filled.append((p, var.replace(value)))
-    return nnx.merge(graphdef, nnx.from_flat_state(filled))
+    return grow_model(model, Widen(k))

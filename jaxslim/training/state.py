@@ -50,6 +50,29 @@ def variable_shardings(state: Any, mesh: Mesh, rules: Rules) -> Any:
     return jax.tree.map(lambda v, s: v.replace(s), state, shardings, is_leaf=_is_var)
 
 
+def train_state_shardings(abs_params: Any, abs_rest: Any, tx, mesh: Mesh, rules: Rules) -> TrainState:
+    """The shardings of a train state of these (abstract) parameters and other variables.
+
+    Optimizer moments take the sharding of the parameter they belong to (through
+    ``optax.tree_map_params``); everything else in the optimizer state, the step and the key are
+    replicated.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+    param_sh = variable_shardings(abs_params, mesh, rules)
+    rest_sh = variable_shardings(abs_rest, mesh, rules)
+    abs_opt = jax.eval_shape(tx.init, abs_params)
+    opt_sh = optax.tree_map_params(
+        tx, lambda _, s: s, abs_opt, param_sh, transform_non_params=lambda _: replicated, is_leaf=_is_var
+    )
+    return TrainState(param_sh, rest_sh, opt_sh, replicated, replicated)
+
+
+def make_setup(make_model: Callable[[], nnx.Module], tx, mesh: Mesh, rules: Rules) -> TrainSetup:
+    """The :class:`TrainSetup` of a model (built abstractly, nothing is allocated)."""
+    graphdef, abs_params, abs_rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
+    return TrainSetup(graphdef, tx, train_state_shardings(abs_params, abs_rest, tx, mesh, rules), mesh)
+
+
 def create_train_state(
     make_model: Callable[[], nnx.Module],
     tx: optax.GradientTransformation,
@@ -63,24 +86,15 @@ def create_train_state(
     Optimizer moments take the sharding of the parameter they belong to (through
     ``optax.tree_map_params``); a plain ``jax.jit(tx.init)`` would leave them on one device.
     """
-    abstract = nnx.eval_shape(make_model)
-    graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    param_sh = variable_shardings(abs_params, mesh, rules)
-    rest_sh = variable_shardings(abs_rest, mesh, rules)
-    abs_opt = jax.eval_shape(tx.init, abs_params)
-    opt_sh = optax.tree_map_params(
-        tx, lambda _, s: s, abs_opt, param_sh, transform_non_params=lambda _: replicated, is_leaf=_is_var
-    )
-    shardings = TrainState(param_sh, rest_sh, opt_sh, replicated, replicated)
+    setup = make_setup(make_model, tx, mesh, rules)
 
     def init():
         _, params, rest = nnx.split(make_model(), nnx.Param, ...)
         rng = jax.random.key_data(jax.random.key(seed + 1))
         return TrainState(params, rest, tx.init(params), jnp.zeros((), jnp.int32), rng)
 
-    state = jax.jit(init, out_shardings=shardings)()
-    return state, TrainSetup(graphdef, tx, shardings, mesh)
+    state = jax.jit(init, out_shardings=setup.shardings)()
+    return state, setup
 
 
 def abstract_train_state(state_or_setup: TrainState | TrainSetup, like: TrainState | None = None):
