@@ -734,6 +734,63 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class StageConfig:
+    """One growth of a staged run (:mod:`jaxslim.grow`): the model before it is ``width`` times
+    narrower and/or half as deep as the model after it.
+
+    Attributes:
+        width: width growth factor (1: none); it must divide every width and head count.
+        depth: 2 doubles the stack (interleaved or appended new blocks), 1 leaves it.
+        depth_mode: ``"identity"`` (new blocks add nothing: exactly loss-preserving, pre-norm
+            models) or ``"copy"`` (stacking copies; not loss-preserving).
+        placement: ``"interleave"`` (block i -> 2i, 2i + 1) or ``"append"``.
+        at_step: grow after this many optimizer steps; ``None``: when the slope of the run's
+            log validation loss against log training FLOPs rises above ``threshold`` (checked at
+            every evaluation, so set ``eval_every``).
+        restart_step: the schedule step the grown model continues from; ``None``: the step at
+            growth divided by ``constant``.
+        rewarm_steps: linear re-warm-up of the learning rate after the jump (0: none).
+        threshold / constant: the slope rule's threshold and the step ratio; ``None``: the
+            reference's values for the operator (width, depth or both).
+    """
+
+    width: int = 1
+    depth: int = 1
+    depth_mode: Literal["identity", "copy"] = "identity"
+    placement: Literal["interleave", "append"] = "interleave"
+    at_step: int | None = None
+    restart_step: int | None = None
+    rewarm_steps: int = 0
+    threshold: float | None = None
+    constant: float | None = None
+
+    @property
+    def operator(self) -> str:
+        """``"width"``, ``"depth"`` or ``"depth_width"`` (the planner's names)."""
+        return {(True, False): "width", (False, True): "depth", (True, True): "depth_width"}[
+            (self.width > 1, self.depth > 1)
+        ]
+
+    def __post_init__(self):
+        o = "StageConfig"
+        _check_positive(o, "width", self.width)
+        if self.depth not in (1, 2):
+            raise ValueError(f"{o}.depth must be 1 or 2 (depth growth doubles the stack), got {self.depth!r}")
+        if self.width == 1 and self.depth == 1:
+            raise ValueError(f"{o}: a stage must grow: set width >= 2 and/or depth=2")
+        _check_choice(o, "depth_mode", self.depth_mode, ("identity", "copy"))
+        _check_choice(o, "placement", self.placement, ("interleave", "append"))
+        for name in ("at_step", "restart_step"):
+            if getattr(self, name) is not None:
+                _check_positive(o, name, getattr(self, name), allow_zero=name == "restart_step")
+        _check_positive(o, "rewarm_steps", self.rewarm_steps, allow_zero=True)
+        if self.threshold is not None and not (_is_real(self.threshold) and self.threshold < 0):
+            raise ValueError(f"{o}.threshold must be a negative slope or None, got {self.threshold!r}")
+        if self.constant is not None and not (_is_real(self.constant) and self.constant >= 1):
+            raise ValueError(f"{o}.constant must be a number >= 1 or None, got {self.constant!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A whole training run: model, mesh, data, optimizer, checkpoints, evaluation and logging.
 
@@ -743,7 +800,8 @@ class TrainConfig:
 
     Attributes:
         model / mesh / data / optim / checkpoint / prune: the parts (``model.vocab_size`` is set to the
-            tokenizer's vocabulary size when they differ).
+            tokenizer's vocabulary size when they differ). With ``stages``, ``model`` is the
+            final model.
         workdir: run directory: checkpoints, metrics.jsonl, TensorBoard events, tokenizer, plots.
         steps: total optimizer steps (a resumed run continues up to this).
         seed: model initialisation and per-step PRNG seed.
@@ -761,6 +819,9 @@ class TrainConfig:
             whose weights start a fresh run (a resumed run ignores it). A dense model starts a
             mixture-of-experts ``model`` by upcycling (every expert a copy of the FFN, new routers);
             the optimizer state starts fresh.
+        stages: staged training: the run starts from ``model`` shrunk by every stage and grows
+            the whole training state at each stage (:class:`StageConfig`); ``steps`` is the
+            length of the final model's schedule, which the run follows to its end.
     """
 
     model: ModelConfig = field(default_factory=lambda: _default_model())
@@ -783,6 +844,7 @@ class TrainConfig:
     profile_start: int = 0
     profile_steps: int = 0
     init_from: str | None = None
+    stages: tuple[StageConfig, ...] = ()
 
     def __post_init__(self):
         o = "TrainConfig"
@@ -829,6 +891,30 @@ class TrainConfig:
             )
         if self.sample_tokens and self.data.mlm:
             raise ValueError(f"{o}.sample_tokens needs a causal LM; set it to 0 for masked-LM runs")
+        if self.stages:
+            self._check_stages()
+
+    def _check_stages(self) -> None:
+        from jaxslim.grow.stages import start_model
+
+        o = "TrainConfig"
+        if not all(isinstance(s, StageConfig) for s in self.stages):
+            raise ValueError(f"{o}.stages must hold StageConfig values, got {self.stages!r}")
+        at = [s.at_step for s in self.stages]
+        known = [a for a in at if a is not None]
+        if known != sorted(set(known)) or any(a >= self.steps for a in known):
+            raise ValueError(
+                f"{o}.stages: at_step values must increase and stay below steps={self.steps}, got {at}"
+            )
+        if any(a is None for a in at) and not self.eval_every:
+            raise ValueError(
+                f"{o}.stages without at_step grow by the validation-loss slope: set eval_every > 0"
+            )
+        if self.init_from is not None:
+            raise ValueError(
+                f"{o}: init_from and stages do not combine (a staged run starts from its small model)"
+            )
+        start_model(self.model, self.stages)  # raises when a stage does not fit the model
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)

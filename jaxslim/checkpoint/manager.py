@@ -554,6 +554,21 @@ class Checkpointer:
                 f"checkpoint step {step} in {self._dir} could not be read (config): {_first_line(e)}"
             ) from e
 
+    def extra(self, step: int | None = None) -> dict[str, Any]:
+        """The ``extra`` dict saved with ``step`` (latest by default) without restoring the state,
+        e.g. to learn what a run's state looks like before building the restore target."""
+        self.wait()
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise NoCheckpointError(f"no checkpoint in {self._dir}")
+        try:
+            args = ocp.args.Composite(**{EXTRA: ocp.args.JsonRestore()})
+            return dict(self._manager.restore(step, args=args)[EXTRA] or {})
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} in {self._dir} could not be read (extra): {_first_line(e)}"
+            ) from e
+
     def _step_dir(self, step: int) -> epath.Path:
         return ocp.path.step.build_step_path(self._dir, ocp.path.step.standard_name_format(), step)
 

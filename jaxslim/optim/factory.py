@@ -29,8 +29,9 @@ def decay_mask(params):
     return jax.tree.map(lambda v: rank(v) >= 2, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
-    """``cfg`` is an :class:`~jaxslim.config.OptimConfig`."""
+def build_optimizer(cfg, total_steps: int, *, wrap_schedule=None) -> optax.GradientTransformation:
+    """``cfg`` is an :class:`~jaxslim.config.OptimConfig`; ``wrap_schedule(schedule) -> schedule``
+    edits the learning-rate schedule (e.g. the re-warm-up after a growth)."""
     schedule = warmup_decay_schedule(
         cfg.lr,
         warmup_steps=cfg.warmup_steps,
@@ -38,6 +39,8 @@ def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
         decay=cfg.decay,
         final_ratio=cfg.final_lr_ratio,
     )
+    if wrap_schedule is not None:
+        schedule = wrap_schedule(schedule)
 
     def make(learning_rate):
         if cfg.name in ("adamw", "lamb"):

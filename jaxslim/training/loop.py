@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 from flax import nnx
 
+from jaxslim.grow.stages import Staging
 from jaxslim.models import Transformer, stack_layers, unstack_layers
 from jaxslim.moe import check_expert_mesh, consistency_objective, lm_positions, mlm_positions, moe_loss_term
 from jaxslim.optim import build_optimizer
@@ -44,6 +45,7 @@ from jaxslim.training.state import (
     abstract_train_state,
     count_params,
     create_train_state,
+    make_setup,
     merge_model,
 )
 from jaxslim.training.step import lm_objective, make_eval_step, make_train_step, mlm_objective
@@ -229,7 +231,6 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
         cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=data.vocab_size))
     mesh = make_mesh(cfg.mesh)
     rules = cfg.mesh.rules
-    tx = prune_from_config(cfg.prune, build_optimizer(cfg.optim, cfg.steps))
     params_view = straight_through_params if cfg.prune.enabled and cfg.prune.ste else None
     if cfg.prune.enabled:
         log_fns = (*log_fns, lambda state: sparsity_metrics(state.opt_state))
@@ -241,9 +242,6 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
     say = print if is_main else (lambda *a, **k: None)
 
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        state, setup = create_train_state(
-            lambda: Transformer(cfg.model, rngs=nnx.Rngs(cfg.seed)), tx, mesh, rules, seed=cfg.seed
-        )
         train_iter = data.train_iterator()
         checkpointer = None
         if cfg.checkpoint.every:
@@ -254,6 +252,13 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                 async_save=cfg.checkpoint.async_save,
                 config_json=config_to_json(cfg),
             )
+        # a staged run's checkpoint says which stage it is in before its state can be restored
+        resuming = checkpointer is not None and checkpointer.latest_step() is not None
+        staging = Staging(cfg, checkpointer.extra() if resuming and cfg.stages else None)
+        tx = _optimizer(cfg, staging)
+        state, setup = create_train_state(
+            lambda: Transformer(staging.model, rngs=nnx.Rngs(cfg.seed)), tx, mesh, rules, seed=cfg.seed
+        )
         state, resumed_from = _restore(checkpointer, state, train_iter)
         if resumed_from is None and cfg.init_from:
             state = state._replace(params=initial_params(cfg, setup, state))
@@ -273,16 +278,20 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
             say(f"resuming from step {resumed_from} (checkpoint in {checkpointer.directory})")
 
         bsh = batch_sharding(mesh, rules)
-        step_fn = make_train_step(
-            setup,
-            train_objective,
-            accum_steps=cfg.accum_steps,
-            loss_terms=loss_terms,
-            metric_fns=metric_fns,
-            batch_sharding=bsh,
-            params_view=params_view,
-        )
-        eval_fn = make_eval_step(setup, objective, batch_sharding=bsh, params_view=params_view)
+
+        def steps_of(setup):
+            train = make_train_step(
+                setup,
+                train_objective,
+                accum_steps=cfg.accum_steps,
+                loss_terms=loss_terms,
+                metric_fns=metric_fns,
+                batch_sharding=bsh,
+                params_view=params_view,
+            )
+            return train, make_eval_step(setup, objective, batch_sharding=bsh, params_view=params_view)
+
+        step_fn, eval_fn = steps_of(setup)
         log_fn = jax.jit(lambda st: {k: v for fn in log_fns for k, v in fn(st).items()})
         writer = default_writers(workdir, tensorboard=cfg.tensorboard)
         if resumed_from is None:
@@ -291,17 +300,34 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
         def run_eval(state):
             return evaluate(eval_fn, state, data.val_batches(), mesh, rules, max_batches=cfg.eval_batches)
 
+        def extra():
+            return {"data": train_iter.get_state(), **staging.extra()}
+
         start = resumed_from or 0
-        if start >= cfg.steps:
-            say(f"the run in {workdir} is already at step {start} of {cfg.steps}; raise --steps to go on")
+        if start >= staging.end_step:
+            say(
+                f"the run in {workdir} is already at step {start} of {staging.end_step}; raise --steps to go on"
+            )
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len
-        bar = _progress(start, cfg.steps, progress and is_main)
+        bar = _progress(start, staging.end_step, progress and is_main)
         last: dict = {}
         eval_metrics: dict = {}
         pending: list[tuple[int, Any]] = []
         t_last, steps_since = time.perf_counter(), 0
         try:
-            for step in range(start, cfg.steps):
+            step = start
+            while step < staging.end_step:
+                if staging.due(step):
+                    state = _grow(staging, state, tx, mesh, rules, step, checkpointer, extra, writer, say)
+                    tx = _optimizer(cfg, staging)
+                    setup = make_setup(
+                        lambda: Transformer(staging.model, rngs=nnx.Rngs(cfg.seed)), tx, mesh, rules
+                    )
+                    step_fn, eval_fn = steps_of(setup)
+                    _save_grown(workdir, cfg, step, state, extra())
+                    bar.total = staging.end_step
+                    t_last, steps_since = time.perf_counter(), 0
+                    continue
                 if cfg.profile_steps and step == cfg.profile_start:
                     jax.profiler.start_trace(str(workdir / "profile"))
                 with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -310,13 +336,15 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                 if cfg.profile_steps and step + 1 == cfg.profile_start + cfg.profile_steps:
                     jax.block_until_ready(state)
                     jax.profiler.stop_trace()
-                done = step + 1
+                done = step = step + 1
+                staging.flops += staging.step_flops()
                 pending.append((done, metrics))
                 steps_since += 1
                 bar.update(1)
-                is_log = done % cfg.log_every == 0 or done == cfg.steps
-                is_eval = done == cfg.steps or (cfg.eval_every and done % cfg.eval_every == 0)
-                is_save = checkpointer is not None and (done % cfg.checkpoint.every == 0 or done == cfg.steps)
+                end = staging.end_step
+                is_log = done % cfg.log_every == 0 or done == end
+                is_eval = done == end or (cfg.eval_every and done % cfg.eval_every == 0)
+                is_save = checkpointer is not None and (done % cfg.checkpoint.every == 0 or done == end)
                 if not (is_log or is_eval or is_save):
                     continue
                 # one host sync per logged step: every pending step's finiteness flag is read here
@@ -335,16 +363,18 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                         last.update(extra)
                     now = time.perf_counter()
                     last["tokens_per_s"] = steps_since * tokens_per_step / (now - t_last)
-                    writer.write_scalars(done, {"tokens_per_s": last["tokens_per_s"]})
+                    last["flops"] = staging.flops
+                    writer.write_scalars(done, {"tokens_per_s": last["tokens_per_s"], "flops": staging.flops})
                     t_last, steps_since = now, 0
                     bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_s']:.0f}")
                 pending.clear()
                 if is_eval:
                     eval_metrics = run_eval(state)
-                    writer.write_scalars(done, eval_metrics)
+                    staging.record_eval(eval_metrics["eval_loss"])
+                    writer.write_scalars(done, {**eval_metrics, "flops": staging.flops})
                 writer.flush()  # metrics.jsonl is complete up to the last logged step
                 if is_save:
-                    checkpointer.save(done, state, extra={"data": train_iter.get_state()})
+                    checkpointer.save(done, state, extra=extra())
             if not eval_metrics:
                 eval_metrics = run_eval(state)
         except BaseException:
@@ -375,6 +405,50 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
     if is_main:
         say(report(result))
     return result
+
+
+def _optimizer(cfg, staging: Staging):
+    """The run's optimizer in its current stage (the schedule re-warmed after the last growth)."""
+    return prune_from_config(cfg.prune, build_optimizer(cfg.optim, cfg.steps, wrap_schedule=staging.schedule))
+
+
+def _grow(staging: Staging, state, tx, mesh, rules, step: int, checkpointer, extra, writer, say):
+    """The next stage's state: the state before growth is checkpointed first (and waited for)."""
+    if checkpointer is not None and checkpointer.latest_step() != step:
+        checkpointer.save(step, state, extra=extra(), force=True)
+    if checkpointer is not None:
+        checkpointer.wait()
+    before = count_params(state)
+    state = staging.grow(state, tx, mesh, rules, step)
+    event = staging.events[-1]
+    writer.write_scalars(
+        step,
+        {
+            "growth": staging.stage,
+            "growth/restart_step": event["restart_step"],
+            "growth/params": count_params(state),
+        },
+    )
+    writer.flush()
+    say(
+        f"grew the model at step {step} (stage {staging.stage}: {before / 1e6:.2f}M -> "
+        f"{count_params(state) / 1e6:.2f}M parameters); the schedule continues from step "
+        f"{event['restart_step']} and the run ends after step {staging.end_step}"
+    )
+    return state
+
+
+def _save_grown(workdir: pathlib.Path, cfg, step: int, state, extra: dict) -> None:
+    """The state right after a growth, in ``<workdir>/stages/grown-<stage>/`` (the checkpoint after
+    each growth; the main directory holds the one before it)."""
+    from jaxslim.checkpoint import Checkpointer
+
+    n = len(extra["stages"]["events"])
+    with Checkpointer(
+        workdir / "stages" / f"grown-{n}", max_to_keep=1, async_save=False, config_json=config_to_json(cfg)
+    ) as ckpt:
+        if step not in ckpt.all_steps():
+            ckpt.save(step, state, extra=extra, force=True)
 
 
 def _sample(cfg, setup: TrainSetup, state: TrainState, data) -> str:

@@ -160,7 +160,7 @@ def make_train_step(
             param_norm=_global_norm(new_state.params),
             nonfinite=(~finite).astype(jnp.int32),
         )
-        lr = _learning_rate(state.opt_state)
+        lr = _learning_rate(opt_state)  # the rate this update used (the old state holds the previous one)
         if lr is not None:
             metrics["learning_rate"] = lr
         for fn in metric_fns:
