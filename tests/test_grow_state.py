@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxslim.config import MeshConfig, ModelConfig, OptimConfig, PruneConfig
+from jaxslim.config import MeshConfig, ModelConfig, MoeConfig, OptimConfig, PruneConfig
 from jaxslim.grow import Deepen, Widen, narrow_config
 from jaxslim.grow.schedule import grown_schedule_step, rewarm_schedule
 from jaxslim.grow.state import grow_train_state, set_schedule_step
@@ -227,3 +227,29 @@ class _OddState(optax.GradientTransformation):
         return optax.GradientTransformation(
             lambda p: Odd(jax.tree.map(jnp.zeros_like, p)), lambda u, s, p=None: (u, s)
         )
+
+
+def test_lamb_moments_follow_the_policy_and_experts_are_carried():
+    """LAMB keeps Adam's moments: copied blocks m/k and v/k^2, new blocks zero; a mixture of
+    experts grows with its experts and keeps its logits."""
+    cfg = ModelConfig.llama(**TINY, moe=MoeConfig(num_experts=4, top_k=2, dispatch="dropless"))
+    tx = build_optimizer(OptimConfig(name="lamb", clip_norm=0.0), 100)
+    small, setup, mesh, rules = _trained(cfg, tx, steps=2)
+    big, big_cfg, big_setup = _grow(small, cfg, Widen(2), tx, mesh, rules)
+    adam_s, adam_b = small.opt_state.inner_state[0], big.opt_state.inner_state[0]
+
+    def experts_wi(tree):  # [groups, exp, embed, mlp] of the expert slot of the scanned groups
+        return next(np.asarray(b["moe"]["wi"][...]) for b in tree["stack"]["blocks"].values() if "moe" in b)
+
+    wi_s, wi_b = experts_wi(adam_s.mu), experts_wi(adam_b.mu)
+    nu_s, nu_b = experts_wi(adam_s.nu), experts_wi(adam_b.nu)
+    e, m = wi_s.shape[2], wi_s.shape[3]
+    np.testing.assert_allclose(wi_b[..., :e, :m], wi_s / 2, rtol=1e-6)
+    np.testing.assert_allclose(wi_b[..., e:, m:], wi_s / 2, rtol=1e-6)
+    np.testing.assert_allclose(nu_b[..., e:, m:], nu_s / 4, rtol=1e-6)
+    assert not wi_b[..., :e, m:].any() and not nu_b[..., e:, :m].any()
+    assert big_cfg.moe.num_experts == 4 and wi_b.shape[1] == 4
+    small_model, big_model = merge_model(setup, small), merge_model(big_setup, big)
+    small_model.eval()
+    big_model.eval()
+    np.testing.assert_allclose(big_model(TOKENS).logits, small_model(TOKENS).logits, atol=1e-5)

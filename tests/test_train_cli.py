@@ -24,6 +24,7 @@ PRESETS = ["gpt2_small", "kjv_llama", "kjv_llama:tiny", "shakespeare_bert", "sha
 PRESETS += ["shakespeare_gpt", "shakespeare_gpt:tiny"]
 PRESETS += ["switch_shakespeare", "switch_shakespeare:tiny,experts=8,dropless"]
 PRESETS += ["thor_shakespeare", "thor_shakespeare:tiny,per=token,alpha=0"]
+PRESETS += ["staged_shakespeare", "staged_shakespeare:tiny"]
 
 
 def test_every_preset_is_listed_and_tested():

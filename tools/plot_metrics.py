@@ -20,8 +20,11 @@ def main(argv=None) -> int:
     p.add_argument("runs", nargs="+", type=pathlib.Path)
     p.add_argument("--keys", nargs="+", default=["loss", "eval_loss"])
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("loss_curves.png"))
+    p.add_argument(
+        "--x", default="step", help='the x axis: "step" or a logged metric such as "flops" (log-log)'
+    )
     args = p.parse_args(argv)
-    print(plot(args.runs, args.keys, args.out))
+    print(plot(args.runs, args.keys, args.out, x=args.x))
     return 0
 
 

@@ -300,7 +300,7 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
         def run_eval(state):
             return evaluate(eval_fn, state, data.val_batches(), mesh, rules, max_batches=cfg.eval_batches)
 
-        def extra():
+        def checkpoint_extra():
             return {"data": train_iter.get_state(), **staging.extra()}
 
         start = resumed_from or 0
@@ -318,13 +318,15 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
             step = start
             while step < staging.end_step:
                 if staging.due(step):
-                    state = _grow(staging, state, tx, mesh, rules, step, checkpointer, extra, writer, say)
+                    state = _grow(
+                        staging, state, tx, mesh, rules, step, checkpointer, checkpoint_extra, writer, say
+                    )
                     tx = _optimizer(cfg, staging)
                     setup = make_setup(
                         lambda: Transformer(staging.model, rngs=nnx.Rngs(cfg.seed)), tx, mesh, rules
                     )
                     step_fn, eval_fn = steps_of(setup)
-                    _save_grown(workdir, cfg, step, state, extra())
+                    _save_grown(workdir, cfg, step, state, checkpoint_extra())
                     bar.total = staging.end_step
                     t_last, steps_since = time.perf_counter(), 0
                     continue
@@ -374,7 +376,7 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                     writer.write_scalars(done, {**eval_metrics, "flops": staging.flops})
                 writer.flush()  # metrics.jsonl is complete up to the last logged step
                 if is_save:
-                    checkpointer.save(done, state, extra=extra())
+                    checkpointer.save(done, state, extra=checkpoint_extra())
             if not eval_metrics:
                 eval_metrics = run_eval(state)
         except BaseException:
