@@ -21,7 +21,7 @@ the validation split.
 Prints a table and writes ``benchmarks/results/staged_training.json`` and
 ``benchmarks/results/staged_training.png``.
 
-    python benchmarks/staged_training.py [--steps 800] [--ops width depth_width]
+    python benchmarks/staged_training.py [--steps 600] [--ops depth_width width depth] [--workdir d --reuse]
 """
 
 from __future__ import annotations
@@ -62,12 +62,13 @@ def flops_to_reach(flops: np.ndarray, loss: np.ndarray, target: float, after: fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--ops", nargs="+", default=["depth_width"], choices=sorted(OPS))
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--eval-batches", type=int, default=8)
     ap.add_argument("--workdir", type=pathlib.Path, default=None)
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    ap.add_argument("--reuse", action="store_true", help="keep the finished runs already in --workdir")
     args = ap.parse_args()
 
     from jaxslim.cli.presets import load_preset
@@ -92,16 +93,29 @@ def main() -> None:
     data = TextData(base.data)
 
     def run(name, cfg):
+        wall = root / name / "wall_s.json"
+        if args.reuse and wall.exists():  # a finished run of an earlier invocation
+            return json.loads(wall.read_text())
         t0 = time.perf_counter()
         train(cfg.replace(workdir=str(root / name)), data=data, progress=False)
-        return time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        wall.write_text(json.dumps(seconds))
+        return seconds
 
     rows, runs = [], {}
     wall = run("scratch", base)
     flops, loss = _evals(root / "scratch")
     target = float(loss[-1])
     runs["scratch"] = root / "scratch"
-    rows.append({"run": "scratch", "flops_to_target": float(flops[-1]), "saving": 0.0, "wall_s": wall})
+    rows.append(
+        {
+            "run": "scratch",
+            "flops_to_target": float(flops[-1]),
+            "saving": 0.0,
+            "wall_s": wall,
+            "steps_total": args.steps,
+        }
+    )
     print(f"scratch: final validation loss {target:.4f} at {flops[-1]:.3e} FLOPs ({wall:.0f} s)")
     for op in args.ops:
         stage = StageConfig(**OPS[op], rewarm_steps=20)
@@ -133,6 +147,9 @@ def main() -> None:
                 "final_eval_loss": float(sl[-1]),
                 "flops_to_target": reach,
                 "flops_total": float(sf[-1]),
+                "steps_total": staged_cfg.steps - (restart + 1 - grow),
+                "pilot_final_eval_loss": float(pl[-1]),
+                "pilot_flops_to_target": flops_to_reach(pf, pl, target),
                 "saving": None if reach is None else 1 - reach / float(flops[-1]),
                 "wall_s": wall_staged,
                 "pilot_wall_s": wall_pilot,
@@ -140,15 +157,18 @@ def main() -> None:
         )
 
     print(f"\ntarget: the scratch run's final validation loss {target:.4f} ({args.steps} steps)")
-    print("| run | grow at | restart at | final val loss | FLOPs to target | saving | wall s |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| run | grow at | restart at | steps | final val loss | FLOPs to target | saving | small model alone | wall s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         reach = "not reached" if r["flops_to_target"] is None else f"{r['flops_to_target']:.3e}"
         saving = "-" if r["saving"] is None else f"{100 * r['saving']:+.1f}%"
         final = r.get("final_eval_loss", target)
+        alone = "-" if "pilot_final_eval_loss" not in r else f"{r['pilot_final_eval_loss']:.4f}"
         print(
-            f"| {r['run']} | {r.get('grow_step', '-')} | {r.get('restart_step', '-')} | {final:.4f} | "
-            f"{reach} | {saving} | {r['wall_s']:.0f} |"
+            f"| {r['run']} | {r.get('grow_step', '-')} | {r.get('restart_step', '-')} | {r['steps_total']} | "
+            f"{final:.4f} | {reach} | {saving} | {alone} | {r['wall_s']:.0f} |"
         )
     figure = plot(list(runs.values()), ["eval_loss"], args.out / "staged_training.png", x="flops")
     path = write_results(
