@@ -114,16 +114,32 @@ def _raise_nonfinite(step: int, metrics: dict, checkpointer) -> None:
     )
 
 
+def _newest_extra(checkpointer) -> dict | None:
+    """The ``extra`` of the newest checkpoint whose extra can be read (None without checkpoints);
+    a damaged newest one is left for the restore's own fallback to report."""
+    if checkpointer is None:
+        return None
+    from jaxslim.checkpoint import CorruptCheckpointError
+
+    for step in sorted(checkpointer.all_steps(), reverse=True):
+        try:
+            return checkpointer.extra(step)
+        except CorruptCheckpointError:
+            continue
+    return None
+
+
 def _restore(checkpointer, state: TrainState, train_iter):
-    """Resumes ``state`` and the data position from the latest checkpoint, if there is one."""
+    """Resumes ``state`` and the data position from the latest checkpoint, if there is one; returns
+    the state, the step resumed from (None for a fresh start) and the checkpoint's ``extra``."""
     if checkpointer is None or checkpointer.latest_step() is None:
-        return state, None
+        return state, None, {}
     step = checkpointer.latest_step()
     state, extra = checkpointer.restore(abstract_train_state(state), fallback=True)
     if "data" not in extra:
         raise ValueError(f"checkpoint step {step} in {checkpointer.directory} has no data iterator position")
     train_iter.set_state(extra["data"])
-    return state, int(jax.device_get(state.step))
+    return state, int(jax.device_get(state.step)), extra
 
 
 def initial_params(cfg, setup: TrainSetup, state: TrainState):
@@ -253,13 +269,22 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                 config_json=config_to_json(cfg),
             )
         # a staged run's checkpoint says which stage it is in before its state can be restored
-        resuming = checkpointer is not None and checkpointer.latest_step() is not None
-        staging = Staging(cfg, checkpointer.extra() if resuming and cfg.stages else None)
+        staging = Staging(cfg, _newest_extra(checkpointer))
         tx = _optimizer(cfg, staging)
         state, setup = create_train_state(
             lambda: Transformer(staging.model, rngs=nnx.Rngs(cfg.seed)), tx, mesh, rules, seed=cfg.seed
         )
-        state, resumed_from = _restore(checkpointer, state, train_iter)
+        state, resumed_from, restored_extra = _restore(checkpointer, state, train_iter)
+        if resumed_from is not None:
+            # the FLOPs count and loss history of the checkpoint actually restored (an older one
+            # when the latest was damaged); its stage must be the one the state was built for
+            restored = Staging(cfg, restored_extra)
+            if restored.stage != staging.stage:
+                raise ValueError(
+                    f"checkpoint step {resumed_from} in {checkpointer.directory} is in stage "
+                    f"{restored.stage} but the latest checkpoint is in stage {staging.stage}"
+                )
+            staging = restored
         if resumed_from is None and cfg.init_from:
             state = state._replace(params=initial_params(cfg, setup, state))
             say(f"initialised the weights from {cfg.init_from}")
