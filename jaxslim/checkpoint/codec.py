@@ -193,12 +193,18 @@ class Codec:
 
     # -- plan ---------------------------------------------------------------------------------------
 
-    def plan(self, state: Any) -> tuple[LeafPlan, ...]:
+    def plan(self, state: Any, *, stacked: Any = None) -> tuple[LeafPlan, ...]:
         """How each leaf of ``state`` (arrays or ``ShapeDtypeStruct``) is stored.
 
         Lossy mode: weights under ``params`` with at least ``min_size`` elements are residual-coded,
         their Adam moments (``mu`` / ``nu`` of the same path) coded jointly with them; every other
         leaf is stored unchanged. Lossless mode: every floating-point leaf is XOR-coded.
+
+        Args:
+            state: the state (or its abstract tree).
+            stacked: for states without nnx metadata (e.g. read back from Orbax as plain dicts), a
+                ``(path, shape) -> bool`` saying whether a weight's axis 0 is a scanned stack's
+                ``layers`` axis. With nnx Variables the logical axes decide.
         """
         flat = jax.tree_util.tree_flatten_with_path(state)[0]
         paths = [p for p, _ in flat]
@@ -232,7 +238,11 @@ class Codec:
         plans = []
         for i, (path, x) in enumerate(flat):
             a = axes[i]
-            grouped = kinds[i] in (WEIGHT, MOMENT) and np.ndim(x) >= 2 and bool(a) and a[0] == LAYERS
+            if a is None and stacked is not None:
+                layered = bool(stacked(jax.tree_util.keystr(path), tuple(np.shape(x))))
+            else:
+                layered = bool(a) and a[0] == LAYERS
+            grouped = kinds[i] in (WEIGHT, MOMENT) and np.ndim(x) >= 2 and layered
             dtype = dtype_of(x)
             plans.append(
                 LeafPlan(
@@ -262,6 +272,9 @@ class Codec:
     ) -> Encoded:
         """Encodes the flattened state ``leaves`` (in ``plan``'s order) against ``ref``.
 
+        Each weight (with its moments) and each lossless leaf runs through small jitted programs
+        shared by every leaf of the same shape, sharding and settings, so compiling stays cheap.
+
         Args:
             plan: from :meth:`plan`.
             leaves: ``jax.tree.leaves(state)``.
@@ -273,13 +286,24 @@ class Codec:
         """
         if not keyframe and ref is None:
             raise ValueError("a delta needs the previous checkpoint's reconstruction (ref)")
-        arrays = {i: x for i, (p, x) in enumerate(zip(plan, leaves, strict=True)) if isinstance(x, jax.Array)}
-        need = {i for i, p in enumerate(plan) if p.kind in (XOR, WEIGHT)}
-        refs = {} if keyframe else {i: ref[i] for i in need}
-        records, recon, stats, sums = _encode_fn(plan, self.cfg, keyframe)(arrays, refs)
+        cfg = self.cfg
+        records, recon, stats, sums = {}, {}, {}, {}
         for i, (p, x) in enumerate(zip(plan, leaves, strict=True)):
             if p.kind == RAW:
                 records[i] = {"value": x}
+                if isinstance(x, jax.Array) and not _is_key(x.dtype):
+                    sums[i] = _checksums({"value": x})
+            elif p.kind == XOR:
+                r = None if keyframe else ref[i]
+                records[i], recon[i] = _encode_xor(_sig(p), r is None)(x, r)
+                sums[i] = _checksums(records[i])
+            elif p.kind == WEIGHT:
+                _encode_weight(
+                    i, p, plan, cfg, keyframe, leaves, None if keyframe else ref[i], records, recon, stats
+                )
+                for j in (i, p.mu, p.nu):
+                    if j >= 0:
+                        sums[j] = _checksums(records[j])
         return Encoded(records, recon, stats, sums)
 
     def decode(
@@ -296,12 +320,25 @@ class Codec:
         Returns:
             ``(recon, checksums)``: ``{leaf index: array}`` and the records' checksums (uint32).
         """
-        need = {i for i, p in enumerate(plan) if p.kind in (XOR, WEIGHT)}
         if not keyframe and ref is None:
             raise ValueError("a delta needs the previous checkpoint's reconstruction (ref)")
-        refs = {} if keyframe else {i: ref[i] for i in need}
-        arrays = {i: r for i, r in records.items() if all(isinstance(a, jax.Array) for a in r.values())}
-        return _decode_fn(plan, bits["weights"], bits["moments"], keyframe)(arrays, refs)
+        recon, sums = {}, {}
+        for i, p in enumerate(plan):
+            rec = records[i]
+            arrays = {k: v for k, v in rec.items() if isinstance(v, jax.Array) and not _is_key(v.dtype)}
+            if arrays:
+                sums[i] = _checksums(arrays)
+            if p.kind == XOR:
+                r = None if keyframe else ref[i]
+                recon[i] = _decode_xor(_sig(p), r is None)(rec["planes"], r)
+            elif p.kind == WEIGHT:
+                r = None if keyframe else ref[i]
+                recon[i] = _decode_codes(_sig(p), bits["weights"], r is None)(
+                    rec["planes"], rec["codebook"], r
+                )
+            elif p.kind == MOMENT:
+                recon[i] = _decode_codes(_sig(p), bits["moments"], True)(rec["planes"], rec["codebook"], None)
+        return recon, sums
 
 
 def _is_key(dtype: Any) -> bool:
@@ -384,6 +421,13 @@ def _constrain(x: jax.Array, sharding: Any) -> jax.Array:
 
 
 # -- the programs ---------------------------------------------------------------------------------
+#
+# Small jitted programs keyed by a leaf's signature (its plan without the path), so every leaf of
+# the same shape, dtype, grouping and sharding shares one compiled program.
+
+
+def _sig(p: LeafPlan) -> LeafPlan:
+    return p._replace(path="", mu=-1 if p.mu < 0 else 0, nu=-1 if p.nu < 0 else 0)
 
 
 def _inner(x: jax.Array, p: LeafPlan) -> jax.Array:
@@ -400,23 +444,28 @@ def _per_group(v: jax.Array, ndim: int) -> jax.Array:
     return v.reshape(v.shape + (1,) * (ndim - 1))
 
 
-def _group_mean(x: jax.Array) -> jax.Array:
-    return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+def _hi(x: jax.Array) -> jax.Array:
+    return (kmeans.order_key(x) >> 16).astype(jnp.int32)
 
 
-def _quantise(x, keep, bits, p, hist, iters):
-    """Codes (uint8, 0 = zero) and the ``(groups, 2**bits)`` codebook of ``x`` where ``keep``."""
-    nz = keep & (x != 0)
-    h = hist((kmeans.order_key(x) >> 16).astype(jnp.int32), nz)
-    cent = kmeans.fit_codebook(h, (1 << bits) - 1, iters)
-    codes = jnp.where(nz, kmeans.nearest(x, cent) + 1, 0).astype(jnp.uint8)
-    codebook = jnp.concatenate([jnp.zeros((cent.shape[0], 1), jnp.float32), cent], axis=1)
-    return codes, codebook
+def _histogram_mean(h: jax.Array) -> jax.Array:
+    """Per-group mean of the values a 16-bit histogram counts (bin midpoints: relative error
+    below 2**-9), from exact integer counts, so it is the same on any sharding."""
+    reps, finite = kmeans._bin_values()
+    w = jnp.where(finite[None], h, 0).astype(jnp.float32)
+    return (w @ reps) / jnp.maximum(w.sum(axis=1), 1.0)
 
 
 def _dequantise(codes: jax.Array, codebook: jax.Array) -> jax.Array:
     g = jax.lax.broadcasted_iota(jnp.int32, codes.shape, 0)
     return jnp.take(codebook.reshape(-1), g * codebook.shape[1] + codes.astype(jnp.int32))
+
+
+def _codes(x: jax.Array, nz: jax.Array, cent: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Codes (uint8, 0 = zero) of ``x`` where ``nz`` and the ``(groups, 2**bits)`` codebook."""
+    codes = jnp.where(nz, kmeans.nearest(x, cent) + 1, 0).astype(jnp.uint8)
+    book = jnp.concatenate([jnp.zeros((cent.shape[0], 1), jnp.float32), cent], axis=1)
+    return codes, book
 
 
 def _pack(codes: jax.Array, bits: int, p: LeafPlan) -> jax.Array:
@@ -428,104 +477,135 @@ def _unpack(planes: jax.Array, bits: int, p: LeafPlan) -> jax.Array:
     return codes if p.grouped else codes[None]
 
 
-def _xor_ref(p: LeafPlan, ref: jax.Array | None) -> Any:
-    return 0 if ref is None else packing.as_bits(ref.astype(p.dtype))
+def _uint(dtype: str) -> Any:
+    return packing.as_bits(jnp.zeros((), dtype)).dtype
 
 
-@functools.lru_cache(maxsize=64)
-def _encode_fn(plan: tuple[LeafPlan, ...], cfg: CodecConfig, keyframe: bool):
-    def encode(arrays: dict, refs: dict):
-        records, recon, stats, sums = {}, {}, {}, {}
-        for i, p in enumerate(plan):
-            if p.kind == RAW:
-                if i in arrays and not _is_key(arrays[i].dtype):
-                    sums[i] = {"value": packing.checksum(arrays[i])}
-            elif p.kind == XOR:
-                x = arrays[i]
-                u = packing.as_bits(x) ^ _xor_ref(p, refs.get(i))
-                planes = _constrain(packing.byte_planes(u), planes_sharding(p))
-                records[i] = {"planes": planes}
-                recon[i] = packing.from_bits(
-                    packing.from_byte_planes(planes, u.dtype) ^ _xor_ref(p, refs.get(i)), x.dtype
-                )
-                sums[i] = {"planes": packing.checksum(planes)}
-            elif p.kind == WEIGHT:
-                _encode_weight(i, p, plan, cfg, keyframe, arrays, refs, records, recon, stats)
-                for j in (i, p.mu, p.nu):
-                    if j >= 0:
-                        sums[j] = {k: packing.checksum(v) for k, v in records[j].items()}
-        return records, recon, stats, sums
-
-    return jax.jit(encode)
+_checksums = jax.jit(lambda rec: {k: packing.checksum(v) for k, v in rec.items()})
 
 
-def _encode_weight(i, p, plan, cfg, keyframe, arrays, refs, records, recon, stats):
+@functools.lru_cache(maxsize=256)
+def _fit(iters: int, n_centroids: int):
+    return jax.jit(lambda h: kmeans.fit_codebook(h, n_centroids, iters))
+
+
+@functools.lru_cache(maxsize=256)
+def _encode_xor(p: LeafPlan, keyframe: bool):
+    def run(x, ref):
+        r = 0 if keyframe else packing.as_bits(ref.astype(p.dtype))
+        u = packing.as_bits(x) ^ r
+        planes = _constrain(packing.byte_planes(u), planes_sharding(p))
+        return {"planes": planes}, packing.from_bits(packing.from_byte_planes(planes, u.dtype) ^ r, x.dtype)
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_xor(p: LeafPlan, keyframe: bool):
+    def run(planes, ref):
+        u = packing.from_byte_planes(planes, _uint(p.dtype))
+        r = 0 if keyframe else packing.as_bits(ref.astype(p.dtype))
+        return packing.from_bits(u ^ r, p.dtype)
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode_codes(p: LeafPlan, bits: int, keyframe: bool):
+    def run(planes, book, ref):
+        dq = _dequantise(_unpack(planes, bits, p), book)
+        return _outer(dq if keyframe else _inner(ref, p) + dq, p).astype(p.dtype)
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=256)
+def _weight_statistics(p: LeafPlan, cfg: CodecConfig, keyframe: bool):
+    """Thresholds and the histograms the codebooks are fitted to (one weight and its moments)."""
     hist = _histogram_fn(p)
-    w = _inner(arrays[i], p)
-    ref = None if keyframe else _inner(refs[i], p)
-    d = w if ref is None else w - ref
-    nd, groups = d.ndim, d.shape[0]
-    has_moments = p.mu >= 0
-    if has_moments:
-        m, v = _inner(arrays[p.mu], plan[p.mu]), _inner(arrays[p.nu], plan[p.nu])
-    if keyframe:
-        r = jnp.zeros((groups,), jnp.float32)
-    else:
-        n = int(np.prod(d.shape[1:]))
-        k = jnp.full((groups,), (n - 1) // 2, jnp.int32)
-        med = kmeans.key_value(kmeans.select_kth(kmeans.order_key(jnp.abs(d)), d == d, k, hist))
-        if has_moments:
-            scale = jnp.minimum(cfg.max_scale, cfg.alpha / jnp.sqrt(_group_mean(v)))
+    moments = p.mu >= 0
+
+    def run(w, ref, m, v):
+        w = _inner(w, p)
+        d = w if keyframe else w - _inner(ref, p)
+        nd, groups = d.ndim, d.shape[0]
+        if keyframe:
+            r = jnp.zeros((groups,), jnp.float32)
         else:
-            scale = jnp.full((groups,), cfg.max_scale, jnp.float32)
-        r = med * scale
-    keep = jnp.abs(d) > _per_group(r, nd)
+            n = int(np.prod(d.shape[1:]))
+            k = jnp.full((groups,), (n - 1) // 2, jnp.int32)
+            med = kmeans.key_value(kmeans.select_kth(kmeans.order_key(jnp.abs(d)), d == d, k, hist))
+            if moments:
+                mean_v = _histogram_mean(hist(_hi(_inner(v, p)), jnp.ones(d.shape, bool)))
+                scale = jnp.minimum(cfg.max_scale, cfg.alpha / jnp.sqrt(mean_v))
+            else:
+                scale = jnp.full((groups,), cfg.max_scale, jnp.float32)
+            r = med * scale
+        keep = jnp.abs(d) > _per_group(r, nd)
+        out = {"r": r, "h_w": hist(_hi(d), keep & (d != 0))}
+        if moments:
+            m, v = _inner(m, p), _inner(v, p)
+            tm = cfg.beta * _histogram_mean(hist(_hi(jnp.abs(m)), jnp.ones(d.shape, bool)))
+            keep_m = (jnp.abs(m) > _per_group(tm, nd)) & keep
+            out.update(tm=tm, h_m=hist(_hi(m), keep_m & (m != 0)), h_v=hist(_hi(v), keep_m & (v != 0)))
+        return out
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=256)
+def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: bool):
+    """Codes, packed planes, reconstruction and statistics of one weight and its moments."""
+    moments = p.mu >= 0
+
+    def run(w, ref, m, v, st, cents):
+        w = _inner(w, p)
+        refi = None if keyframe else _inner(ref, p)
+        d = w if keyframe else w - refi
+        nd = d.ndim
+        keep = jnp.abs(d) > _per_group(st["r"], nd)
+        codes, book = _codes(d, keep & (d != 0), cents["w"])
+        dq = _dequantise(codes, book)
+        w_hat = dq if keyframe else refi + dq
+        rec = {"w": {"planes": _pack(codes, wbits, p), "codebook": book, "threshold": st["r"]}}
+        recon = {"w": _outer(w_hat, p).astype(p.dtype)}
+        err = jnp.abs(w_hat - w)
+        stats = {
+            "kept": jnp.mean(keep.astype(jnp.float32)),
+            "max_error": jnp.max(err),
+            "rel_rms_error": jnp.sqrt(jnp.mean(err**2) / jnp.maximum(jnp.mean(w**2), 1e-30)),
+            "threshold": jnp.mean(st["r"]),
+        }
+        if moments:
+            m, v = _inner(m, p), _inner(v, p)
+            keep_m = (jnp.abs(m) > _per_group(st["tm"], nd)) & keep
+            for name, x in (("m", m), ("v", v)):
+                c, b = _codes(x, keep_m & (x != 0), cents[name])
+                rec[name] = {"planes": _pack(c, mbits, p), "codebook": b}
+                recon[name] = _outer(_dequantise(c, b), p).astype(m_dtype)
+            rec["m"]["threshold"] = st["tm"]
+            stats["moments_kept"] = jnp.mean(keep_m.astype(jnp.float32))
+        return rec, recon, stats
+
+    return jax.jit(run)
+
+
+def _encode_weight(i, p, plan, cfg, keyframe, leaves, ref, records, recon, stats):
+    sig = _sig(p)
+    w = leaves[i]
+    m = leaves[p.mu] if p.mu >= 0 else None
+    v = leaves[p.nu] if p.nu >= 0 else None
+    st = _weight_statistics(sig, cfg, keyframe)(w, ref, m, v)
     wbits = cfg.keyframe_bits if keyframe else cfg.weight_bits
-    codes, book = _quantise(d, keep, wbits, p, hist, cfg.kmeans_iters)
-    dq = _dequantise(codes, book)
-    w_hat = dq if ref is None else ref + dq
-    records[i] = {"planes": _pack(codes, wbits, p), "codebook": book, "threshold": r}
-    recon[i] = _outer(w_hat, p).astype(p.dtype)
-    err = jnp.abs(w_hat - w)
-    s = {
-        "kept": jnp.mean(keep.astype(jnp.float32)),
-        "max_error": jnp.max(err),
-        "rel_rms_error": jnp.sqrt(jnp.mean(err**2) / jnp.maximum(jnp.mean(w**2), 1e-30)),
-        "threshold": jnp.mean(r),
-    }
-    if has_moments:
-        tm = cfg.beta * _group_mean(jnp.abs(m))
-        keep_m = (jnp.abs(m) > _per_group(tm, nd)) & keep
-        mb = cfg.moment_bits
-        for j, x, extra in ((p.mu, m, {"threshold": tm}), (p.nu, v, {})):
-            c, b = _quantise(x, keep_m, mb, p, hist, cfg.kmeans_iters)
-            records[j] = {"planes": _pack(c, mb, p), "codebook": b, **extra}
-            recon[j] = _outer(_dequantise(c, b), p).astype(plan[j].dtype)
-        s["moments_kept"] = jnp.mean(keep_m.astype(jnp.float32))
-    stats[i] = s
-
-
-@functools.lru_cache(maxsize=64)
-def _decode_fn(plan: tuple[LeafPlan, ...], weight_bits: int, moment_bits: int, keyframe: bool):
-    def decode(arrays: dict, refs: dict):
-        recon, sums = {}, {}
-        for i, p in enumerate(plan):
-            if i in arrays:
-                sums[i] = {k: packing.checksum(v) for k, v in arrays[i].items() if not _is_key(v.dtype)}
-            if p.kind == XOR:
-                planes = arrays[i]["planes"]
-                u = packing.from_byte_planes(planes, packing.as_bits(jnp.zeros((), p.dtype)).dtype)
-                recon[i] = packing.from_bits(u ^ _xor_ref(p, refs.get(i)), p.dtype)
-            elif p.kind == WEIGHT:
-                r = arrays[i]
-                dq = _dequantise(_unpack(r["planes"], weight_bits, p), r["codebook"])
-                w = dq if keyframe else _inner(refs[i], p) + dq
-                recon[i] = _outer(w, p).astype(p.dtype)
-            elif p.kind == MOMENT:
-                r = arrays[i]
-                recon[i] = _outer(_dequantise(_unpack(r["planes"], moment_bits, p), r["codebook"]), p).astype(
-                    p.dtype
-                )
-        return recon, sums
-
-    return jax.jit(decode)
+    cents = {"w": _fit(cfg.kmeans_iters, (1 << wbits) - 1)(st["h_w"])}
+    if p.mu >= 0:
+        fit = _fit(cfg.kmeans_iters, (1 << cfg.moment_bits) - 1)
+        cents.update(m=fit(st["h_m"]), v=fit(st["h_v"]))
+    m_dtype = plan[p.mu].dtype if p.mu >= 0 else p.dtype
+    rec, rcn, stats[i] = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe)(
+        w, ref, m, v, st, cents
+    )
+    records[i], recon[i] = rec["w"], rcn["w"]
+    if p.mu >= 0:
+        records[p.mu], recon[p.mu] = rec["m"], rcn["m"]
+        records[p.nu], recon[p.nu] = rec["v"], rcn["v"]

@@ -89,6 +89,8 @@ class CompressedCheckpointer:
         max_to_keep, keep_every, async_save, save_every, config_json, read_only: as for
             :class:`~jaxslim.checkpoint.Checkpointer`; retention additionally keeps every step a
             kept step depends on.
+        stacked: for states without nnx metadata, ``(path, shape) -> bool``: whether a weight's
+            axis 0 stacks layers (per-layer statistics); see :meth:`Codec.plan`.
     """
 
     def __init__(
@@ -102,8 +104,10 @@ class CompressedCheckpointer:
         save_every: int = 1,
         config_json: str | Mapping[str, Any] | None = None,
         read_only: bool = False,
+        stacked: Any = None,
     ) -> None:
         self.codec = Codec(codec)
+        self._stacked = stacked
         self._refs: dict[int, int | None] = {}
         self._inner = Checkpointer(
             directory,
@@ -224,7 +228,7 @@ class CompressedCheckpointer:
                     f"{len(bad)} leaves ({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}); "
                     f"the existing checkpoints {self.all_steps()} are kept"
                 )
-        plan = self.codec.plan(state)
+        plan = self.codec.plan(state, stacked=self._stacked)
         cfg = self.codec.cfg
         keyframe = self._ref is None or plan != self._ref_plan or self._deltas + 1 >= cfg.keyframe_every
         enc = self.codec.encode(
@@ -391,7 +395,7 @@ class CompressedCheckpointer:
         plan = _plan_from_meta(meta, flat)
         self._ref = {i: x for i, x in recon.items() if plan[i].kind in (WEIGHT, XOR)}
         # the next save must use the same layout as the restored one to continue its chain
-        self._ref_plan = self.codec.plan(state) if meta["mode"] == self.codec.cfg.mode else None
+        self._ref_plan = self.codec.plan(state, stacked=self._stacked) if meta["mode"] == self.codec.cfg.mode else None
         self._ref_step = step
         self._deltas = len(chain) - 1
         return state, extra
