@@ -295,7 +295,7 @@ class Codec:
                     sums[i] = _checksums({"value": x})
             elif p.kind == XOR:
                 r = None if keyframe else ref[i]
-                records[i], recon[i] = _encode_xor(_sig(p), r is None)(x, r)
+                records[i], recon[i] = _settle(_encode_xor(_sig(p), r is None)(x, r))
                 sums[i] = _checksums(records[i])
             elif p.kind == WEIGHT:
                 _encode_weight(
@@ -330,14 +330,16 @@ class Codec:
                 sums[i] = _checksums(arrays)
             if p.kind == XOR:
                 r = None if keyframe else ref[i]
-                recon[i] = _decode_xor(_sig(p), r is None)(rec["planes"], r)
+                recon[i] = _settle(_decode_xor(_sig(p), r is None)(rec["planes"], r))
             elif p.kind == WEIGHT:
                 r = None if keyframe else ref[i]
                 recon[i] = _decode_codes(_sig(p), bits["weights"], r is None)(
                     rec["planes"], rec["codebook"], r
                 )
             elif p.kind == MOMENT:
-                recon[i] = _decode_codes(_sig(p), bits["moments"], True)(rec["planes"], rec["codebook"], None)
+                recon[i] = _settle(
+                    _decode_codes(_sig(p), bits["moments"], True)(rec["planes"], rec["codebook"], None)
+                )
         return recon, sums
 
 
@@ -481,7 +483,22 @@ def _uint(dtype: str) -> Any:
     return packing.as_bits(jnp.zeros((), dtype)).dtype
 
 
-_checksums = jax.jit(lambda rec: {k: packing.checksum(v) for k, v in rec.items()})
+_checksums_fn = jax.jit(lambda rec: {k: packing.checksum(v) for k, v in rec.items()})
+
+
+def _settle(tree: Any) -> Any:
+    """Waits for a program over several fake CPU devices before the next one is dispatched:
+    XLA:CPU runs the devices of every program on one shared thread pool, and two programs with
+    collectives in flight at once can each hold threads the other's all-reduce waits for (a
+    deadlock seen on 2 cores with 8 devices). On accelerators it returns at once."""
+    leaves = jax.tree.leaves(tree)
+    if leaves and jax.default_backend() == "cpu" and any(len(x.sharding.device_set) > 1 for x in leaves):
+        jax.block_until_ready(tree)
+    return tree
+
+
+def _checksums(rec: dict) -> dict:
+    return _settle(_checksums_fn(rec))
 
 
 @functools.lru_cache(maxsize=256)
@@ -595,16 +612,15 @@ def _encode_weight(i, p, plan, cfg, keyframe, leaves, ref, records, recon, stats
     w = leaves[i]
     m = leaves[p.mu] if p.mu >= 0 else None
     v = leaves[p.nu] if p.nu >= 0 else None
-    st = _weight_statistics(sig, cfg, keyframe)(w, ref, m, v)
+    st = _settle(_weight_statistics(sig, cfg, keyframe)(w, ref, m, v))
     wbits = cfg.keyframe_bits if keyframe else cfg.weight_bits
-    cents = {"w": _fit(cfg.kmeans_iters, (1 << wbits) - 1)(st["h_w"])}
+    cents = {"w": _settle(_fit(cfg.kmeans_iters, (1 << wbits) - 1)(st["h_w"]))}
     if p.mu >= 0:
         fit = _fit(cfg.kmeans_iters, (1 << cfg.moment_bits) - 1)
-        cents.update(m=fit(st["h_m"]), v=fit(st["h_v"]))
+        cents.update(m=_settle(fit(st["h_m"])), v=_settle(fit(st["h_v"])))
     m_dtype = plan[p.mu].dtype if p.mu >= 0 else p.dtype
-    rec, rcn, stats[i] = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe)(
-        w, ref, m, v, st, cents
-    )
+    codes_fn = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe)
+    rec, rcn, stats[i] = _settle(codes_fn(w, ref, m, v, st, cents))
     records[i], recon[i] = rec["w"], rcn["w"]
     if p.mu >= 0:
         records[p.mu], recon[p.mu] = rec["m"], rcn["m"]

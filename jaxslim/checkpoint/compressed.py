@@ -368,6 +368,44 @@ class CompressedCheckpointer:
             return state, extra
         flat, treedef = jax.tree_util.tree_flatten_with_path(target)
         _check_leaves(meta, flat, step, self.directory)
+        leaves, extra, recon, chain = self._restore_chain(step, [x for _, x in flat])
+        state = jax.tree.unflatten(treedef, leaves)
+        plan = _plan_from_meta(meta, leaves)
+        self._ref = {i: x for i, x in recon.items() if plan[i].kind in (WEIGHT, XOR)}
+        # the next save continues this chain when its layout is the restored one
+        self._ref_plan = (
+            self.codec.plan(state, stacked=self._stacked) if meta["mode"] == self.codec.cfg.mode else None
+        )
+        self._ref_step = step
+        self._deltas = len(chain) - 1
+        return state, extra
+
+    def restore_leaves(self, step: int | None = None) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+        """Restores ``step`` (latest by default) as a flat list of arrays on one device, in the
+        order of its metadata's ``leaves`` (for tools that do not know the state's tree).
+
+        Returns:
+            ``(leaves, extra, metadata)``.
+        """
+        self.wait()
+        steps = self.all_steps()
+        step = steps[-1] if step is None and steps else step
+        if step is None or step not in steps:
+            raise NoCheckpointError(
+                f"no checkpoint for step {step} in {self.directory}; available steps: {steps}"
+            )
+        meta = self.metadata(step)
+        if meta is None:
+            raise CorruptCheckpointError(f"step {step} in {self.directory} is not a compressed checkpoint")
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = [
+            jax.ShapeDtypeStruct(tuple(e["shape"]), e["dtype"], sharding=device) for e in meta["leaves"]
+        ]
+        leaves, extra, _, _ = self._restore_chain(step, target)
+        return leaves, extra, meta
+
+    def _restore_chain(self, step: int, target: list[Any]) -> tuple[list[Any], dict, dict, list[int]]:
+        """Walks keyframe -> deltas up to ``step`` onto the flat ``target`` leaves."""
         ref: dict | None = None
         extra: dict = {}
         recon: dict = {}
@@ -375,8 +413,13 @@ class CompressedCheckpointer:
         chain = self.chain(step)
         for s in chain:
             m = self.metadata(s)
-            _check_leaves(m, flat, s, self.directory)
-            plan = _plan_from_meta(m, flat)
+            if len(m["leaves"]) != len(target) or any(
+                list(e["shape"]) != list(np.shape(x)) for e, x in zip(m["leaves"], target, strict=True)
+            ):
+                raise CorruptCheckpointError(
+                    f"step {step} in {self.directory} depends on step {s}, whose tensors differ from it"
+                )
+            plan = _plan_from_meta(m, target)
             abstract = _abstract_records(plan, m)
             try:
                 stored, extra = self._inner.restore(abstract, s)
@@ -388,17 +431,9 @@ class CompressedCheckpointer:
             recon, sums = self.codec.decode(plan, records, ref, keyframe=m["keyframe"], bits=m["bits"])
             _verify(m, jax.device_get(sums), s, self.directory)
             ref = recon
-        leaves = []
-        for i, entry in enumerate(meta["leaves"]):
-            leaves.append(records[i]["value"] if entry["kind"] == RAW else recon[i])
-        state = jax.tree.unflatten(treedef, leaves)
-        plan = _plan_from_meta(meta, flat)
-        self._ref = {i: x for i, x in recon.items() if plan[i].kind in (WEIGHT, XOR)}
-        # the next save must use the same layout as the restored one to continue its chain
-        self._ref_plan = self.codec.plan(state, stacked=self._stacked) if meta["mode"] == self.codec.cfg.mode else None
-        self._ref_step = step
-        self._deltas = len(chain) - 1
-        return state, extra
+        meta = self.metadata(step)
+        leaves = [records[i]["value"] if e["kind"] == RAW else recon[i] for i, e in enumerate(meta["leaves"])]
+        return leaves, extra, recon, chain
 
 
 def _check_leaves(meta: dict, flat: list, step: int, directory: Any) -> None:
@@ -441,10 +476,10 @@ def _is_key(dtype: Any) -> bool:
         return False
 
 
-def _plan_from_meta(meta: dict, flat: list) -> tuple[LeafPlan, ...]:
-    """The saved layout (kinds, grouping, moments) with the target's shardings."""
+def _plan_from_meta(meta: dict, target: list) -> tuple[LeafPlan, ...]:
+    """The saved layout (kinds, grouping, moments) with the target leaves' shardings."""
     plans = []
-    for e, (_, x) in zip(meta["leaves"], flat, strict=True):
+    for e, x in zip(meta["leaves"], target, strict=True):
         sharding = getattr(x, "sharding", None) if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)) else None
         plans.append(
             LeafPlan(

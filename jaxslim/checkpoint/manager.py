@@ -532,6 +532,27 @@ class Checkpointer:
             ) from e
         return restored[STATE], dict(restored[EXTRA] or {})
 
+    def restore_as_saved(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restores ``step`` (latest by default) in the tree, shapes and dtypes it was saved with,
+        on one device, without a target (for tools that do not know the model, e.g.
+        ``jaxslim-ckpt``). Containers come back as Orbax stores them: dicts and lists.
+
+        Raises:
+            NoCheckpointError, CorruptCheckpointError: as for :meth:`restore`.
+        """
+        self.wait()
+        steps = self.all_steps()
+        step = steps[-1] if step is None and steps else step
+        if step is None or step not in steps:
+            raise NoCheckpointError(f"no checkpoint for step {step} in {self._dir}; available steps: {steps}")
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+        def leaf(m: Any) -> Any:
+            return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
+
+        target = jax.tree.map(leaf, self._state_metadata(step), is_leaf=lambda m: hasattr(m, "shape"))
+        return self._restore_step(target, step)
+
     def _state_metadata(self, step: int) -> Any:
         try:
             meta = self._manager.item_metadata(step)
