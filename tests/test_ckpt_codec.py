@@ -142,7 +142,7 @@ def test_lossless_is_bit_exact(states):
         ref = recon
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("bits", [2, 4])
 def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
     cfg = CodecConfig(weight_bits=bits, moment_bits=bits)
     codec = Codec(cfg)
@@ -216,7 +216,7 @@ def test_keyframe_keeps_every_weight_with_keyframe_bits(states):
 
 
 def test_sharded_and_single_device_compression_are_identical(states, devices):
-    single = Codec(CodecConfig(weight_bits=3))
+    single = Codec(CodecConfig(weight_bits=3, min_size=16384))  # two weight shapes: fewer compiles
     _, setup8 = _setup(MeshConfig(data=2, tensor=4))
     sharded_states = [jax.tree.map(jax.device_put, s, setup8.shardings) for s in states[:2]]
     assert any(x.sharding.spec != () and len(x.sharding.device_set) == 8 for x in _leaves(sharded_states[0]))

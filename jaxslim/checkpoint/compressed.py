@@ -6,8 +6,8 @@
 - ``state``: the codec's records (packed codes, codebooks, thresholds, byte planes, unchanged
   leaves), a pytree of arrays written with Orbax's ``StandardSave`` (async, OCDBT, zstd, sharded);
 - ``codec``: JSON metadata: format and version, mode, the reference step, the keyframe step, bits,
-  alpha / beta, each leaf's path, shape, dtype and storage kind, per-tensor statistics, and a
-  checksum of every stored array;
+  alpha / beta, each leaf's path, shape, dtype and storage kind, per-tensor statistics, a
+  checksum of every stored array, and the tree in Orbax's serialised form with numbered leaves;
 - ``extra`` and ``config`` as for a plain checkpoint.
 
 A keyframe is encoded without a reference; the next ``keyframe_every - 1`` saves are residuals
@@ -42,6 +42,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
 from jaxslim.checkpoint.codec import (
     FORMAT,
@@ -236,6 +237,9 @@ class CompressedCheckpointer:
         )
         sums, stats = jax.device_get((enc.checksums, enc.stats))
         meta = self._metadata(step, plan, keyframe, sums, stats)
+        # the tree as Orbax stores it, leaves numbered: tools rebuild it without the model code
+        index = jax.tree.unflatten(jax.tree.structure(state), list(range(len(plan))))
+        meta["tree"] = _jsonable(ocp.tree.serialize_tree(index, keep_empty_nodes=True))
         self._refs[step] = meta["reference_step"]
         records = {_key(i): r for i, r in enc.records.items()}
         try:
@@ -434,6 +438,17 @@ class CompressedCheckpointer:
         meta = self.metadata(step)
         leaves = [records[i]["value"] if e["kind"] == RAW else recon[i] for i, e in enumerate(meta["leaves"])]
         return leaves, extra, recon, chain
+
+
+def _jsonable(tree: Any) -> Any:
+    """Orbax's serialised tree as JSON: mappings (an empty ``nnx.State`` too) become dicts."""
+    if isinstance(tree, Mapping) or hasattr(tree, "items"):
+        return {str(k): _jsonable(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_jsonable(v) for v in tree]
+    if tree is None or isinstance(tree, int):
+        return tree
+    return {}
 
 
 def _check_leaves(meta: dict, flat: list, step: int, directory: Any) -> None:
