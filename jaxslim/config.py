@@ -543,18 +543,47 @@ class CheckpointConfig:
         keep: keep the last this many checkpoints.
         keep_every: also keep every checkpoint whose step is a multiple of this (0: none).
         async_save: write in the background while training continues.
+        compression: ``"none"`` (plain Orbax), ``"excp"`` (ExCP: residual against the previous
+            reconstructed checkpoint, weight-momentum shrinking, k-means codes; lossy) or
+            ``"lossless"`` (XOR residual in byte planes; bit-exact). Training resumes from either.
+        weight_bits: bits of a weight-residual code with ``"excp"`` (2..8).
+        moment_bits: bits of an Adam-moment code with ``"excp"`` (2..8).
+        keyframe_bits: bits of a keyframe's weight codes with ``"excp"`` (2..8).
+        keyframe_every: a full keyframe every this many saves; a restore applies at most
+            ``keyframe_every - 1`` residuals.
+        alpha: ExCP's weight-threshold scale ``min(2.5, alpha / sqrt(mean(v)))`` numerator.
+        beta: ExCP's momentum threshold, ``beta * mean(|m|)``.
     """
 
     every: int = 100
     keep: int = 3
     keep_every: int = 0
     async_save: bool = True
+    compression: str = "none"
+    weight_bits: int = 4
+    moment_bits: int = 4
+    keyframe_bits: int = 8
+    keyframe_every: int = 5
+    alpha: float = 5e-5
+    beta: float = 2.0
 
     def __post_init__(self):
         o = "CheckpointConfig"
         _check_positive(o, "every", self.every, allow_zero=True)
         _check_positive(o, "keep", self.keep)
         _check_positive(o, "keep_every", self.keep_every, allow_zero=True)
+        modes = ("none", "excp", "lossless")
+        if self.compression not in modes:
+            raise ValueError(f"{o}.compression must be one of {modes}, got {self.compression!r}")
+        for name in ("weight_bits", "moment_bits", "keyframe_bits"):
+            b = getattr(self, name)
+            if not isinstance(b, int) or isinstance(b, bool) or not 2 <= b <= 8:
+                raise ValueError(f"{o}.{name} must be an integer from 2 to 8, got {b!r}")
+        _check_positive(o, "keyframe_every", self.keyframe_every)
+        for name in ("alpha", "beta"):
+            x = getattr(self, name)
+            if not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 <= x < float("inf"):
+                raise ValueError(f"{o}.{name} must be a finite number >= 0, got {x!r}")
 
 
 # 256 byte symbols plus the three special tokens of a trained byte-level BPE: a smaller vocabulary

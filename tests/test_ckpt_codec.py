@@ -1,0 +1,236 @@
+"""The ExCP codec: exact statistics, code alphabet, the error bound, lossless exactness, sharding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxslim.checkpoint import Codec, CodecConfig, kmeans, packing
+from jaxslim.checkpoint.codec import MOMENT, WEIGHT
+from jaxslim.config import CheckpointConfig, MeshConfig, ModelConfig, OptimConfig
+from jaxslim.models import Transformer
+from jaxslim.optim import build_optimizer
+from jaxslim.sharding import make_mesh
+from jaxslim.training import create_train_state, lm_objective, make_train_step
+
+TINY = dict(vocab_size=96, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=16)
+
+
+def _setup(mesh_cfg: MeshConfig):
+    n = int(np.prod([s for s in (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, mesh_cfg.expert)]))
+    mesh = make_mesh(mesh_cfg, jax.devices()[:n])
+    tx = build_optimizer(OptimConfig(lr=3e-3, warmup_steps=1), 10)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(mesh_cfg.rules):
+        return create_train_state(
+            lambda: Transformer(ModelConfig.gpt2(**TINY), rngs=nnx.Rngs(0)), tx, mesh, mesh_cfg.rules
+        )
+
+
+@pytest.fixture(scope="module")
+def states():
+    """Four consecutive real AdamW training states of a tiny GPT (one device)."""
+    state, setup = _setup(MeshConfig(data=1))
+    step = make_train_step(setup, lm_objective)
+    rng = np.random.default_rng(0)
+    out = []
+    with jax.set_mesh(setup.mesh):
+        for _ in range(4):
+            tokens = jnp.asarray(rng.integers(0, TINY["vocab_size"], (4, 17)), jnp.int32)
+            state, _ = step(state, {"tokens": tokens})
+            out.append(jax.tree.map(jnp.copy, state))
+    return out
+
+
+def _leaves(state):
+    return jax.tree.leaves(state)
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+
+def test_select_kth_is_the_exact_order_statistic():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 50, 41)).astype(np.float32)
+    x[1, :5] = 0.0  # ties and signed zeros
+    x[2, 0, 0] = -0.0
+    mask = rng.random(x.shape) > 0.3
+    ks = np.array([0, 517, int(mask[2].sum()) - 1], np.int32)
+    key = kmeans.select_kth(
+        kmeans.order_key(jnp.asarray(x)), jnp.asarray(mask), jnp.asarray(ks), kmeans.local_histogram
+    )
+    got = np.asarray(kmeans.key_value(key))
+    for g in range(3):
+        want = np.sort(x[g][mask[g]])[ks[g]]
+        assert got[g] == want
+
+
+def test_kmeans_centroids_beat_uniform_levels_and_assignment_is_nearest():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.laplace(size=(1, 20000)).astype(np.float32))
+    h = kmeans.local_histogram((kmeans.order_key(x) >> 16).astype(jnp.int32), jnp.ones(x.shape, bool))
+    cent = kmeans.fit_codebook(h, 15, 10)
+    assert bool(jnp.all(jnp.diff(cent, axis=1) >= 0))
+    idx = np.asarray(kmeans.nearest(x, cent))
+    c, xs = np.asarray(cent[0]), np.asarray(x)
+    brute = np.argmin(np.abs(xs[..., None] - c), axis=-1)
+    np.testing.assert_array_equal(np.abs(c[idx] - xs), np.abs(c[brute] - xs))
+    # Lloyd iterations only lower the distortion of their quantile start, and beat uniform levels
+    err = lambda c: float(np.mean((c[np.asarray(kmeans.nearest(x, jnp.asarray(c)[None]))[0]] - xs[0]) ** 2))  # noqa: E731
+    start = np.quantile(xs[0], (np.arange(15) + 0.5) / 15).astype(np.float32)
+    uniform = np.linspace(xs.min(), xs.max(), 15, dtype=np.float32)
+    assert err(c) < err(start) and err(c) < err(uniform)
+
+
+def test_packing_round_trips_and_checksum_sees_one_bit():
+    rng = np.random.default_rng(2)
+    for bits in (2, 3, 5, 8):
+        codes = jnp.asarray(rng.integers(0, 1 << bits, (3, 7, 13)), jnp.uint8)
+        packed = packing.pack_codes(codes, bits)
+        assert packed.shape == (bits, 3, 7, 2) and packed.dtype == jnp.uint8
+        np.testing.assert_array_equal(packing.unpack_codes(packed, bits, 13), codes)
+    x = jnp.asarray(rng.standard_normal((4, 9)), jnp.float32)
+    u = packing.as_bits(x)
+    np.testing.assert_array_equal(packing.from_byte_planes(packing.byte_planes(u), u.dtype), u)
+    flipped = packing.from_bits(u.at[2, 3].set(u[2, 3] ^ jnp.uint32(1 << 7)), jnp.float32)
+    assert int(packing.checksum(flipped)) != int(packing.checksum(x))
+    swapped = x.at[0, 0].set(x[0, 1]).at[0, 1].set(x[0, 0])
+    assert int(packing.checksum(swapped)) != int(packing.checksum(x))
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [1, 9, 0, 4.0, True])
+def test_bits_outside_2_to_8_are_refused(bits):
+    with pytest.raises(ValueError, match=r"weight_bits must be an integer from 2 to 8, got"):
+        CodecConfig(weight_bits=bits)
+    with pytest.raises(ValueError, match=r"CheckpointConfig.moment_bits must be an integer from 2 to 8"):
+        CheckpointConfig(moment_bits=bits)
+    with pytest.raises(ValueError, match=r"compression must be one of \('none', 'excp', 'lossless'\)"):
+        CheckpointConfig(compression="zip")
+
+
+# -- the codec on real states ---------------------------------------------------------------------
+
+
+def test_plan_pairs_weights_with_their_adam_moments(states):
+    codec = Codec(CodecConfig())
+    plan = codec.plan(states[0])
+    weights = [p for p in plan if p.kind == WEIGHT]
+    assert len(weights) >= 6 and all(p.mu >= 0 and p.nu >= 0 for p in weights)
+    for p in weights:
+        assert plan[p.mu].kind == plan[p.nu].kind == MOMENT
+        assert ".mu[" in plan[p.mu].path and ".nu[" in plan[p.nu].path
+        assert plan[p.mu].path.split(".mu")[1] == p.path.split(".params")[1]
+        assert np.prod(p.shape) >= codec.cfg.min_size
+    stacked = [p for p in weights if "stack" in p.path]
+    assert stacked and all(p.grouped for p in stacked)  # per-layer statistics for the scanned stack
+    assert not any(p.grouped for p in weights if "embed" in p.path)
+
+
+def test_lossless_is_bit_exact(states):
+    codec = Codec(CodecConfig(mode="lossless"))
+    plan = codec.plan(states[0])
+    ref = None
+    for i, state in enumerate(states):
+        enc = codec.encode(plan, _leaves(state), ref, keyframe=i == 0)
+        recon, _ = codec.decode(plan, enc.records, ref, keyframe=i == 0, bits=codec.bits(i == 0))
+        for j, x in enumerate(_leaves(state)):
+            got = recon[j] if j in recon else enc.records[j]["value"]
+            assert np.asarray(got).tobytes() == np.asarray(x).tobytes(), plan[j].path
+        ref = recon
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
+    cfg = CodecConfig(weight_bits=bits, moment_bits=bits)
+    codec = Codec(cfg)
+    plan = codec.plan(states[0])
+    key = codec.encode(plan, _leaves(states[0]), None, keyframe=True)
+    enc = codec.encode(plan, _leaves(states[1]), key.recon, keyframe=False)
+    leaves = _leaves(states[1])
+    checked = 0
+    for i, p in enumerate(plan):
+        if p.kind != WEIGHT:
+            continue
+        rec = enc.records[i]
+        book = np.asarray(rec["codebook"])  # (groups, 2**bits), column 0 = 0
+        r = np.asarray(rec["threshold"])
+        codes = np.asarray(packing.unpack_codes(rec["planes"], bits, p.shape[-1]))
+        w = np.asarray(leaves[i], np.float32)
+        ref = np.asarray(key.recon[i], np.float32)
+        w_hat = np.asarray(enc.recon[i], np.float32)
+        if not p.grouped:
+            codes, w, ref, w_hat = codes[None], w[None], ref[None], w_hat[None]
+        # the code alphabet: 2**bits values, zero only as code 0
+        assert codes.max() < 2**bits and book.shape[1] == 2**bits and np.all(book[:, 0] == 0)
+        for g in range(codes.shape[0]):
+            d = w[g] - ref[g]
+            keep = np.abs(d) > r[g]
+            assert np.array_equal(codes[g] != 0, keep & (d != 0)), p.path  # kept exactly above r
+            dq = book[g][codes[g]]
+            err = np.abs(dq - d)
+            # dropped: the error is the residual itself, at most r; kept: distance to the nearest centroid
+            assert np.all(err[~keep] <= r[g])
+            nearest = np.min(np.abs(d[keep][:, None] - book[g][None, 1:]), axis=1)
+            np.testing.assert_array_equal(err[keep], nearest)
+            cents = np.sort(book[g, 1:])
+            kept_vals = d[keep]
+            gap = max(
+                np.max(np.diff(cents)) / 2,
+                cents[0] - kept_vals.min(),
+                kept_vals.max() - cents[-1],
+            )
+            bound = max(float(r[g]), float(gap))
+            # plus one rounding of the residual and one of the reconstruction
+            ulp = np.spacing(np.maximum(np.abs(w[g]), np.abs(ref[g]))).max()
+            assert np.max(np.abs(w_hat[g] - w[g])) <= bound + 2 * ulp, p.path
+        # joint momentum shrinking: m kept only where |m| > beta * mean|m| and the residual was kept
+        m = np.asarray(leaves[p.mu], np.float32)
+        m_hat = np.asarray(enc.recon[p.mu], np.float32)
+        v_hat = np.asarray(enc.recon[p.nu], np.float32)
+        tm = np.asarray(enc.records[p.mu]["threshold"])
+        d_all = np.asarray(leaves[i], np.float32) - np.asarray(key.recon[i], np.float32)
+        if not p.grouped:
+            m, m_hat, v_hat, d_all = m[None], m_hat[None], v_hat[None], d_all[None]
+        for g in range(m.shape[0]):
+            allowed = (np.abs(m[g]) > tm[g]) & (np.abs(d_all[g]) > r[g])
+            assert not np.any(m_hat[g][~allowed]) and not np.any(v_hat[g][~allowed])
+            assert len(np.unique(m_hat[g])) <= 2**bits and len(np.unique(v_hat[g])) <= 2**bits
+        checked += 1
+    assert checked >= 6
+
+
+def test_keyframe_keeps_every_weight_with_keyframe_bits(states):
+    codec = Codec(CodecConfig(keyframe_bits=6))
+    plan = codec.plan(states[2])
+    enc = codec.encode(plan, _leaves(states[2]), None, keyframe=True)
+    for i, p in enumerate(plan):
+        if p.kind == WEIGHT:
+            codes = np.asarray(packing.unpack_codes(enc.records[i]["planes"], 6, p.shape[-1]))
+            w = np.asarray(_leaves(states[2])[i])
+            assert np.array_equal(codes != 0, w != 0)
+            assert np.all(np.asarray(enc.records[i]["threshold"]) == 0)
+            assert enc.records[i]["codebook"].shape[1] == 64
+
+
+def test_sharded_and_single_device_compression_are_identical(states, devices):
+    single = Codec(CodecConfig(weight_bits=3, min_size=16384))  # two weight shapes: fewer compiles
+    _, setup8 = _setup(MeshConfig(data=2, tensor=4))
+    sharded_states = [jax.tree.map(jax.device_put, s, setup8.shardings) for s in states[:2]]
+    assert any(x.sharding.spec != () and len(x.sharding.device_set) == 8 for x in _leaves(sharded_states[0]))
+    out = []
+    for sts in (states[:2], sharded_states):
+        plan = single.plan(sts[0])
+        key = single.encode(plan, _leaves(sts[0]), None, keyframe=True)
+        enc = single.encode(plan, _leaves(sts[1]), key.recon, keyframe=False)
+        out.append((plan, jax.device_get((enc.records, enc.recon, enc.checksums))))
+    (plan1, a), (plan8, b) = out
+    assert [p.kind for p in plan1] == [p.kind for p in plan8]
+    sharded_weights = [p for p in plan8 if p.kind == WEIGHT and "tensor" in str(p.sharding.spec)]
+    assert sharded_weights, "some compressed weights should be sharded over the tensor axis"
+    flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)
+    assert len(flat_a) == len(flat_b)
+    for (path, x), y in zip(flat_a, flat_b, strict=True):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes(), jax.tree_util.keystr(path)

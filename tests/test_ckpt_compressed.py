@@ -1,0 +1,286 @@
+"""Compressed checkpoints through Orbax: chains, retention, corruption, other meshes, the CLI,
+and a training run that resumes from them."""
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxslim.checkpoint import (
+    Checkpointer,
+    Codec,
+    CodecConfig,
+    CompressedCheckpointer,
+    CorruptCheckpointError,
+    IncompatibleCheckpointError,
+    MissingReferenceError,
+    abstract_like,
+)
+from jaxslim.config import MeshConfig, ModelConfig, OptimConfig
+from jaxslim.models import Transformer
+from jaxslim.optim import build_optimizer
+from jaxslim.sharding import make_mesh
+from jaxslim.training.state import abstract_train_state, create_train_state
+
+TINY = dict(vocab_size=96, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=16)
+
+
+def _state(mesh_cfg: MeshConfig, n_devices: int, **model):
+    mesh = make_mesh(mesh_cfg, jax.devices()[:n_devices])
+    tx = build_optimizer(OptimConfig(lr=1e-3), 10)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(mesh_cfg.rules):
+        return create_train_state(
+            lambda: Transformer(ModelConfig.gpt2(**{**TINY, **model}), rngs=nnx.Rngs(0)),
+            tx,
+            mesh,
+            mesh_cfg.rules,
+        )
+
+
+def _chain_of_states(state, n: int, seed: int = 0):
+    """``n`` states drifting like training: small weight updates, fresh Adam-like moments."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+
+        def move(path, x):
+            if not jnp.issubdtype(x.dtype, jnp.floating):
+                return x
+            noise = jnp.asarray(rng.standard_normal(x.shape), x.dtype)
+            name = jax.tree_util.keystr(path)
+            if ".nu" in name:
+                return jax.device_put(1e-6 * noise**2, x.sharding)
+            if ".mu" in name:
+                return jax.device_put(1e-3 * noise, x.sharding)
+            return jax.device_put(x + 1e-3 * noise, x.sharding)
+
+        state = jax.tree_util.tree_map_with_path(move, state)
+        out.append(state)
+    return out
+
+
+def _bitwise(a, b) -> bool:
+    return all(
+        np.asarray(x).tobytes() == np.asarray(y).tobytes()
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+@pytest.fixture(scope="module")
+def single():
+    state, setup = _state(MeshConfig(data=1), 1)
+    return _chain_of_states(state, 6), setup
+
+
+def _expected(states, cfg: CodecConfig):
+    """What each step must restore to, recomputed with the codec alone (keyframe every K saves)."""
+    codec = Codec(cfg)
+    plan = codec.plan(states[0])
+    out, ref = [], None
+    for n, s in enumerate(states):
+        keyframe = n % cfg.keyframe_every == 0
+        enc = codec.encode(plan, jax.tree.leaves(s), ref, keyframe=keyframe)
+        leaves = [enc.recon[i] if i in enc.recon else x for i, x in enumerate(jax.tree.leaves(s))]
+        out.append(jax.tree.unflatten(jax.tree.structure(s), leaves))
+        ref = enc.recon
+    return out
+
+
+@pytest.mark.parametrize("mode", ["lossless", "excp"])
+def test_every_step_of_keyframe_delta_chains_restores(tmp_path, single, mode):
+    states, _ = single
+    cfg = CodecConfig(mode=mode, keyframe_every=3)
+    with CompressedCheckpointer(tmp_path, cfg, max_to_keep=None) as ck:
+        for step, s in enumerate(states, 1):
+            assert ck.save(step, s, extra={"data": {"index": step}})
+        ck.wait()
+        assert [ck.metadata(s)["keyframe"] for s in range(1, 7)] == [True, False, False, True, False, False]
+    expected = _expected(states, cfg)
+    # a fresh process: every step restores, through at most keyframe_every - 1 residuals
+    with CompressedCheckpointer(tmp_path, CodecConfig(mode=mode), read_only=True) as ck:
+        for step in range(6, 0, -1):
+            assert len(ck.chain(step)) <= 3
+            got, extra = ck.restore(abstract_like(states[0]), step)
+            assert extra == {"data": {"index": step}}
+            assert _bitwise(got, expected[step - 1])
+            if mode == "lossless":
+                assert _bitwise(got, states[step - 1])
+            else:
+                assert not _bitwise(got, states[step - 1])
+
+
+def test_retention_keeps_the_steps_kept_deltas_depend_on(tmp_path, single):
+    states, _ = single
+    with CompressedCheckpointer(tmp_path, CodecConfig(keyframe_every=4), max_to_keep=1) as ck:
+        for step, s in enumerate(states, 1):
+            ck.save(step, s)
+            ck.wait()
+        # keyframes at 1 and 5: the latest (6) needs 5; 1..4 are no longer needed
+        assert ck.all_steps() == [5, 6]
+        assert ck.chain(6) == [5, 6]
+    with CompressedCheckpointer(tmp_path, CodecConfig(keyframe_every=4), max_to_keep=2) as ck:
+        assert ck.all_steps() == [5, 6]
+    with CompressedCheckpointer(tmp_path / "b", CodecConfig(keyframe_every=6), max_to_keep=1) as ck:
+        for step, s in enumerate(states[:4], 1):
+            ck.save(step, s)
+            ck.wait()
+        assert ck.all_steps() == [1, 2, 3, 4]  # one chain: everything is a dependency of step 4
+        ck.restore(abstract_like(states[0]), 4)
+
+
+def _damage(path: pathlib.Path, how: str) -> None:
+    data = sorted(
+        (f for f in path.rglob("*") if f.is_file() and f.stat().st_size > 1000),
+        key=lambda f: -f.stat().st_size,
+    )
+    target = data[0]
+    raw = bytearray(target.read_bytes())
+    if how == "truncate":
+        target.write_bytes(bytes(raw[: len(raw) // 2]))
+    else:  # flip bits in the middle of the largest file
+        for i in range(len(raw) // 2, len(raw) // 2 + 64):
+            raw[i] ^= 0x5A
+        target.write_bytes(bytes(raw))
+
+
+def _snapshot(root: pathlib.Path) -> dict:
+    return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_damaged_compressed_checkpoint_is_reported_and_nothing_is_lost(tmp_path, single, how):
+    states, _ = single
+    with CompressedCheckpointer(tmp_path, CodecConfig(keyframe_every=2), max_to_keep=None) as ck:
+        for step, s in enumerate(states[:4], 1):
+            ck.save(step, s)
+    _damage(tmp_path / "3", how)  # a keyframe that step 4 depends on
+    before = _snapshot(tmp_path)
+    target = abstract_like(states[0])
+    with CompressedCheckpointer(tmp_path, CodecConfig(keyframe_every=2)) as ck:
+        with pytest.raises(CorruptCheckpointError, match=r"step 3 in .* (could not be read|is corrupt)"):
+            ck.restore(target, 4)
+        # the older chain is intact and fallback finds it
+        got, _ = ck.restore(target, 4, fallback=True)
+        ref, _ = ck.restore(target, 2)
+        assert _bitwise(got, ref)
+    assert _snapshot(tmp_path) == before  # nothing was deleted or rewritten
+
+
+def test_missing_keyframe_and_other_shapes_give_clear_errors(tmp_path, single):
+    states, _ = single
+    with CompressedCheckpointer(tmp_path, CodecConfig(keyframe_every=3), max_to_keep=None) as ck:
+        for step, s in enumerate(states[:3], 1):
+            ck.save(step, s)
+    import shutil
+
+    shutil.rmtree(tmp_path / "1")
+    with CompressedCheckpointer(tmp_path, CodecConfig()) as ck:
+        with pytest.raises(
+            MissingReferenceError, match=r"residual of step 1 \(keyframe step 1\), which is missing"
+        ):
+            ck.restore(abstract_like(states[0]), 3)
+        other, _ = _state(MeshConfig(data=1), 1, d_ff=128)
+        with pytest.raises(
+            IncompatibleCheckpointError,
+            match=r"mlp'\]\['wi'\]\.value: saved \(2, 64, 256\) float32, expected \(2, 64, 128\)",
+        ):
+            ck.restore(abstract_like(other), 3)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["2", "3"]
+
+
+def test_sharded_save_restores_onto_another_mesh(tmp_path, devices):
+    state_a, setup_a = _state(MeshConfig(data=2, tensor=4), 8)
+    states = _chain_of_states(state_a, 2, seed=3)
+    # a large min_size keeps two weight shapes compressed (fewer programs to compile)
+    with CompressedCheckpointer(tmp_path, CodecConfig(weight_bits=3, min_size=16384), max_to_keep=None) as ck:
+        for step, s in enumerate(states, 1):
+            ck.save(step, s)
+        ck.wait()
+        on_a, _ = ck.restore(abstract_train_state(states[0]), 2)
+    state_b, _ = _state(MeshConfig(data=1, fsdp=4, tensor=2), 8)
+    target = abstract_train_state(state_b)
+    with CompressedCheckpointer(tmp_path, CodecConfig(), read_only=True) as ck:
+        on_b, _ = ck.restore(target, 2)
+    assert _bitwise(on_a, on_b)  # same values, whatever mesh they land on
+    for want, got in zip(jax.tree.leaves(target), jax.tree.leaves(on_b), strict=True):
+        assert got.sharding == want.sharding
+
+
+def test_cli_compress_inspect_decompress(tmp_path, single, capsys):
+    import orbax.checkpoint as ocp
+
+    from jaxslim.cli.ckpt import _fill, main
+
+    states, setup = single
+    plain = tmp_path / "run" / "checkpoints"
+    with Checkpointer(
+        plain, max_to_keep=None, config_json={"model": {"scan_layers": True, "n_layers": 2}}
+    ) as ck:
+        for step, s in enumerate(states[:3], 1):
+            ck.save(step, s, extra={"data": {"index": step}})
+    assert main(["compress", str(plain), str(tmp_path / "small"), "--weight-bits", "3", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "keyframe" in out and "delta" in out and "total" in out and "x" in out
+    assert "['params']['stack']['blocks']['mlp']['wi']['value']" in out
+    assert main(["inspect", str(tmp_path / "small")]) == 0
+    out = capsys.readouterr().out
+    assert "restore chain [1, 2, 3]" in out and "m kept" in out
+    assert main(["decompress", str(tmp_path / "small"), str(tmp_path / "back")]) == 0
+    # the decompressed checkpoint restores into the training state like any plain one
+    with Checkpointer(tmp_path / "back", read_only=True) as ck:
+        got, extra = ck.restore(abstract_train_state(states[0]), 3)
+    with CompressedCheckpointer(tmp_path / "small", CodecConfig(), read_only=True) as ck:
+        leaves, _, meta = ck.restore_leaves(3)
+    assert extra == {"data": {"index": 3}}
+    flat = lambda t: ocp.tree.to_flat_dict(ocp.tree.serialize_tree(t))  # noqa: E731
+    want = flat(_fill(meta["tree"], leaves))
+    have = flat(got)
+    assert sorted(want) == sorted(have) and len(want) > 20
+    assert all(np.array_equal(np.asarray(want[k]), np.asarray(have[k])) for k in want)
+    # bad input: a clear message and a non-zero exit
+    assert main(["compress", str(plain), str(tmp_path / "bad"), "--weight-bits", "9"]) == 2
+    assert "weight_bits must be an integer from 2 to 8, got 9" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_training_resumes_from_compressed_checkpoints(tmp_path):
+    """A run whose last checkpoint is lost resumes from the previous compressed one: bit-exactly
+    in the lossless mode (same final state as the run that never stopped), and from the lossy
+    reconstruction with ExCP."""
+    import importlib.util
+    import shutil
+
+    from jaxslim.training import train
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "shakespeare_gpt.py"
+    spec = importlib.util.spec_from_file_location("preset", path)
+    preset = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(preset)
+    base = preset.get_config("tiny")
+
+    def run(workdir, compression):
+        ck = dataclasses.replace(
+            base.checkpoint, every=4, keep=3, compression=compression, keyframe_every=2, async_save=False
+        )
+        cfg = dataclasses.replace(base, workdir=str(workdir), steps=12, checkpoint=ck, sample_tokens=0)
+        return train(dataclasses.replace(cfg, tensorboard=False), progress=False)
+
+    for compression in ("lossless", "excp"):
+        workdir = tmp_path / compression
+        first = run(workdir, compression)
+        assert first.resumed_from is None
+        meta = json.loads((workdir / "checkpoints" / "8" / "codec" / "metadata").read_text())
+        assert meta["mode"] == compression and meta["reference_step"] == 4 and not meta["keyframe"]
+        shutil.rmtree(workdir / "checkpoints" / "12")  # as if killed before step 12 committed
+        again = run(workdir, compression)
+        assert again.resumed_from == 8 and int(again.state.step) == 12
+        if compression == "lossless":
+            assert _bitwise(first.state, again.state)
+        else:
+            assert np.isfinite(again.last_metrics["loss"])
+            assert not _bitwise(first.state, again.state)  # resumed from the lossy reconstruction
