@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxslim.optim.masks import Mask, checked_mask, decay_mask
@@ -247,6 +248,11 @@ def lamb_preset(
     else:
         kw = dict(eps=1e-6, trust_mask=True)
     kw.update(overrides)
+    if name != "optax":
+        # the reference kernels hold the betas as float32 and form 1 - beta in float32; optax forms
+        # 1 - beta from the Python float, which differs by ~1e-5 relative for beta2 = 0.999
+        for beta, default in (("b1", 0.9), ("b2", 0.999)):
+            kw[beta] = float(np.float32(kw.get(beta, default)))
     if name == "apex" and "trust_mask" not in overrides:
         # apex: parameters whose group has weight decay 0 are stepped without the ratio
         kw["trust_mask"] = weight_decay_mask if kw.get("weight_decay", 0.0) else False
