@@ -512,8 +512,9 @@ class OptimConfig:
         weight_decay: decoupled weight decay (matrices only; biases and norm scales are excluded).
         clip_norm: global gradient-norm clip; 0 disables it.
         lamb_preset: ``""`` (LAMB from the fields here) or a reference's recipe: ``"tf_addons"``,
-            ``"apex"``, ``"nvlamb"``, ``"deepspeed"``, ``"optax"`` (lr, betas, weight decay and
-            clip still come from the fields here when set away from the preset's).
+            ``"apex"``, ``"nvlamb"``, ``"deepspeed"``, ``"optax"``: eps, trust mask, clamp, bias
+            correction and apex's clip to 1.0 come from the preset; lr, betas, weight decay, a
+            ``trust_min`` / ``trust_max`` set here and ``clip_norm`` (applied outside) from the fields.
         trust_mask: which params get the LAMB / LARS trust ratio: ``"decay"`` (those with weight
             decay, as TF-addons) or ``"all"``.
         trust_min / trust_max: clamp of the trust ratio; 0 means no bound.

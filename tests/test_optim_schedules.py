@@ -237,3 +237,27 @@ def test_noise_is_generated_sharded_without_gathers(devices):
     # each device's shard is its own noise, not a copy of another's
     shards = [np.asarray(s.data) for s in u["w"].addressable_shards]
     assert all(not np.allclose(shards[0], s) for s in shards[1:])
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(name="lamb", lamb_preset="apex"),
+        dict(name="lamb", lamb_preset="deepspeed", trust_max=2.0),
+        dict(name="lamb", trust_mask="all", bias_correction=False, trust_min=0.1, trust_max=5.0),
+        dict(name="lars", b1=0.9, trust_coefficient=0.01),
+        dict(name="adamw", noise_eta=0.01),
+    ],
+)
+def test_every_config_optimizer_builds_and_steps(kw):
+    cfg = OptimConfig(lr=1e-2, warmup_steps=0, decay="constant", **kw)
+    tx = build_optimizer(cfg, 10)
+    params = {"w": 10 * jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    state = tx.init(params)
+    u, state = jax.jit(tx.update)(params, state, params)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(u))
+    assert float(jnp.abs(u["w"]).max()) > 0
+    if kw.get("trust_max") == 2.0:  # the config's clamp replaces DeepSpeed's [0.01, 10]
+        from jaxslim.optim import trust_ratio_metrics
+
+        assert float(trust_ratio_metrics(state)["trust_ratio/max"]) == pytest.approx(2.0)

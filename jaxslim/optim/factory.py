@@ -64,15 +64,17 @@ def build_schedule(cfg, total_steps: int) -> optax.Schedule:
 
 
 def _lamb(cfg, learning_rate):
-    kw = dict(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    kw = dict(b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
     clamp = dict(min_ratio=cfg.trust_min or None, max_ratio=cfg.trust_max or None)
     if cfg.lamb_preset:
-        # a preset brings its own trust mask, clamp, clip and bias correction; the config's clip is
-        # applied outside it (build_optimizer), so apex's own clip to 1.0 stays the preset's
+        # a preset brings its own eps, trust mask, clamp, clip and bias correction; a clamp set in
+        # the config replaces the preset's, and the config's clip is applied outside the preset
         extra = {k: v for k, v in clamp.items() if v is not None}
         return lamb_preset(cfg.lamb_preset, learning_rate, **kw, **extra)
     trust = None if cfg.trust_mask == "decay" else True
-    return lamb(learning_rate, **kw, **clamp, trust_mask=trust, bias_correction=cfg.bias_correction)
+    return lamb(
+        learning_rate, **kw, eps=cfg.eps, **clamp, trust_mask=trust, bias_correction=cfg.bias_correction
+    )
 
 
 def build_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
