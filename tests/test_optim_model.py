@@ -168,8 +168,8 @@ def test_agvm_multipliers_follow_the_update_rule():
     state = tx.init(params)
     mu = np.ones(3)
     update = jax.jit(lambda g, s, h: tx.update(g, s, params, agvm_grads=h))
-    for t in range(6):
-        noise = [1.0, 0.5, 3.0]  # the halves disagree least in the neck, most in the head
+    noise = [1.0, 0.5, 3.0]  # the halves disagree least in the neck, most in the head
+    for _ in range(6):
         base = {k: rng.normal(size=s) for k, s in shapes.items()}
         halves = {
             k: np.stack([base[k] + noise[labels[k]] * rng.normal(size=s) for _ in range(2)])
