@@ -2,17 +2,20 @@
 against LAMB (per-layer trust ratios) and AdamW at 8x and 16x the batch, and the step-time overhead
 of the axis-aware LAMB over ``optax.lamb``.
 
-Every run sees the same number of tokens. Large-batch runs scale the learning rate by the square
+The sweep gives every run the same number of tokens; then the best learning rate of each optimizer
+at 8x and 16x runs again on a schedule planned for ``--long`` times the tokens (4 by default) and
+stops at the target, which tells how many steps and tokens a large batch needs when equal tokens
+are not enough at this scale. Large-batch runs scale the learning rate by the square
 root of the batch ratio and warm up over the same share of their (fewer) steps. The target
 validation loss is the loss the base-batch AdamW run reaches at the end of its budget plus a small
 margin; the table reports the steps and tokens each run needs to get there (or that it does not).
 The LAMB learning rate is chosen from a small grid at 8x (the same grid is run for AdamW at 8x), and
 the best multiplier is reused at 16x.
 
-Scaled down to finish in about 25 minutes on a 2-core CPU: a GPT-2-style model with d_model 128,
+Scaled down to finish in about 50 minutes on a 2-core CPU: a GPT-2-style model with d_model 128,
 2 layers and a 1024-token BPE, sequences of 64 tokens, base batch 8.
 
-    python benchmarks/large_batch.py            # the full run (about 25 minutes on 2 cores)
+    python benchmarks/large_batch.py            # the full run (about 50 minutes on 2 cores)
     python benchmarks/large_batch.py --quick    # a smoke run (about 2 minutes)
 """
 
@@ -55,6 +58,7 @@ class Run:
     evals: list = dataclasses.field(default_factory=list)  # (step, tokens, val loss)
     seconds: float = 0.0
     trust: dict = dataclasses.field(default_factory=dict)
+    stop_at: float | None = None  # stop once the validation loss is at or below this
 
 
 def make_tx(optimizer: str, lr: float, steps: int, warmup: int, weight_decay: float):
@@ -144,6 +148,8 @@ class Bench:
                     run.evals.append((s, s * tokens_per_step, loss))
                     if fns:
                         trust_seen.append({k: float(v) for k, v in m.items() if k.startswith("trust_ratio/")})
+                    if run.stop_at is not None and loss <= run.stop_at:
+                        break
         run.seconds = time.perf_counter() - t0
         if trust_seen:
             run.trust = trust_seen[-1]
@@ -205,7 +211,7 @@ def main(argv=None):
     p.add_argument("--base-steps", type=int, default=2400)
     p.add_argument("--base-batch", type=int, default=8)
     p.add_argument("--base-lr", type=float, default=1e-3, help="AdamW learning rate at the base batch")
-    p.add_argument("--lamb-base-lrs", type=float, nargs="+", default=[0.01, 0.02, 0.04])
+    p.add_argument("--lamb-base-lrs", type=float, nargs="+", default=[0.0025, 0.005, 0.01, 0.02])
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
@@ -214,12 +220,18 @@ def main(argv=None):
     p.add_argument("--evals", type=int, default=24)
     p.add_argument("--eval-batches", type=int, default=8)
     p.add_argument("--margin", type=float, default=0.02, help="target = base AdamW final loss + margin")
+    p.add_argument(
+        "--long",
+        type=float,
+        default=4.0,
+        help="token budget of the second, longer large-batch runs (x the base run's tokens; 1 = none)",
+    )
     p.add_argument("--overhead-rounds", type=int, default=9)
     p.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
         args.base_steps, args.evals, args.eval_batches, args.overhead_rounds = 320, 8, 2, 3
-        args.lamb_base_lrs = args.lamb_base_lrs[1:2]
+        args.lamb_base_lrs, args.long = args.lamb_base_lrs[1:2], 2.0
     started = time.perf_counter()
     print(machine_line())
     bench = Bench(args)
@@ -261,6 +273,18 @@ def main(argv=None):
                 winner = min(cands, key=lambda r: r.evals[-1][2] if math.isfinite(r.evals[-1][2]) else 1e9)
                 best[key] = winner.lr / scale if opt == "lamb" else winner.lr / scale / args.base_lr
 
+    # the best learning rate of each optimizer again, with a longer budget (a schedule planned for
+    # ``--long`` times the base tokens), stopped once it reaches the target
+    for k in (8, 16) if args.long > 1 else ():
+        steps = int(args.long * args.base_steps) // k
+        scale = math.sqrt(k)
+        for name, opt, lr in (
+            (f"LAMB {k}x, {args.long:g}x tokens", "lamb", best["lamb"] * scale),
+            (f"AdamW {k}x, {args.long:g}x tokens", "adamw", best["adamw"] * args.base_lr * scale),
+        ):
+            run = Run(name, opt, k * args.base_batch, lr, steps, warm(steps), stop_at=target)
+            runs.append(bench.train(run))
+
     overhead = [
         bench.overhead(b, args.overhead_rounds, 20 if b == args.base_batch else 5)
         for b in (args.base_batch, 8 * args.base_batch)
@@ -275,6 +299,7 @@ def main(argv=None):
                 "batch": r.batch,
                 "lr": r.lr,
                 "steps": r.steps,
+                "steps_run": r.evals[-1][0],
                 "tokens": r.steps * r.batch * args.seq_len,
                 "final_val_loss": r.evals[-1][2],
                 "steps_to_target": hit[0] if hit else None,
@@ -289,7 +314,7 @@ def main(argv=None):
         f"target validation loss {target:.4f}; evaluated {args.evals} times per run on {len(bench.val) * 64} sequences"
     )
     print()
-    print("| run | batch | peak lr | steps | final val loss | steps to target | tokens to target | wall s |")
+    print("| run | batch | peak lr | planned steps | final val loss | steps to target | tokens to target | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         reach = (
