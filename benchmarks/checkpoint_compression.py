@@ -213,7 +213,8 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
         steps = ck.all_steps()
         sizes = [_dir_bytes(ck.directory / str(s)) for s in steps]
         kinds = [
-            "keyframe" if v == "orbax" or (ck.metadata(s) or {}).get("keyframe", True) else "delta" for s in steps
+            "keyframe" if v == "orbax" or (ck.metadata(s) or {}).get("keyframe", True) else "delta"
+            for s in steps
         ]
         t = time.perf_counter()
         restored, _ = ck.restore(abstract, steps[-1])
@@ -225,8 +226,12 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
         )
         rows[v] = {
             "bytes_mean": statistics.mean(sizes),
-            "bytes_keyframe": statistics.mean([s for s, k in zip(sizes, kinds, strict=True) if k == "keyframe"]),
-            "bytes_delta": statistics.mean([s for s, k in zip(sizes, kinds, strict=True) if k == "delta"] or [0]),
+            "bytes_keyframe": statistics.mean(
+                [s for s, k in zip(sizes, kinds, strict=True) if k == "keyframe"]
+            ),
+            "bytes_delta": statistics.mean(
+                [s for s, k in zip(sizes, kinds, strict=True) if k == "delta"] or [0]
+            ),
             "bytes": sizes,
             "blocking_s": blocking[v],
             "blocking_median_s": statistics.median(blocking[v][1:] or blocking[v]),
@@ -306,7 +311,12 @@ def main() -> None:
             results[name] = bench_model(name, build, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    names = {"orbax": "Orbax default (zstd)", "lossless": "jaxslim lossless", "excp4": "ExCP 4-bit", "excp2": "ExCP 2-bit"}
+    names = {
+        "orbax": "Orbax default (zstd)",
+        "lossless": "jaxslim lossless",
+        "excp4": "ExCP 4-bit",
+        "excp2": "ExCP 2-bit",
+    }
     print()
     print(
         "| model | variant | MB / checkpoint (keyframe / delta) | ratio vs Orbax | save blocks s (vs Orbax) "

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -494,44 +495,118 @@ class MeshConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimizer and learning-rate schedule.
+    """Optimizer, learning-rate schedule, gradient noise and AGVM.
 
     Attributes:
-        name: ``"adamw"``, ``"lamb"`` or ``"sgd"`` (``b1`` is SGD's momentum).
+        name: ``"adamw"``, ``"lamb"`` (trust ratio per layer of a scanned stack and per expert),
+            ``"lars"`` or ``"sgd"`` (``b1`` is the momentum of SGD and LARS).
         lr: peak learning rate.
         warmup_steps: linear warm-up length.
-        decay: ``"cosine"``, ``"linear"`` or ``"constant"`` after the warm-up.
+        decay: the schedule after the warm-up: ``"cosine"``, ``"linear"``, ``"constant"``,
+            ``"wsd"`` (stable, then ``decay_shape`` over the last ``decay_fraction`` of the steps),
+            ``"infinite"`` (``decay_shape`` cooldown over ``cooldown_steps`` to
+            ``constant_lr_ratio * lr``, constant, and an exponential anneal over the last
+            ``decay_fraction`` of the steps; 0 keeps it constant) or ``"repeated_cosine"`` (cycles of
+            ``cycle_steps``, each re-warmed over ``warmup_steps``).
         final_lr_ratio: final learning rate as a fraction of ``lr``.
         weight_decay: decoupled weight decay (matrices only; biases and norm scales are excluded).
         clip_norm: global gradient-norm clip; 0 disables it.
+        lamb_preset: ``""`` (LAMB from the fields here) or a reference's recipe: ``"tf_addons"``,
+            ``"apex"``, ``"nvlamb"``, ``"deepspeed"``, ``"optax"``: eps, trust mask, clamp, bias
+            correction and apex's clip to 1.0 come from the preset; lr, betas, weight decay, a
+            ``trust_min`` / ``trust_max`` set here and ``clip_norm`` (applied outside) from the fields.
+        trust_mask: which params get the LAMB / LARS trust ratio: ``"decay"`` (those with weight
+            decay, as TF-addons) or ``"all"``.
+        trust_min / trust_max: clamp of the trust ratio; 0 means no bound.
+        trust_coefficient: LARS's trust coefficient.
+        bias_correction: LAMB's Adam bias correction.
+        noise_eta / noise_gamma: gradient noise of variance ``eta / (1 + t)^gamma`` (0: none).
+        agvm_every: AGVM measures the gradient variance every this many steps (0: off).
+        agvm_start: the first step AGVM measures at.
+        agvm_modules: regular expressions over parameter paths, one AGVM module each (a parameter
+            belongs to the first that matches; the first is the reference module, the backbone).
     """
 
-    name: Literal["adamw", "lamb", "sgd"] = "adamw"
+    name: Literal["adamw", "lamb", "lars", "sgd"] = "adamw"
     lr: float = 3e-4
     warmup_steps: int = 100
-    decay: Literal["cosine", "linear", "constant"] = "cosine"
+    decay: Literal["cosine", "linear", "constant", "wsd", "infinite", "repeated_cosine"] = "cosine"
     final_lr_ratio: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1
     clip_norm: float = 1.0
+    decay_shape: str = ""
+    decay_fraction: float = 0.2
+    cooldown_steps: int = 0
+    constant_lr_ratio: float = 0.5
+    cycle_steps: int = 0
+    lamb_preset: Literal["", "tf_addons", "apex", "nvlamb", "deepspeed", "optax"] = ""
+    trust_mask: Literal["decay", "all"] = "decay"
+    trust_min: float = 0.0
+    trust_max: float = 0.0
+    trust_coefficient: float = 0.001
+    bias_correction: bool = True
+    noise_eta: float = 0.0
+    noise_gamma: float = 0.55
+    agvm_every: int = 0
+    agvm_start: int = 0
+    agvm_modules: tuple[str, ...] = ("embed", "attn", "mlp|moe", ".")
 
     def __post_init__(self):
         o = "OptimConfig"
-        _check_choice(o, "name", self.name, ("adamw", "lamb", "sgd"))
-        _check_choice(o, "decay", self.decay, ("cosine", "linear", "constant"))
+        _check_choice(o, "name", self.name, ("adamw", "lamb", "lars", "sgd"))
+        _check_choice(
+            o, "decay", self.decay, ("cosine", "linear", "constant", "wsd", "infinite", "repeated_cosine")
+        )
+        _check_choice(
+            o, "lamb_preset", self.lamb_preset, ("", "tf_addons", "apex", "nvlamb", "deepspeed", "optax")
+        )
+        _check_choice(o, "trust_mask", self.trust_mask, ("decay", "all"))
+        shapes = {"wsd": ("", "linear", "cosine", "sqrt"), "infinite": ("", "cosine", "linear", "inv_sqrt")}
+        _check_choice(o, "decay_shape", self.decay_shape, shapes.get(self.decay, ("",)))
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"{o}.lr must be a float > 0, got {self.lr!r}")
         _check_positive(o, "warmup_steps", self.warmup_steps, allow_zero=True)
-        for name in ("final_lr_ratio", "b1", "b2"):
+        for name in ("final_lr_ratio", "b1", "b2", "decay_fraction", "constant_lr_ratio"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 <= v <= 1):
                 raise ValueError(f"{o}.{name} must be in [0, 1], got {v!r}")
-        for name in ("eps", "weight_decay", "clip_norm"):
+        for name in (
+            "eps",
+            "weight_decay",
+            "clip_norm",
+            "trust_min",
+            "trust_max",
+            "trust_coefficient",
+            "noise_eta",
+            "noise_gamma",
+        ):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v >= 0):
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
                 raise ValueError(f"{o}.{name} must be a float >= 0, got {v!r}")
+        if self.trust_min and self.trust_max and self.trust_min > self.trust_max:
+            raise ValueError(
+                f"{o}.trust_min={self.trust_min!r} must not exceed {o}.trust_max={self.trust_max!r} "
+                "(the trust-ratio clamp)"
+            )
+        for name in ("cooldown_steps", "cycle_steps", "agvm_every", "agvm_start"):
+            _check_positive(o, name, getattr(self, name), allow_zero=True)
+        if self.decay == "repeated_cosine" and self.cycle_steps <= self.warmup_steps:
+            raise ValueError(
+                f"{o}.cycle_steps={self.cycle_steps} must exceed warmup_steps={self.warmup_steps} "
+                'with decay="repeated_cosine"'
+            )
+        if not isinstance(self.agvm_modules, tuple) or not self.agvm_modules:
+            raise ValueError(
+                f"{o}.agvm_modules must be a non-empty tuple of regular expressions, got {self.agvm_modules!r}"
+            )
+        for pattern in self.agvm_modules:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as e:
+                raise ValueError(f"{o}.agvm_modules: {pattern!r} is not a regular expression ({e})") from e
 
 
 @dataclass(frozen=True)

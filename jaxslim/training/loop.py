@@ -33,7 +33,7 @@ from flax import nnx
 from jaxslim.grow.stages import Staging
 from jaxslim.models import Transformer, stack_layers, unstack_layers
 from jaxslim.moe import check_expert_mesh, consistency_objective, lm_positions, mlm_positions, moe_loss_term
-from jaxslim.optim import build_optimizer
+from jaxslim.optim import build_optimizer, optimizer_metric_fns
 from jaxslim.prune.transform import from_config as prune_from_config
 from jaxslim.prune.transform import masked_params, sparsity_metrics, straight_through_params
 from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
@@ -307,9 +307,11 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                 train_objective,
                 accum_steps=cfg.accum_steps,
                 loss_terms=loss_terms,
-                metric_fns=metric_fns,
+                metric_fns=(*metric_fns, *optimizer_metric_fns(cfg.optim)),
                 batch_sharding=bsh,
                 params_view=params_view,
+                agvm_every=cfg.optim.agvm_every,
+                agvm_start=cfg.optim.agvm_start,
             )
             return train, make_eval_step(setup, objective, batch_sharding=bsh, params_view=params_view)
 

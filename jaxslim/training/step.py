@@ -60,6 +60,28 @@ def _learning_rate(opt_state) -> jax.Array | None:
     return None if found is None else jnp.asarray(found, jnp.float32)
 
 
+def _half_batch_grads(grad_fn, state: TrainState, batch: Batch, rng):
+    """Loss, metrics and gradient of each half of ``batch``, stacked on a leading axis of 2."""
+
+    def split(x):
+        if x.shape[0] % 2:
+            raise ValueError(f"AGVM splits the batch in two halves: batch size {x.shape[0]} is odd")
+        return x.reshape((2, x.shape[0] // 2) + x.shape[1:])
+
+    halves = jax.tree.map(split, batch)
+    rngs = jax.random.split(rng, 2)
+    return jax.vmap(grad_fn, in_axes=(None, None, 0, 0, None))(
+        state.params, state.rest, halves, rngs, state.opt_state
+    )
+
+
+def _merge_half_metrics(metrics: dict) -> dict:
+    return {
+        k: jnp.sum(v, 0) if k in ("loss_sum", "count", "correct") else jnp.mean(v, 0)
+        for k, v in metrics.items()
+    }
+
+
 def make_train_step(
     setup: TrainSetup,
     objective: Objective = lm_objective,
@@ -70,6 +92,8 @@ def make_train_step(
     batch_sharding: Any = None,
     donate: bool = True,
     params_view: ParamsView | None = None,
+    agvm_every: int = 0,
+    agvm_start: int = 0,
 ):
     """Builds ``step(state, batch) -> (state, metrics)``, jitted with the setup's shardings.
 
@@ -83,9 +107,14 @@ def make_train_step(
         donate: donate the input state's buffers.
         params_view: ``(params, opt_state) -> params`` seen by the forward pass (differentiated
             through), e.g. :func:`jaxslim.prune.straight_through_params`; default: the params.
+        agvm_every / agvm_start: on steps ``agvm_start + k * agvm_every`` the gradient is taken on
+            each half of the batch and both are passed to the optimizer as ``agvm_grads`` (for
+            :func:`jaxslim.optim.agvm`); their mean is the step's gradient. 0 turns this off.
     """
     if not isinstance(accum_steps, int) or accum_steps < 1:
         raise ValueError(f"accum_steps must be an integer >= 1, got {accum_steps!r}")
+    if agvm_every and accum_steps != 1:
+        raise ValueError(f"AGVM's half-batch gradients need accum_steps=1, got accum_steps={accum_steps}")
     graphdef, tx = setup.graphdef, setup.tx
 
     def loss_fn(params, rest, batch, rng, opt_state):
@@ -112,7 +141,9 @@ def make_train_step(
 
     def step(state: TrainState, batch: Batch):
         rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
-        if accum_steps == 1:
+        if agvm_every:
+            pass  # both gradients are taken inside the lax.cond below
+        elif accum_steps == 1:
             (loss, metrics), grads = grad_fn(state.params, state.rest, batch, step_rng, state.opt_state)
         else:
             rngs = jax.random.split(step_rng, accum_steps)
@@ -140,7 +171,23 @@ def make_train_step(
             metrics = {
                 k: v if k in ("loss_sum", "count", "correct") else v / accum_steps for k, v in metrics.items()
             }
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        if agvm_every:
+            # the halves' gradients average to the full batch's (equal halves, mean losses)
+            def halves():
+                (l2, m2), g2 = _half_batch_grads(grad_fn, state, batch, step_rng)
+                g = jax.tree.map(lambda x: jnp.mean(x, axis=0), g2)
+                u, o = tx.update(g, state.opt_state, state.params, agvm_grads=g2)
+                return jnp.mean(l2), _merge_half_metrics(m2), g, u, o
+
+            def whole():
+                (ls, m), g = grad_fn(state.params, state.rest, batch, step_rng, state.opt_state)
+                u, o = tx.update(g, state.opt_state, state.params)
+                return ls, m, g, u, o
+
+            due = (state.step >= agvm_start) & ((state.step - agvm_start) % agvm_every == 0)
+            loss, metrics, grads, updates, opt_state = jax.lax.cond(due, halves, whole)
+        else:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = _global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
