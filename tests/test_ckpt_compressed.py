@@ -4,6 +4,7 @@ and a training run that resumes from them."""
 import dataclasses
 import json
 import pathlib
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -148,10 +149,29 @@ def _damage(path: pathlib.Path, how: str) -> None:
         target.write_bytes(bytes(raw))
 
 
+def _flat(tree, prefix=()) -> dict:
+    """``{path: array}`` of a tree in Orbax's serialised form; empty nodes (``None``, ``{}``, an
+    empty list or optax ``EmptyState``) vanish."""
+    if tree is None:
+        return {}
+    if isinstance(tree, Mapping):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    else:
+        return {prefix: tree}
+    return {k: v for key, sub in items for k, v in _flat(sub, (*prefix, str(key))).items()}
+
+
 def _snapshot(root: pathlib.Path) -> dict:
     return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
 
 
+# A damaged step holds many arrays: when some fail to read, Orbax closes its event loop while
+# TensorStore still completes the others, which then raise "Event loop is closed" (and leave
+# unclosed TensorStore handles) as unraisable exceptions in Orbax's threads. That is noise after the
+# error this test checks, not a failure of the restore, so only that warning class is let through.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_damaged_compressed_checkpoint_is_reported_and_nothing_is_lost(tmp_path, single, how):
     states, _ = single
@@ -237,9 +257,8 @@ def test_cli_compress_inspect_decompress(tmp_path, single, capsys):
     with CompressedCheckpointer(tmp_path / "small", CodecConfig(), read_only=True) as ck:
         leaves, _, meta = ck.restore_leaves(3)
     assert extra == {"data": {"index": 3}}
-    flat = lambda t: ocp.tree.to_flat_dict(ocp.tree.serialize_tree(t))  # noqa: E731
-    want = flat(_fill(meta["tree"], leaves))
-    have = flat(got)
+    want = _flat(_fill(meta["tree"], leaves))
+    have = _flat(ocp.tree.serialize_tree(got, keep_empty_nodes=True))
     assert sorted(want) == sorted(have) and len(want) > 20
     assert all(np.array_equal(np.asarray(want[k]), np.asarray(have[k])) for k in want)
     # bad input: a clear message and a non-zero exit
