@@ -9,11 +9,11 @@ from flax import nnx
 
 from jaxslim.config import MeshConfig, ModelConfig, MoeConfig, OptimConfig, PruneConfig
 from jaxslim.grow import Deepen, Widen, narrow_config
-from jaxslim.grow.schedule import grown_schedule_step, rewarm_schedule
 from jaxslim.grow.state import grow_train_state, set_schedule_step
 from jaxslim.grow.width import gradient_scale, grown_axes
 from jaxslim.models import Transformer
 from jaxslim.optim import build_optimizer, warmup_decay_schedule
+from jaxslim.optim.rewarm import grown_schedule_step, rewarm_schedule
 from jaxslim.prune.transform import from_config as prune_from_config
 from jaxslim.prune.transform import masked_params
 from jaxslim.sharding import logical_axes, make_mesh

@@ -9,7 +9,7 @@ of it is small JSON that travels in every checkpoint's ``extra`` item, so a resu
 right model, optimizer schedule and step count before it restores the state.
 
 Step bookkeeping: ``state.step`` counts optimizer updates, whatever the model. A growth at update
-``a`` sets the schedule's count to ``R + 1`` (:func:`~jaxslim.grow.schedule.grown_schedule_step`),
+``a`` sets the schedule's count to ``R + 1`` (:func:`~jaxslim.optim.rewarm.grown_schedule_step`),
 so from then on the schedule step is ``step + (R + 1 - a)`` and the run ends when the schedule does:
 after ``steps - (R + 1 - a)`` updates.
 """
@@ -29,8 +29,8 @@ from jaxslim.grow.planner import (
     slope_growth_index,
     train_flops_per_token,
 )
-from jaxslim.grow.schedule import grown_schedule_step, rewarm_schedule
 from jaxslim.grow.width import Widen, narrow_config
+from jaxslim.optim.rewarm import grown_schedule_step, rewarm_schedule
 
 
 def stage_ops(stage: StageConfig) -> list:

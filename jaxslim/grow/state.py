@@ -26,7 +26,7 @@ state that the table does not name raises an error rather than being grown blind
 Everything else (counts, learning-rate hyperparameters, PRNG keys) is kept, except the step of the
 learning-rate schedule when ``restart_step`` is given: every ``optax.inject_hyperparams`` count in
 the state is set to it, so the schedule continues from the larger model's equivalent step (see
-:func:`jaxslim.grow.schedule.rewarm_schedule` for the re-warm-up after the jump). Adam's own count,
+:func:`jaxslim.optim.rewarm.rewarm_schedule` for the re-warm-up after the jump). Adam's own count,
 which drives bias correction, and the training step are not changed.
 """
 

@@ -11,6 +11,7 @@ from jaxslim.optim.factory import build_optimizer, build_schedule, optimizer_met
 from jaxslim.optim.lamb import PRESETS, adam_step_size_correction, lamb, lamb_preset, lars, scale_by_adam
 from jaxslim.optim.masks import checked_mask, decay_mask, exclude_mask, param_names
 from jaxslim.optim.noise import add_gradient_noise, noise_variance
+from jaxslim.optim.rewarm import grown_schedule_step, rewarm_schedule
 from jaxslim.optim.schedules import (
     InfiniteSchedule,
     branch_anneal,
@@ -47,6 +48,7 @@ __all__ = [
     "find_agvm_state",
     "find_trust_ratio_states",
     "group_norm",
+    "grown_schedule_step",
     "infinite_schedule",
     "lamb",
     "lamb_preset",
@@ -56,6 +58,7 @@ __all__ = [
     "optimizer_metric_fns",
     "param_names",
     "repeated_cosine_schedule",
+    "rewarm_schedule",
     "scale_by_adam",
     "scale_by_layer_trust_ratio",
     "trust_ratio_metric_fn",
