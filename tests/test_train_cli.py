@@ -154,3 +154,31 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
         restored, _ = ck.restore(abstract_train_state(good.state))
     for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(good.state.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_large_batch_optimizer_from_the_command_line_logs_its_metrics(tmp_path):
+    """LAMB with a WSD schedule, gradient noise and AGVM, all from flags: the run writes the trust
+    ratios and AGVM multipliers to metrics.jsonl and the learning rate follows the schedule."""
+    from jaxslim.optim import build_schedule
+
+    cfg = cli.parse(
+        [
+            "shakespeare_gpt:tiny",
+            *("--optim.name", "lamb", "--optim.decay", "wsd", "--optim.warmup-steps", "2"),
+            *("--optim.noise-eta", "0.01", "--optim.agvm-every", "2", "--steps", "6", "--log-every", "1"),
+            *("--checkpoint.every", "0", "--sample-tokens", "0", "--no-tensorboard"),
+            f"--workdir={tmp_path / 'run'}",
+        ]
+    )
+    assert (cfg.optim.name, cfg.optim.decay, cfg.optim.agvm_every) == ("lamb", "wsd", 2)
+    train(cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 7))
+    for r in steps:
+        assert 0 < r["trust_ratio/min"] <= r["trust_ratio/mean"] <= r["trust_ratio/max"] < 100
+        assert r["agvm/mu_0"] > 0
+    schedule = build_schedule(cfg.optim, cfg.steps)
+    np.testing.assert_allclose(
+        [r["learning_rate"] for r in steps], [float(schedule(s - 1)) for s in range(1, 7)], rtol=1e-6
+    )
