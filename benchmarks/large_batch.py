@@ -198,6 +198,27 @@ class Bench:
         }
 
 
+def measure_overhead(bench: Bench, args) -> list[dict]:
+    return [
+        bench.overhead(b, args.overhead_rounds, 20 if b == args.base_batch else 5)
+        for b in (args.base_batch, 8 * args.base_batch)
+    ]
+
+
+def print_overhead(overhead: list[dict]) -> None:
+    print()
+    print(
+        "| step time, batch | optax.lamb (per array) median s | jaxslim lamb (per layer) median s "
+        "| ratio | median paired ratio |"
+    )
+    print("|---|---|---|---|---|")
+    for o in overhead:
+        print(
+            f"| {o['batch']} | {o['optax_lamb_median_s']:.4f} | {o['jaxslim_lamb_median_s']:.4f} | "
+            f"{o['ratio_of_medians']:.3f} | {o['median_paired_ratio']:.3f} |"
+        )
+
+
 def first_reach(run: Run, target: float):
     for step, tokens, loss in run.evals:
         if loss <= target:
@@ -227,6 +248,11 @@ def main(argv=None):
         help="token budget of the second, longer large-batch runs (x the base run's tokens; 1 = none)",
     )
     p.add_argument("--overhead-rounds", type=int, default=9)
+    p.add_argument(
+        "--overhead-only",
+        action="store_true",
+        help="only the step-time comparison with optax.lamb (writes large_batch_overhead.json)",
+    )
     p.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
@@ -238,6 +264,14 @@ def main(argv=None):
     print(
         f"model: {bench.model_cfg.arch} d_model {args.d_model}, {args.layers} layers, vocab {bench.data.vocab_size}"
     )
+
+    if args.overhead_only:
+        overhead = measure_overhead(bench, args)
+        print_overhead(overhead)
+        payload = {"args": {k: str(v) for k, v in vars(args).items()}, "overhead": overhead}
+        payload["versions"] = {"jax": jax.__version__, "optax": optax.__version__}
+        print(f"wrote {write_results(args.out, 'large_batch_overhead', payload)}")
+        return
 
     def warm(steps):
         return max(1, round(0.05 * steps))
@@ -285,10 +319,7 @@ def main(argv=None):
             run = Run(name, opt, k * args.base_batch, lr, steps, warm(steps), stop_at=target)
             runs.append(bench.train(run))
 
-    overhead = [
-        bench.overhead(b, args.overhead_rounds, 20 if b == args.base_batch else 5)
-        for b in (args.base_batch, 8 * args.base_batch)
-    ]
+    overhead = measure_overhead(bench, args)
 
     rows = []
     for r in runs:
@@ -328,16 +359,7 @@ def main(argv=None):
             f"| {row['run']} | {row['batch']} | {row['lr']:.4g} | {row['steps']} | {row['final_val_loss']:.4f} | "
             f"{reach[0]} | {reach[1]} | {row['seconds']:.0f} |"
         )
-    print()
-    print(
-        "| step time, batch | optax.lamb (per array) median s | jaxslim lamb (per layer) median s | ratio | median paired ratio |"
-    )
-    print("|---|---|---|---|---|")
-    for o in overhead:
-        print(
-            f"| {o['batch']} | {o['optax_lamb_median_s']:.4f} | {o['jaxslim_lamb_median_s']:.4f} | "
-            f"{o['ratio_of_medians']:.3f} | {o['median_paired_ratio']:.3f} |"
-        )
+    print_overhead(overhead)
     total = time.perf_counter() - started
     print(f"\ntotal wall time {total / 60:.1f} min")
     payload = {
