@@ -12,9 +12,10 @@ Run A trains ``--steps`` steps and every ``--every`` steps saves the same state 
 in a rotating order: Orbax's default (``StandardSave``, zstd), jaxslim lossless, ExCP at 4 bits and
 ExCP at 2 bits (weights and moments; 8-bit keyframes, a keyframe every ``--keyframe-every`` saves).
 It records bytes on disk per checkpoint, the time ``save`` blocks, and afterwards the time to
-restore the last step (keyframe -> deltas). Run B repeats the training from the same initial state
-and batches, saving ExCP 4-bit checkpoints and *resuming from the latest compressed checkpoint*
-every ``--keyframe-every`` saves; its final validation loss is compared with run A's.
+restore the last step (keyframe -> deltas). Runs B repeat the training from the same initial state
+and batches, saving ExCP 4-bit (and, separately, 2-bit) checkpoints and *resuming from the latest
+compressed checkpoint* every ``--resume-every`` saves (2); their final validation losses are
+compared with run A's.
 
     python benchmarks/checkpoint_compression.py            # both models, ~20 min on 2 cores
     python benchmarks/checkpoint_compression.py --quick    # smoke run, ~3 min
@@ -187,7 +188,7 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
     print(f"\n== {name}: {args.steps} steps, a checkpoint every {args.every} ==", flush=True)
     state0, step_fn, eval_fn = build(args.steps)
     nbytes = _state_bytes(state0)
-    keep = jax.tree.map(jnp.copy, state0)  # the step donates its input; run B starts from this copy
+    keep = jax.tree.map(jnp.copy, state0)  # the step donates its input; runs B start from copies of this
     cks = {v: _checkpointer(v, work / name / v, args.keyframe_every, args.alpha) for v in VARIANTS}
     blocking = {v: [] for v in VARIANTS}
     state = state0
@@ -258,29 +259,30 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
         r["restore_mb_s"] = nbytes / 1e6 / r["restore_last_s"]
     print(f"run A: {train_s:.0f} s, validation loss {loss_a:.4f}", flush=True)
 
-    # run B: the same training, resuming from the latest ExCP 4-bit checkpoint every K saves
-    ck = _checkpointer("excp4", work / name / "resume", args.keyframe_every, args.alpha)
-    state = keep
-    saves = resumes = 0
-    for i in range(args.steps):
-        state = step_fn(state, i)
-        if (i + 1) % args.every == 0:
-            ck.save(i + 1, state)
-            saves += 1
-            if saves % args.keyframe_every == 0 and i + 1 < args.steps:
-                ck.wait()
-                state, _ = ck.restore(abstract_like(state))
-                resumes += 1
-    loss_b = eval_fn(state)
-    ck.close()
-    print(f"run B ({resumes} resumes from ExCP 4-bit): validation loss {loss_b:.4f}", flush=True)
+    # runs B: the same training, resuming from the latest lossy checkpoint every --resume-every saves
+    resumed = {}
+    for v in ("excp4", "excp2"):
+        ck = _checkpointer(v, work / name / f"resume-{v}", args.keyframe_every, args.alpha)
+        state = jax.tree.map(jnp.copy, keep)
+        saves = resumes = 0
+        for i in range(args.steps):
+            state = step_fn(state, i)
+            if (i + 1) % args.every == 0:
+                ck.save(i + 1, state)
+                saves += 1
+                if saves % args.resume_every == 0 and i + 1 < args.steps:
+                    ck.wait()
+                    state, _ = ck.restore(abstract_like(state))
+                    resumes += 1
+        loss_b = eval_fn(state)
+        ck.close()
+        resumed[v] = {"val_loss": loss_b, "rel_diff": (loss_b - loss_a) / loss_a, "resumes": resumes}
+        print(f"run B ({resumes} resumes from {v}): validation loss {loss_b:.4f}", flush=True)
     return {
         "params_bytes_fp32_state": nbytes,
         "variants": rows,
         "val_loss_uncompressed": loss_a,
-        "val_loss_resumed_excp4": loss_b,
-        "val_loss_rel_diff": (loss_b - loss_a) / loss_a,
-        "resumes": resumes,
+        "resumed": resumed,
         "train_s": train_s,
     }
 
@@ -292,6 +294,12 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--keyframe-every", type=int, default=5)
     parser.add_argument("--alpha", type=float, default=5e-5)
+    parser.add_argument(
+        "--resume-every",
+        type=int,
+        default=2,
+        help="runs B resume from their latest checkpoint every this many saves",
+    )
     parser.add_argument("--quick", action="store_true", help="40 steps, a checkpoint every 8")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
     args = parser.parse_args()
@@ -334,17 +342,18 @@ def main() -> None:
                 f"| {kept} | {mkept} |"
             )
     print()
-    print("| model | val loss, uncompressed | val loss, resumed from ExCP 4-bit | difference | resumes |")
-    print("|---|---|---|---|---|")
+    print("| model | val loss, uncompressed | resumed from | val loss | difference | resumes |")
+    print("|---|---|---|---|---|---|")
     for model, res in results.items():
-        print(
-            f"| {model} | {res['val_loss_uncompressed']:.4f} | {res['val_loss_resumed_excp4']:.4f} | "
-            f"{res['val_loss_rel_diff']:+.2%} | {res['resumes']} |"
-        )
+        for v, r in res["resumed"].items():
+            print(
+                f"| {model} | {res['val_loss_uncompressed']:.4f} | {names[v]} | {r['val_loss']:.4f} | "
+                f"{r['rel_diff']:+.2%} | {r['resumes']} |"
+            )
     name = "checkpoint_compression_quick" if args.quick else "checkpoint_compression"
     payload = {
         "machine_line": machine_line(),
-        "args": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()},
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
         "results": results,
     }
     print(write_results(args.out, name, payload))

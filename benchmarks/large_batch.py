@@ -268,7 +268,7 @@ def main(argv=None):
     if args.overhead_only:
         overhead = measure_overhead(bench, args)
         print_overhead(overhead)
-        payload = {"args": {k: str(v) for k, v in vars(args).items()}, "overhead": overhead}
+        payload = {"args": {k: v for k, v in vars(args).items() if k != "out"}, "overhead": overhead}
         payload["versions"] = {"jax": jax.__version__, "optax": optax.__version__}
         print(f"wrote {write_results(args.out, 'large_batch_overhead', payload)}")
         return
@@ -363,7 +363,7 @@ def main(argv=None):
     total = time.perf_counter() - started
     print(f"\ntotal wall time {total / 60:.1f} min")
     payload = {
-        "args": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()},
+        "args": {k: v for k, v in vars(args).items() if k != "out"},
         "model": dataclasses.asdict(bench.model_cfg),
         "target": target,
         "runs": rows,
