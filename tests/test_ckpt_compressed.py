@@ -115,6 +115,25 @@ def test_every_step_of_keyframe_delta_chains_restores(tmp_path, single, mode):
                 assert not _bitwise(got, states[step - 1])
 
 
+@pytest.mark.parametrize("mode", ["lossless", "excp"])
+def test_a_restored_state_can_be_donated_and_the_chain_goes_on(tmp_path, single, mode):
+    """Training donates the restored state to its next step; the next save is a residual against
+    the restored reconstruction, which the checkpointer must still hold."""
+    states, _ = single
+    cfg = CodecConfig(mode=mode, keyframe_every=4)
+    with CompressedCheckpointer(tmp_path, cfg, max_to_keep=None) as ck:
+        ck.save(1, states[0])
+        ck.wait()
+        restored, _ = ck.restore(abstract_like(states[0]), 1)
+        donate = jax.jit(lambda t: jax.tree.map(lambda x: x, t), donate_argnums=0)
+        jax.block_until_ready(donate(restored))
+        assert ck.save(2, states[1])
+        ck.wait()
+        assert ck.metadata(2)["keyframe"] is False and ck.chain(2) == [1, 2]
+        got, _ = ck.restore(abstract_like(states[0]), 2)
+    assert _bitwise(got, _expected(states[:2], cfg)[1])
+
+
 def test_retention_keeps_the_steps_kept_deltas_depend_on(tmp_path, single):
     states, _ = single
     with CompressedCheckpointer(tmp_path, CodecConfig(keyframe_every=4), max_to_keep=1) as ck:

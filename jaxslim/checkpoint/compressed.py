@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -379,7 +380,8 @@ class CompressedCheckpointer:
         leaves, extra, recon, chain = self._restore_chain(step, [x for _, x in flat])
         state = jax.tree.unflatten(treedef, leaves)
         plan = _plan_from_meta(meta, leaves)
-        self._ref = {i: x for i, x in recon.items() if plan[i].kind in (WEIGHT, XOR)}
+        # a copy: the caller may donate the restored state to its next training step
+        self._ref = {i: jnp.copy(x) for i, x in recon.items() if plan[i].kind in (WEIGHT, XOR)}
         # the next save continues this chain when its layout is the restored one
         self._ref_plan = (
             self.codec.plan(state, stacked=self._stacked) if meta["mode"] == self.codec.cfg.mode else None
