@@ -2,6 +2,7 @@
 and a training run that resumes from them."""
 
 import dataclasses
+import gc
 import json
 import pathlib
 from collections.abc import Mapping
@@ -29,6 +30,13 @@ from jaxslim.sharding import make_mesh
 from jaxslim.training.state import abstract_train_state, create_train_state
 
 TINY = dict(vocab_size=96, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=16)
+
+# A damaged step holds many arrays: when some fail to read, Orbax closes its event loop while
+# TensorStore still completes the others, which then raise "Event loop is closed" (and leave
+# unclosed TensorStore handles) as unraisable exceptions in Orbax's threads, whenever the garbage
+# collector gets to them, which may be during a later test of this module. That is noise after the
+# errors these tests check, not a failure, so only that warning class is let through here.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 def _state(mesh_cfg: MeshConfig, n_devices: int, **model):
@@ -186,11 +194,6 @@ def _snapshot(root: pathlib.Path) -> dict:
     return {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
 
 
-# A damaged step holds many arrays: when some fail to read, Orbax closes its event loop while
-# TensorStore still completes the others, which then raise "Event loop is closed" (and leave
-# unclosed TensorStore handles) as unraisable exceptions in Orbax's threads. That is noise after the
-# error this test checks, not a failure of the restore, so only that warning class is let through.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_damaged_compressed_checkpoint_is_reported_and_nothing_is_lost(tmp_path, single, how):
     states, _ = single
@@ -208,6 +211,7 @@ def test_damaged_compressed_checkpoint_is_reported_and_nothing_is_lost(tmp_path,
         ref, _ = ck.restore(target, 2)
         assert _bitwise(got, ref)
     assert _snapshot(tmp_path) == before  # nothing was deleted or rewritten
+    gc.collect()  # Orbax's leftovers of the failed reads surface here, not in a later module
 
 
 def test_missing_keyframe_and_other_shapes_give_clear_errors(tmp_path, single):

@@ -67,7 +67,7 @@ from jaxslim.checkpoint.manager import (
     NonFiniteStateError,
     _listing,
     _nonfinite_paths,
-    abstract_like,
+    restore_with_fallback,
 )
 
 log = logging.getLogger(__name__)
@@ -312,30 +312,13 @@ class CompressedCheckpointer:
             MissingReferenceError: as described in the module docstring.
         """
         self.wait()
-        steps = self.all_steps()
-        if not steps:
-            raise NoCheckpointError(
-                f"no checkpoint to restore in {self.directory} (the directory holds no steps)"
-            )
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise NoCheckpointError(
-                f"no checkpoint for step {step} in {self.directory}; available steps: {steps}"
-            )
-        candidates = [step] + ([s for s in reversed(steps) if s < step] if fallback else [])
-        target = abstract_like(abstract_state)
-        failures = []
-        for s in candidates:
-            try:
-                return self._restore_step(target, s)
-            except CorruptCheckpointError as e:
-                if not fallback:
-                    raise
-                log.warning("skipping unrestorable checkpoint step %d in %s: %s", s, self.directory, e)
-                failures.append(f"step {s}: {e}")
-        raise CorruptCheckpointError(
-            f"no restorable checkpoint at or before step {step} in {self.directory}:\n" + "\n".join(failures)
+        return restore_with_fallback(
+            self._restore_step,
+            abstract_state,
+            step,
+            steps=self.all_steps(),
+            fallback=fallback,
+            directory=self.directory,
         )
 
     def chain(self, step: int) -> list[int]:

@@ -292,6 +292,47 @@ def _check_count(name: str, value: int | None, *, allow_none: bool) -> None:
         raise ValueError(f"Checkpointer: {name} must be {allowed}, got {value!r}")
 
 
+def restore_with_fallback(
+    restore_step: Callable[[Any, int], tuple[Any, dict[str, Any]]],
+    abstract_state: Any,
+    step: int | None,
+    *,
+    steps: Sequence[int],
+    fallback: bool,
+    directory: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """``restore_step(target, s)`` for ``step`` (the latest of ``steps`` by default) and, with
+    ``fallback``, for each older step in turn while they raise :class:`CorruptCheckpointError`.
+
+    Raises:
+        NoCheckpointError: ``steps`` is empty or lacks ``step``.
+        CorruptCheckpointError: the step (with ``fallback``: every candidate) is unreadable; the
+            message lists each failure.
+    """
+    if not steps:
+        raise NoCheckpointError(f"no checkpoint to restore in {directory} (the directory holds no steps)")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise NoCheckpointError(
+            f"no checkpoint for step {step} in {directory}; available steps: {list(steps)}"
+        )
+    candidates = [step] + ([s for s in reversed(steps) if s < step] if fallback else [])
+    target = abstract_like(abstract_state)
+    failures: list[str] = []
+    for s in candidates:
+        try:
+            return restore_step(target, s)
+        except CorruptCheckpointError as e:
+            if not fallback:
+                raise
+            log.warning("skipping unreadable checkpoint step %d in %s: %s", s, directory, e)
+            failures.append(f"step {s}: {e}")
+    raise CorruptCheckpointError(
+        f"no readable checkpoint at or before step {step} in {directory}:\n" + "\n".join(failures)
+    )
+
+
 class Checkpointer:
     """Async, retained, resumable checkpoints of a training state in one directory.
 
@@ -498,26 +539,13 @@ class Checkpointer:
             CorruptCheckpointError: the step (and, with ``fallback``, every older one) is unreadable.
         """
         self.wait()
-        steps = self.all_steps()
-        if not steps:
-            raise NoCheckpointError(f"no checkpoint to restore in {self._dir} (the directory holds no steps)")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise NoCheckpointError(f"no checkpoint for step {step} in {self._dir}; available steps: {steps}")
-        candidates = [step] + ([s for s in reversed(steps) if s < step] if fallback else [])
-        target = abstract_like(abstract_state)
-        failures: list[str] = []
-        for s in candidates:
-            try:
-                return self._restore_step(target, s)
-            except CorruptCheckpointError as e:
-                if not fallback:
-                    raise
-                log.warning("skipping unreadable checkpoint step %d in %s: %s", s, self._dir, e)
-                failures.append(f"step {s}: {e}")
-        raise CorruptCheckpointError(
-            f"no readable checkpoint at or before step {step} in {self._dir}:\n" + "\n".join(failures)
+        return restore_with_fallback(
+            self._restore_step,
+            abstract_state,
+            step,
+            steps=self.all_steps(),
+            fallback=fallback,
+            directory=self._dir,
         )
 
     def _restore_step(self, target: Any, step: int) -> tuple[Any, dict[str, Any]]:
