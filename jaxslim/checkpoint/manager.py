@@ -626,13 +626,7 @@ class Checkpointer:
             return None
         if not (self._step_dir(step) / CONFIG).exists():
             return None
-        try:
-            args = ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()})
-            return self._manager.restore(step, args=args)[CONFIG]
-        except Exception as e:
-            raise CorruptCheckpointError(
-                f"checkpoint step {step} in {self._dir} could not be read (config): {_first_line(e)}"
-            ) from e
+        return self._read_json(step, CONFIG, "config")
 
     def extra(self, step: int | None = None) -> dict[str, Any]:
         """The ``extra`` dict saved with ``step`` (latest by default) without restoring the state,
@@ -641,13 +635,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise NoCheckpointError(f"no checkpoint in {self._dir}")
-        try:
-            args = ocp.args.Composite(**{EXTRA: ocp.args.JsonRestore()})
-            return dict(self._manager.restore(step, args=args)[EXTRA] or {})
-        except Exception as e:
-            raise CorruptCheckpointError(
-                f"checkpoint step {step} in {self._dir} could not be read (extra): {_first_line(e)}"
-            ) from e
+        return dict(self._read_json(step, EXTRA, "extra") or {})
 
     def codec(self, step: int) -> dict[str, Any] | None:
         """The compressed-state metadata saved with ``step``, or ``None`` for a plain checkpoint.
@@ -657,12 +645,16 @@ class Checkpointer:
         """
         if not (self._step_dir(step) / CODEC).exists():
             return None
+        return self._read_json(step, CODEC, "codec metadata")
+
+    def _read_json(self, step: int, item: str, what: str) -> Any:
+        """The JSON item ``item`` of ``step``; a failed read raises CorruptCheckpointError naming ``what``."""
         try:
-            args = ocp.args.Composite(**{CODEC: ocp.args.JsonRestore()})
-            return self._manager.restore(step, args=args)[CODEC]
+            args = ocp.args.Composite(**{item: ocp.args.JsonRestore()})
+            return self._manager.restore(step, args=args)[item]
         except Exception as e:
             raise CorruptCheckpointError(
-                f"checkpoint step {step} in {self._dir} could not be read (codec metadata): {_first_line(e)}"
+                f"checkpoint step {step} in {self._dir} could not be read ({what}): {_first_line(e)}"
             ) from e
 
     def _step_dir(self, step: int) -> epath.Path:
