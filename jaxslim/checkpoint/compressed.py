@@ -150,11 +150,15 @@ class CompressedCheckpointer:
         return self._inner.directory
 
     def wait(self) -> None:
-        """Blocks until pending saves have committed."""
+        """Blocks until pending saves have committed (raises ``CheckpointSaveError`` if one failed)."""
         self._inner.wait()
 
+    def check(self) -> None:
+        """Raises ``CheckpointSaveError`` if a background save has failed; never blocks."""
+        self._inner.check()
+
     def close(self) -> None:
-        """Waits for pending saves and releases Orbax's threads."""
+        """Waits for pending saves and releases Orbax's threads (raises if the last save failed)."""
         self._inner.close()
 
     def all_steps(self) -> list[int]:
@@ -224,6 +228,7 @@ class CompressedCheckpointer:
         Raises:
             NonFiniteStateError: the state holds NaN or Inf (nothing is written).
         """
+        self._inner.check()  # a failed earlier save stops here, before any encoding
         if not force and not self._inner.should_save(step):
             return False
         if check_finite:

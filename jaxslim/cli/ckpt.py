@@ -20,6 +20,8 @@ import pathlib
 import sys
 from typing import Any
 
+from jaxslim.paths import absolute
+
 
 def _bytes(path: pathlib.Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -76,7 +78,7 @@ def _codec_args(args):
 def compress(args) -> int:
     from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer
 
-    src, dst = pathlib.Path(args.src), pathlib.Path(args.dst)
+    src, dst = absolute(args.src), absolute(args.dst)
     codec = _codec_args(args)
     if dst.exists() and any(dst.iterdir()):
         raise SystemExit(f"error: {dst} is not empty; compress writes into a new directory")
@@ -116,7 +118,7 @@ def compress(args) -> int:
 def decompress(args) -> int:
     from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer
 
-    src, dst = pathlib.Path(args.src), pathlib.Path(args.dst)
+    src, dst = absolute(args.src), absolute(args.dst)
     if dst.exists() and any(dst.iterdir()):
         raise SystemExit(f"error: {dst} is not empty; decompress writes into a new directory")
     from jaxslim.checkpoint.codec import CodecConfig
@@ -155,7 +157,7 @@ def inspect(args) -> int:
     from jaxslim.checkpoint import CompressedCheckpointer
     from jaxslim.checkpoint.codec import CodecConfig
 
-    src = pathlib.Path(args.src)
+    src = absolute(args.src)
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
     steps = comp.all_steps()
     if not steps:
@@ -188,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxslim-ckpt", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="compress a plain checkpoint directory into a new one")
-    c.add_argument("src")
-    c.add_argument("dst")
+    c.add_argument("src", type=absolute)
+    c.add_argument("dst", type=absolute)
     c.add_argument("--mode", choices=["excp", "lossless"], default="excp")
     c.add_argument("--weight-bits", type=int, default=4)
     c.add_argument("--moment-bits", type=int, default=4)
@@ -199,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--beta", type=float, default=2.0)
     c.add_argument("-v", "--verbose", action="store_true", help="per-tensor table of the last step")
     d = sub.add_parser("decompress", help="write plain Orbax checkpoints from a compressed directory")
-    d.add_argument("src")
-    d.add_argument("dst")
+    d.add_argument("src", type=absolute)
+    d.add_argument("dst", type=absolute)
     d.add_argument("--step", type=int, default=None, help="only this step (default: all)")
     i = sub.add_parser("inspect", help="steps, sizes and per-tensor statistics of a compressed directory")
-    i.add_argument("src")
+    i.add_argument("src", type=absolute)
     i.add_argument("--step", type=int, default=None, help="the step to detail (default: the latest)")
     args = parser.parse_args(argv)
     try:

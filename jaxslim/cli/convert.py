@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from jaxslim.config import DTYPES
 from jaxslim.convert import check, format_report, load_hf, load_jaxslim, save_hf, save_jaxslim
+from jaxslim.paths import absolute
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,19 +32,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("to-jax", help="Hugging Face directory -> jaxslim directory")
-    p.add_argument("src", help="Hugging Face directory (config.json + safetensors)")
-    p.add_argument("dst", help="output directory")
+    p.add_argument("src", type=absolute, help="Hugging Face directory (config.json + safetensors)")
+    p.add_argument("dst", type=absolute, help="output directory")
     p.add_argument("--unscanned", action="store_true", help="keep one block per layer (no layers axis)")
     p.add_argument("--param-dtype", choices=DTYPES, default="float32", help="storage dtype of the weights")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in dst")
     p = sub.add_parser("to-hf", help="jaxslim directory -> Hugging Face directory")
-    p.add_argument("src", help="jaxslim directory (written by to-jax)")
-    p.add_argument("dst", help="output directory")
+    p.add_argument("src", type=absolute, help="jaxslim directory (written by to-jax)")
+    p.add_argument("dst", type=absolute, help="output directory")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the written tensors")
     p.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard, in GiB")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in dst")
     p = sub.add_parser("check", help="compare the PyTorch model and jaxslim on the same random tokens")
-    p.add_argument("src", help="Hugging Face directory")
+    p.add_argument("src", type=absolute, help="Hugging Face directory")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--length", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)

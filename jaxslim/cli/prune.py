@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from jaxslim.paths import absolute
+
 
 def _load_model(spec: str):
     from jaxslim.convert import load_hf, load_jaxslim
@@ -30,7 +32,7 @@ def _load_model(spec: str):
 
         path = find_minilm()
     else:
-        path = pathlib.Path(spec)
+        path = absolute(spec)
         if not path.is_dir():
             raise FileNotFoundError(f"--model {spec!r} is neither 'minilm' nor a model directory")
     model = load_jaxslim(path) if (path / JAXSLIM_CONFIG).is_file() else load_hf(path)
@@ -128,7 +130,7 @@ def parse(argv=None) -> argparse.Namespace:
         help="also write a Hugging Face checkpoint per budget (slim where the format can express it, "
         "else the masked dense weights; see <budget>/hf/jaxslim_export.json)",
     )
-    p.add_argument("--out", type=pathlib.Path, required=True)
+    p.add_argument("--out", type=absolute, required=True)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     return p.parse_args(argv)
 

@@ -9,7 +9,8 @@ Usage::
 ``PRESET`` is a name in ``configs/`` (default ``shakespeare_gpt``) or a path to a preset file; see
 :mod:`jaxslim.cli.presets`. Running the same command again resumes from the run directory's
 latest checkpoint. Exit status: 0 on success, 1 when training fails (non-finite loss), 2 on bad
-input (unknown preset, a bad override, an incompatible checkpoint, a missing corpus).
+input or environment (unknown preset, a bad override, an incompatible checkpoint, a missing
+corpus, a checkpoint that could not be saved, a filesystem error).
 """
 
 from __future__ import annotations
@@ -47,13 +48,16 @@ def parse(argv: Sequence[str]) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jaxslim.checkpoint import CorruptCheckpointError, IncompatibleCheckpointError
+    from jaxslim.checkpoint import CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError
     from jaxslim.data import CorpusError
     from jaxslim.training import NonFiniteLossError, train
 
-    logging.basicConfig(
-        level=os.environ.get("JAXSLIM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
-    )
+    level = os.environ.get("JAXSLIM_LOG", "WARNING")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if logging.getLevelName(level) != logging.DEBUG:
+        # Orbax logs a failed background save with tracebacks from each of its threads; the run
+        # reports the failure itself, in one line (JAXSLIM_LOG=DEBUG shows Orbax's account).
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         cfg = parse(sys.argv[1:] if argv is None else argv)
     except (PresetError, ValueError) as e:
@@ -66,8 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (
         IncompatibleCheckpointError,
         CorruptCheckpointError,
+        CheckpointSaveError,
         CorpusError,
-        FileNotFoundError,
+        OSError,
         ValueError,
     ) as e:
         print(f"jaxslim-train: error: {e}", file=sys.stderr)

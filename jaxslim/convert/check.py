@@ -13,12 +13,12 @@ Example:
 from __future__ import annotations
 
 import os
-import pathlib
 
 import numpy as np
 
 from jaxslim.convert.hf import CONFIG, family_of, load_hf
 from jaxslim.convert.io import read_json
+from jaxslim.paths import absolute
 
 
 def difference(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
@@ -72,7 +72,7 @@ def check(
     Raises:
         ValueError: the architecture is unsupported (before torch is imported).
     """
-    d = pathlib.Path(path)
+    d = absolute(path)
     hf_config = read_json(d / CONFIG)
     _, arch = family_of(hf_config)
     import torch

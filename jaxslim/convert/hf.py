@@ -46,6 +46,7 @@ from jaxslim.convert.io import (
 )
 from jaxslim.convert.rules import flat_to_hf, hf_to_flat
 from jaxslim.models import Transformer
+from jaxslim.paths import absolute
 
 FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama, mixtral)
 SUPPORTED: tuple[str, ...] = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
@@ -252,7 +253,7 @@ def load_hf(
         >>> model(tokens, attention_mask=mask).hidden.shape          # doctest: +SKIP
         (2, 16, 384)
     """
-    d = pathlib.Path(path)
+    d = absolute(path)
     hf_config = read_json(d / CONFIG)
     fam, arch = family_of(hf_config)
     _config(fam, arch, hf_config, None)  # unsupported features fail before the weights are read
@@ -322,7 +323,7 @@ def save_hf(
     tensors = flat_to_hf(flat, fam.rules(cfg), cfg, prefix=fam.prefix_for(hf_config["architectures"][0]))
     np_dtype = np.dtype(jnp.dtype(dtype))
     tensors = {k: v.astype(np_dtype, copy=False) for k, v in tensors.items()}
-    d = pathlib.Path(path)
+    d = absolute(path)
     clear_outputs(d, (CONFIG, WEIGHTS, INDEX, SHARD_GLOB), overwrite=overwrite)
     write_tensors(d, tensors, max_shard_bytes=max_shard_bytes)
     (d / CONFIG).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")

@@ -23,6 +23,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from jaxslim.paths import absolute
+
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 SHARD_GLOB = "model-*-of-*.safetensors"
@@ -79,7 +81,7 @@ def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
         FileNotFoundError: neither file exists, or a listed shard is missing.
         ValueError: a file is corrupt, or the index is malformed.
     """
-    d = pathlib.Path(directory)
+    d = absolute(directory)
     if (d / WEIGHTS).exists():
         return read_file(d / WEIGHTS)
     if (d / INDEX).exists():
@@ -154,7 +156,7 @@ def write_tensors(
     Returns:
         The weight files written.
     """
-    d = pathlib.Path(directory)
+    d = absolute(directory)
     d.mkdir(parents=True, exist_ok=True)
     meta = HF_METADATA if metadata is None else metadata
     shards: list[dict[str, np.ndarray]] = [{}]

@@ -27,6 +27,7 @@ from jaxslim.convert.hf import flat_params, model_from_flat, param_shapes
 from jaxslim.convert.io import clear_outputs, read_file, read_json, save_safetensors
 from jaxslim.convert.rules import describe, raise_problems
 from jaxslim.models import Transformer
+from jaxslim.paths import absolute
 
 JAXSLIM_CONFIG = "jaxslim_config.json"
 JAXSLIM_PARAMS = "params.safetensors"
@@ -46,7 +47,7 @@ def save_jaxslim(model: Transformer, path: str | os.PathLike, *, overwrite: bool
     Raises:
         FileExistsError: ``path`` already holds one and ``overwrite`` is False.
     """
-    d = pathlib.Path(path)
+    d = absolute(path)
     clear_outputs(d, (JAXSLIM_CONFIG, JAXSLIM_PARAMS), overwrite=overwrite)
     d.mkdir(parents=True, exist_ok=True)
     save_safetensors(d / JAXSLIM_PARAMS, flat_params(model), {"format": "jaxslim"})
@@ -79,7 +80,7 @@ def load_jaxslim(path: str | os.PathLike) -> Transformer:
         ValueError: a corrupt file, or an invalid config.
         ConversionError: (a ``ValueError``) parameters that do not match the config, all listed.
     """
-    d = pathlib.Path(path)
+    d = absolute(path)
     cfg = _read_config(d / JAXSLIM_CONFIG)
     flat = read_file(d / JAXSLIM_PARAMS)
     expected = param_shapes(cfg)

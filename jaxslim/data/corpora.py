@@ -40,6 +40,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from jaxslim.paths import absolute
+
 log = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".json")
@@ -122,18 +124,18 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
             ``$XDG_CACHE_HOME/jaxslim``, else ``~/.cache/jaxslim``.
 
     Returns:
-        The root folder (not created here).
+        The root folder, as an absolute path (not created here).
 
     Example:
-        >>> str(cache_root("my-cache"))
-        'my-cache'
+        >>> cache_root("my-cache").is_absolute()
+        True
     """
     if cache_dir is not None:
-        return pathlib.Path(cache_dir).expanduser()
+        return absolute(cache_dir)
     if os.environ.get("JAXSLIM_CACHE"):
-        return pathlib.Path(os.environ["JAXSLIM_CACHE"]).expanduser()
+        return absolute(os.environ["JAXSLIM_CACHE"])
     xdg = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-    return pathlib.Path(xdg) / "jaxslim"
+    return absolute(xdg) / "jaxslim"
 
 
 def documents_fingerprint(documents: Sequence[str]) -> str:
@@ -471,7 +473,7 @@ def corpus_text(
     elif name.startswith(HUB_PREFIX):
         docs = _hub_documents(name, text_field, root)
     else:
-        path = pathlib.Path(name).expanduser()
+        path = absolute(name)
         if not path.exists():
             looks_like_path = os.sep in name or "/" in name or pathlib.Path(name).suffix != ""
             if looks_like_path:

@@ -8,10 +8,11 @@ fraction of padding everything to ``max_len`` (and compiles one shape per bucket
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Sequence
 
 import numpy as np
+
+from jaxslim.paths import absolute
 
 
 def load_sentences(
@@ -36,7 +37,7 @@ def load_sentences(
     """
     from jaxslim.data.corpora import corpus_text
 
-    path = pathlib.Path(source)
+    path = absolute(source)
     if path.is_file() and path.suffix == ".txt":
         docs = [path.read_text(encoding="utf-8")]
     else:

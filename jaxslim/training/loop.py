@@ -34,6 +34,7 @@ from jaxslim.grow.stages import Staging
 from jaxslim.models import Transformer, stack_layers, unstack_layers
 from jaxslim.moe import check_expert_mesh, consistency_objective, lm_positions, mlm_positions, moe_loss_term
 from jaxslim.optim import build_optimizer, optimizer_metric_fns
+from jaxslim.paths import absolute
 from jaxslim.prune.transform import from_config as prune_from_config
 from jaxslim.prune.transform import masked_params, sparsity_metrics, straight_through_params
 from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
@@ -154,7 +155,7 @@ def initial_params(cfg, setup: TrainSetup, state: TrainState):
     from jaxslim.convert.native import JAXSLIM_CONFIG
     from jaxslim.moe import upcycle
 
-    path = pathlib.Path(cfg.init_from)
+    path = absolute(cfg.init_from)
     if not path.is_dir():
         raise FileNotFoundError(f"TrainConfig.init_from={cfg.init_from!r} is not a model directory")
     model = load_jaxslim(path) if (path / JAXSLIM_CONFIG).is_file() else load_hf(path)
@@ -241,7 +242,7 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
     from jaxslim.data import TextData
 
     maybe_initialize()
-    workdir = pathlib.Path(cfg.workdir)
+    workdir = absolute(cfg.workdir)
     data = data or TextData(cfg.data)
     if cfg.model.vocab_size != data.vocab_size:
         cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=data.vocab_size))
@@ -363,6 +364,8 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                     jax.block_until_ready(state)
                     jax.profiler.stop_trace()
                 done = step = step + 1
+                if checkpointer is not None:
+                    checkpointer.check()  # a failed background save stops the run here
                 staging.flops += staging.step_flops()
                 pending.append((done, metrics))
                 steps_since += 1
@@ -403,13 +406,15 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                     checkpointer.save(done, state, extra=checkpoint_extra())
             if not eval_metrics:
                 eval_metrics = run_eval(state)
-        except BaseException:
-            writer.close()
-            raise
-        finally:
             bar.close()
             if checkpointer is not None:
-                checkpointer.close()
+                checkpointer.close()  # waits for the last save: a failed one fails the run
+        except BaseException as e:
+            bar.close()
+            writer.close()
+            if checkpointer is not None:
+                _close_quietly(checkpointer, e)
+            raise
         try:
             baselines = data.ngram_baselines() if not cfg.data.mlm else {}
             sample = None
@@ -431,6 +436,16 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
     if is_main:
         say(report(result))
     return result
+
+
+def _close_quietly(checkpointer, current: BaseException) -> None:
+    """Closes ``checkpointer`` while ``current`` is on its way up; a failed save is logged (unless it
+    is ``current`` itself), not raised, so it cannot hide that error."""
+    try:
+        checkpointer.close()
+    except Exception as e:
+        if e is not current:
+            log.error("%s", e)
 
 
 def _optimizer(cfg, staging: Staging):
