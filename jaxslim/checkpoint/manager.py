@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 STATE, EXTRA, CONFIG, CODEC = "state", "extra", "config", "codec"
 CONFIG_FILE = "config.json"
+# unreadable steps skipped by a fallback restore are moved here (never deleted)
+QUARANTINE = "quarantine"
 # Mismatch listings longer than this are cut, with a count of what was left out.
 _MAX_LISTED = 40
 
@@ -313,9 +315,12 @@ def restore_with_fallback(
     steps: Sequence[int],
     fallback: bool,
     directory: Any,
+    quarantine: Callable[[int], Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """``restore_step(target, s)`` for ``step`` (the latest of ``steps`` by default) and, with
-    ``fallback``, for each older step in turn while they raise :class:`CorruptCheckpointError`.
+    ``fallback``, for each older step in turn while they raise :class:`CorruptCheckpointError`;
+    each step skipped so is passed to ``quarantine`` (which moves it aside), so that training
+    saves that step again instead of finding it taken.
 
     Raises:
         NoCheckpointError: ``steps`` is empty or lacks ``step``.
@@ -339,7 +344,9 @@ def restore_with_fallback(
         except CorruptCheckpointError as e:
             if not fallback:
                 raise
-            log.warning("skipping unreadable checkpoint step %d in %s: %s", s, directory, e)
+            moved = quarantine(s) if quarantine is not None else None
+            where = f"; moved to {moved}" if moved is not None else ""
+            log.warning("skipping unreadable checkpoint step %d in %s%s: %s", s, directory, where, e)
             failures.append(f"step {s}: {e}")
     raise CorruptCheckpointError(
         f"no readable checkpoint at or before step {step} in {directory}:\n" + "\n".join(failures)
@@ -420,6 +427,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self._dir, options=options, handler_registry=_registry())
         # written with the first save, so a run refused at restore (other shapes) changes nothing
         self._config_written = read_only
+        self._read_only = read_only
         # the step of the newest save started, and the failure of a save once seen (sticky)
         self._pending_step: int | None = None
         self._save_error: CheckpointSaveError | None = None
@@ -599,6 +607,7 @@ class Checkpointer:
         step: int | None = None,
         *,
         fallback: bool = False,
+        quarantine: bool = False,
     ) -> tuple[Any, dict[str, Any]]:
         """Restores a step into the structure, shapes and shardings of ``abstract_state``.
 
@@ -610,6 +619,8 @@ class Checkpointer:
             step: the step to restore; the latest one by default.
             fallback: if the chosen step cannot be read (damaged files), try the next older
                 steps in turn instead of raising. Incompatible shapes never fall back.
+            quarantine: with ``fallback``, move each unreadable step skipped aside (see
+                :meth:`quarantine`), so that a run going on from the older step saves it anew.
 
         Returns:
             ``(state, extra)``: the restored pytree (same structure as ``abstract_state``) and the
@@ -629,7 +640,30 @@ class Checkpointer:
             steps=self.all_steps(),
             fallback=fallback,
             directory=self._dir,
+            quarantine=self.quarantine if quarantine else None,
         )
+
+    def quarantine(self, step: int) -> epath.Path | None:
+        """Moves the (unreadable) ``step`` aside to ``<directory>/quarantine/<step>-<UTC time>``, so
+        the step can be saved again; nothing is deleted. Returns the new place (``None`` when the
+        step directory is absent).
+
+        Raises:
+            ValueError: the checkpointer is read-only.
+        """
+        if self._read_only:
+            raise ValueError(f"Checkpointer: {self._dir} is open read-only; cannot move step {step} aside")
+        src = self._step_dir(step)
+        if not src.exists():
+            return None
+        import datetime
+
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        dst = self._dir / QUARANTINE / f"{step}-{stamp}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+        self._manager.reload()  # the step is no longer listed
+        return dst
 
     def _restore_step(self, target: Any, step: int) -> tuple[Any, dict[str, Any]]:
         self._check_compatible(target, step)

@@ -50,7 +50,7 @@ def parse(argv: Sequence[str]) -> TrainConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     from jaxslim.checkpoint import CheckpointSaveError, CorruptCheckpointError, IncompatibleCheckpointError
     from jaxslim.data import CorpusError
-    from jaxslim.training import NonFiniteLossError, train
+    from jaxslim.training import NonFiniteLossError, RunDirectoryError, train
 
     level = os.environ.get("JAXSLIM_LOG", "WARNING")
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         IncompatibleCheckpointError,
         CorruptCheckpointError,
         CheckpointSaveError,
+        RunDirectoryError,
         CorpusError,
         OSError,
         ValueError,

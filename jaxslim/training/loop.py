@@ -40,6 +40,7 @@ from jaxslim.prune.transform import masked_params, sparsity_metrics, straight_th
 from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
 from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.metrics import default_writers
+from jaxslim.training.rundir import RunDirectory
 from jaxslim.training.state import (
     TrainSetup,
     TrainState,
@@ -136,7 +137,8 @@ def _restore(checkpointer, state: TrainState, train_iter):
     if checkpointer is None or checkpointer.latest_step() is None:
         return state, None, {}
     step = checkpointer.latest_step()
-    state, extra = checkpointer.restore(abstract_train_state(state), fallback=True)
+    # an unreadable newest step is moved aside, so this run saves that step again
+    state, extra = checkpointer.restore(abstract_train_state(state), fallback=True, quarantine=True)
     if "data" not in extra:
         raise ValueError(f"checkpoint step {step} in {checkpointer.directory} has no data iterator position")
     train_iter.set_state(extra["data"])
@@ -237,12 +239,32 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
         NonFiniteLossError: a step's loss or gradient was NaN or Inf; the step is named and the
             checkpoints written before it are kept.
         IncompatibleCheckpointError: the run directory holds a checkpoint of other shapes.
+        RunDirectoryError: another live run holds the run directory, or it is a folder that is not
+            a jaxslim run (nothing is written then).
+        CheckpointSaveError: a checkpoint could not be saved; the run stops at the next step and
+            the checkpoints saved before are kept.
     """
+    maybe_initialize()
+    workdir = absolute(cfg.workdir)
+    # one run per directory, and never a folder that is not a run (checked before any write)
+    with RunDirectory(workdir, lock=jax.process_index() == 0):
+        return _train(
+            cfg,
+            workdir,
+            data=data,
+            loss_terms=loss_terms,
+            metric_fns=metric_fns,
+            log_fns=log_fns,
+            progress=progress,
+        )
+
+
+def _train(
+    cfg, workdir: pathlib.Path, *, data, loss_terms, metric_fns, log_fns, progress: bool
+) -> TrainResult:
     from jaxslim.checkpoint import checkpointer_from_config
     from jaxslim.data import TextData
 
-    maybe_initialize()
-    workdir = absolute(cfg.workdir)
     data = data or TextData(cfg.data)
     if cfg.model.vocab_size != data.vocab_size:
         cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=data.vocab_size))
