@@ -16,9 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
+import shutil
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 # "gs://...", "s3://...", "file://..." and the like: remote (or already rooted) locations.
@@ -67,4 +71,54 @@ def absolute_uri(path: str | os.PathLike[str]) -> Any:
     return epath.Path(absolute(path))
 
 
-__all__ = ["absolute", "absolute_uri"]
+@contextlib.contextmanager
+def output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[pathlib.Path]:
+    """A fresh temporary sibling of ``path`` to write an output folder into, renamed to ``path``
+    only when the block ends without an error.
+
+    Until then ``path`` is untouched: an interrupted or failed write leaves the old output (or
+    none) complete and only a hidden ``.<name>.partial-*`` folder behind, removed on failure. With
+    ``overwrite``, the old folder is renamed aside, the new one into place, and the old one deleted.
+
+    Args:
+        path: the output folder.
+        overwrite: replace a non-empty ``path``; otherwise that is an error.
+
+    Raises:
+        FileExistsError: ``path`` is a non-empty folder (or a file) and ``overwrite`` is false.
+
+    Example:
+        >>> import tempfile
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "model"
+        >>> with output_dir(out) as tmp:
+        ...     _ = (tmp / "weights.bin").write_bytes(b"w")
+        >>> sorted(p.name for p in out.iterdir())
+        ['weights.bin']
+    """
+    final = absolute(path)
+    if final.exists() and not final.is_dir():
+        raise FileExistsError(f"{final} is a file; the output must be a folder")
+    occupied = final.is_dir() and any(final.iterdir())
+    if occupied and not overwrite:
+        raise FileExistsError(
+            f"{final} is not empty; refusing to overwrite it (pass --overwrite to replace it)"
+        )
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp = final.parent / f".{final.name}.partial-{tag}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{tag}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+__all__ = ["absolute", "absolute_uri", "output_dir"]

@@ -718,6 +718,13 @@ class Checkpointer:
         problems = _tree_mismatches(saved, _flat(target))
         if not problems:
             return
+        codec = self.codec(step)
+        if codec is not None:  # the records of a compressed state, read as if they were the state
+            mode = codec.get("mode", "?")
+            raise IncompatibleCheckpointError(
+                f"checkpoint step {step} in {self._dir} is a compressed checkpoint (mode {mode!r}); "
+                f"restore it with CompressedCheckpointer (jaxslim-train: --checkpoint.compression {mode})"
+            )
         lines = [
             f"checkpoint {self._dir} step {step} does not match the restore target:",
             *problems,

@@ -20,6 +20,7 @@ import pathlib
 import sys
 from typing import Any
 
+from jaxslim.cli.errors import debug_requested, positive_int, run_command
 from jaxslim.paths import absolute
 
 
@@ -76,16 +77,16 @@ def _codec_args(args):
 
 
 def compress(args) -> int:
-    from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer
+    from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer, NoCheckpointError
 
     src, dst = absolute(args.src), absolute(args.dst)
     codec = _codec_args(args)
     if dst.exists() and any(dst.iterdir()):
-        raise SystemExit(f"error: {dst} is not empty; compress writes into a new directory")
+        raise FileExistsError(f"{dst} is not empty; compress writes into a new directory")
     plain = Checkpointer(src, read_only=True)
     steps = plain.all_steps()
     if not steps:
-        raise SystemExit(f"error: {src} holds no checkpoint steps")
+        raise NoCheckpointError(f"{src} holds no checkpoint steps")
     print(
         f"compressing {len(steps)} steps of {src} -> {dst} ({codec.mode}, weights {codec.weight_bits} bits, "
         f"moments {codec.moment_bits} bits, keyframe every {codec.keyframe_every})"
@@ -116,16 +117,21 @@ def compress(args) -> int:
 
 
 def decompress(args) -> int:
-    from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer
+    from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer, NoCheckpointError
 
     src, dst = absolute(args.src), absolute(args.dst)
     if dst.exists() and any(dst.iterdir()):
-        raise SystemExit(f"error: {dst} is not empty; decompress writes into a new directory")
+        raise FileExistsError(f"{dst} is not empty; decompress writes into a new directory")
     from jaxslim.checkpoint.codec import CodecConfig
 
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
-    steps = comp.all_steps() if args.step is None else [args.step]
-    config = comp.config(steps[-1]) if steps else None
+    have = comp.all_steps()
+    if not have:
+        raise NoCheckpointError(f"{src} holds no checkpoint steps; nothing was written")
+    if args.step is not None and args.step not in have:
+        raise NoCheckpointError(f"no checkpoint for step {args.step} in {src}; available steps: {have}")
+    steps = have if args.step is None else [args.step]
+    config = comp.config(steps[-1])
     with Checkpointer(dst, max_to_keep=None, async_save=False, config_json=config) as out:
         for step in steps:
             leaves, extra, meta = comp.restore_leaves(step)
@@ -154,14 +160,14 @@ def _tensor_table(meta: dict) -> None:
 
 
 def inspect(args) -> int:
-    from jaxslim.checkpoint import CompressedCheckpointer
+    from jaxslim.checkpoint import CompressedCheckpointer, NoCheckpointError
     from jaxslim.checkpoint.codec import CodecConfig
 
     src = absolute(args.src)
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
     steps = comp.all_steps()
     if not steps:
-        raise SystemExit(f"error: {src} holds no checkpoint steps")
+        raise NoCheckpointError(f"{src} holds no checkpoint steps")
     print(
         f"{'step':>8} {'kind':>8} {'reference':>9} {'keyframe':>8} {'mode':>8} {'bits w/m':>8} {'size':>10}"
     )
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--weight-bits", type=int, default=4)
     c.add_argument("--moment-bits", type=int, default=4)
     c.add_argument("--keyframe-bits", type=int, default=8)
-    c.add_argument("--keyframe-every", type=int, default=5)
+    c.add_argument("--keyframe-every", type=positive_int, default=5)
     c.add_argument("--alpha", type=float, default=5e-5)
     c.add_argument("--beta", type=float, default=2.0)
     c.add_argument("-v", "--verbose", action="store_true", help="per-tensor table of the last step")
@@ -207,12 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("inspect", help="steps, sizes and per-tensor statistics of a compressed directory")
     i.add_argument("src", type=absolute)
     i.add_argument("--step", type=int, default=None, help="the step to detail (default: the latest)")
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
-    try:
-        return {"compress": compress, "decompress": decompress, "inspect": inspect}[args.command](args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:  # jaxslim's checkpoint errors included
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    command = {"compress": compress, "decompress": decompress, "inspect": inspect}[args.command]
+    return run_command("jaxslim-ckpt", lambda: command(args), debug=debug)
 
 
 if __name__ == "__main__":

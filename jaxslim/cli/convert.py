@@ -9,9 +9,11 @@ Usage::
 ``to-jax`` writes ``OUT_DIR/jaxslim_config.json`` and ``OUT_DIR/params.safetensors`` (see
 :mod:`jaxslim.convert.native`); ``to-hf`` writes ``config.json`` and safetensors that
 ``transformers``' ``from_pretrained`` loads; ``check`` prints the max absolute and relative
-differences between the PyTorch model and jaxslim (it needs torch and transformers). Existing
-outputs are only replaced with ``--overwrite``. Exit status: 0 on success, 1 when ``check`` exceeds
-``--atol``, 2 on bad input.
+differences between the PyTorch model and jaxslim (it needs torch and transformers). An existing
+output folder is only replaced with ``--overwrite``, and only once the new one is complete (it is
+written next to it and renamed into place). Exit status (:mod:`jaxslim.cli.errors`): 0 on success,
+1 when ``check`` exceeds ``--atol``, 2 on bad input, with a one-line message (``--debug``: the
+traceback).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from jaxslim.cli.errors import JobFailed, debug_requested, positive_float, run_command
 from jaxslim.config import DTYPES
 from jaxslim.convert import check, format_report, load_hf, load_jaxslim, save_hf, save_jaxslim
-from jaxslim.paths import absolute
+from jaxslim.paths import absolute, output_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,13 +39,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dst", type=absolute, help="output directory")
     p.add_argument("--unscanned", action="store_true", help="keep one block per layer (no layers axis)")
     p.add_argument("--param-dtype", choices=DTYPES, default="float32", help="storage dtype of the weights")
-    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in dst")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the folder dst (the old one is kept until the new one is complete)",
+    )
     p = sub.add_parser("to-hf", help="jaxslim directory -> Hugging Face directory")
     p.add_argument("src", type=absolute, help="jaxslim directory (written by to-jax)")
     p.add_argument("dst", type=absolute, help="output directory")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the written tensors")
-    p.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard, in GiB")
-    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in dst")
+    p.add_argument(
+        "--max-shard-gb", type=positive_float, default=5.0, help="largest safetensors shard, in GiB"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the folder dst (the old one is kept until the new one is complete)",
+    )
     p = sub.add_parser("check", help="compare the PyTorch model and jaxslim on the same random tokens")
     p.add_argument("src", type=absolute, help="Hugging Face directory")
     p.add_argument("--batch", type=int, default=2)
@@ -59,32 +72,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["to-jax", "all-MiniLM-L6-v2/", "minilm-jax/"])  # doctest: +SKIP
         0
     """
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "to-jax":
-            model = load_hf(args.src, scan_layers=not args.unscanned, param_dtype=args.param_dtype)
-            out = save_jaxslim(model, args.dst, overwrite=args.overwrite)
-            cfg = model.cfg
-            print(f"wrote {out} ({cfg.arch}, {cfg.n_layers} layers, {cfg.param_dtype})")
-        elif args.command == "to-hf":
-            max_bytes = int(args.max_shard_gb * 1024**3)
-            out = save_hf(
-                load_jaxslim(args.src),
-                args.dst,
-                dtype=args.dtype,
-                max_shard_bytes=max_bytes,
-                overwrite=args.overwrite,
-            )
-            print(f"wrote {out}")
-        else:
-            result = check(args.src, batch=args.batch, length=args.length, seed=args.seed)
-            print(format_report(result))
-            if args.atol is not None and any(d["max_abs"] > args.atol for d in result.values()):
-                print(f"jaxslim-convert: max abs diff exceeds --atol {args.atol:g}", file=sys.stderr)
-                return 1
-    except (ValueError, OSError) as e:  # bad input: a clear message, no traceback
-        print(f"jaxslim-convert: error: {e}", file=sys.stderr)
-        return 2
+    return run_command("jaxslim-convert", lambda: _run(args), debug=debug)
+
+
+def _run(args) -> int:
+    if args.command == "to-jax":
+        model = load_hf(args.src, scan_layers=not args.unscanned, param_dtype=args.param_dtype)
+        # written next to dst and renamed into place: an interrupted run leaves the old output whole
+        with output_dir(args.dst, overwrite=args.overwrite) as tmp:
+            save_jaxslim(model, tmp)
+        cfg = model.cfg
+        print(f"wrote {args.dst} ({cfg.arch}, {cfg.n_layers} layers, {cfg.param_dtype})")
+    elif args.command == "to-hf":
+        model = load_jaxslim(args.src)
+        with output_dir(args.dst, overwrite=args.overwrite) as tmp:
+            save_hf(model, tmp, dtype=args.dtype, max_shard_bytes=int(args.max_shard_gb * 1024**3))
+        print(f"wrote {args.dst}")
+    else:
+        result = check(args.src, batch=args.batch, length=args.length, seed=args.seed)
+        print(format_report(result))
+        if args.atol is not None and any(d["max_abs"] > args.atol for d in result.values()):
+            raise JobFailed(f"max abs diff exceeds --atol {args.atol:g}")
     return 0
 
 

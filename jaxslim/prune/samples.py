@@ -39,7 +39,12 @@ def load_sentences(
 
     path = absolute(source)
     if path.is_file() and path.suffix == ".txt":
-        docs = [path.read_text(encoding="utf-8")]
+        try:
+            docs = [path.read_text(encoding="utf-8")]
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
+            ) from None
     else:
         docs = corpus_text(source, cache_dir)
     lines = [ln.strip() for doc in docs for ln in doc.splitlines()]

@@ -40,7 +40,7 @@ from jaxslim.prune.transform import masked_params, sparsity_metrics, straight_th
 from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
 from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.metrics import default_writers
-from jaxslim.training.rundir import RunDirectory
+from jaxslim.training.rundir import RunDirectory, check_run_directory
 from jaxslim.training.state import (
     TrainSetup,
     TrainState,
@@ -244,9 +244,13 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
         CheckpointSaveError: a checkpoint could not be saved; the run stops at the next step and
             the checkpoints saved before are kept.
     """
+    from jaxslim.data import TextData
+
     maybe_initialize()
-    workdir = absolute(cfg.workdir)
-    # one run per directory, and never a folder that is not a run (checked before any write)
+    workdir = check_run_directory(cfg.workdir)  # a folder that is not a run: refused before anything
+    _check_batch_fits_mesh(cfg)
+    data = data or TextData(cfg.data)  # a bad corpus fails here, before the run directory is claimed
+    # one run per directory: the lock is held until the run ends
     with RunDirectory(workdir, lock=jax.process_index() == 0):
         return _train(
             cfg,
@@ -259,13 +263,25 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
         )
 
 
+def _check_batch_fits_mesh(cfg) -> None:
+    """The global batch splits evenly over the devices that share it (checked before any write)."""
+    mesh = make_mesh(cfg.mesh)
+    spec = batch_sharding(mesh, cfg.mesh.rules).spec
+    axes = spec[0] if spec else None
+    names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    shards = math.prod(mesh.shape[a] for a in names)
+    if cfg.data.batch_size % shards:
+        raise ValueError(
+            f"DataConfig.batch_size={cfg.data.batch_size} must be a multiple of the {shards} devices the "
+            f"batch is split over (mesh axes {', '.join(f'{a}={mesh.shape[a]}' for a in names)})"
+        )
+
+
 def _train(
     cfg, workdir: pathlib.Path, *, data, loss_terms, metric_fns, log_fns, progress: bool
 ) -> TrainResult:
     from jaxslim.checkpoint import checkpointer_from_config
-    from jaxslim.data import TextData
 
-    data = data or TextData(cfg.data)
     if cfg.model.vocab_size != data.vocab_size:
         cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=data.vocab_size))
     mesh = make_mesh(cfg.mesh)
