@@ -75,6 +75,8 @@ def check(
     d = absolute(path)
     hf_config = read_json(d / CONFIG)
     _, arch = family_of(hf_config)
+    # ours first: a corrupt or non-finite checkpoint is reported by name before torch reads it
+    model = load_hf(d)
     import torch
     import transformers
 
@@ -94,7 +96,6 @@ def check(
             attention_mask=torch.from_numpy(mask),
             output_hidden_states=True,
         )
-    model = load_hf(d)
     model.eval()  # inference behaviour, as the reference's: no router jitter, eval capacity
     ours = model(tokens.astype(np.int32), attention_mask=mask.astype(np.int32))
     result = {"hidden": difference(ours.hidden, ref.hidden_states[-1].numpy(), mask)}
