@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from jaxslim.cli.errors import debug_requested, positive_int, run_command
-from jaxslim.paths import absolute
+from jaxslim.paths import absolute, output_dir
 
 
 def _bytes(path: pathlib.Path) -> int:
@@ -81,8 +81,6 @@ def compress(args) -> int:
 
     src, dst = absolute(args.src), absolute(args.dst)
     codec = _codec_args(args)
-    if dst.exists() and any(dst.iterdir()):
-        raise FileExistsError(f"{dst} is not empty; compress writes into a new directory")
     plain = Checkpointer(src, read_only=True)
     steps = plain.all_steps()
     if not steps:
@@ -93,14 +91,18 @@ def compress(args) -> int:
     )
     print(f"{'step':>8} {'kind':>8} {'plain':>10} {'compressed':>11} {'ratio':>7} {'kept':>6} {'rel.err':>8}")
     total_plain = total_comp = 0
-    with CompressedCheckpointer(
-        dst, codec, max_to_keep=None, async_save=False, stacked=_stacked_from_config(src)
-    ) as out:
+    # written beside dst and renamed into place when complete; a non-empty dst is refused
+    with (
+        output_dir(dst) as tmp,
+        CompressedCheckpointer(
+            tmp, codec, max_to_keep=None, async_save=False, stacked=_stacked_from_config(src)
+        ) as out,
+    ):
         for step in steps:
             state, extra = plain.restore_as_saved(step)
             out.save(step, state, extra=extra, force=True)
             meta = out.metadata(step)
-            pb, cb = _bytes(src / str(step)), _bytes(dst / str(step))
+            pb, cb = _bytes(src / str(step)), _bytes(tmp / str(step))
             total_plain, total_comp = total_plain + pb, total_comp + cb
             w = [e["stats"] for e in meta["leaves"] if e["kind"] == "weight"]
             kept = f"{sum(s['kept'] for s in w) / len(w):.1%}" if w else "-"
@@ -120,8 +122,6 @@ def decompress(args) -> int:
     from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer, NoCheckpointError
 
     src, dst = absolute(args.src), absolute(args.dst)
-    if dst.exists() and any(dst.iterdir()):
-        raise FileExistsError(f"{dst} is not empty; decompress writes into a new directory")
     from jaxslim.checkpoint.codec import CodecConfig
 
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
@@ -132,12 +132,15 @@ def decompress(args) -> int:
         raise NoCheckpointError(f"no checkpoint for step {args.step} in {src}; available steps: {have}")
     steps = have if args.step is None else [args.step]
     config = comp.config(steps[-1])
-    with Checkpointer(dst, max_to_keep=None, async_save=False, config_json=config) as out:
+    with (
+        output_dir(dst) as tmp,
+        Checkpointer(tmp, max_to_keep=None, async_save=False, config_json=config) as out,
+    ):
         for step in steps:
             leaves, extra, meta = comp.restore_leaves(step)
             state = _fill(meta["tree"], leaves)
             out.save(step, state, extra=extra, force=True)
-            print(f"step {step}: {_human(_bytes(src / str(step)))} -> {_human(_bytes(dst / str(step)))}")
+            print(f"step {step}: {_human(_bytes(src / str(step)))} -> {_human(_bytes(tmp / str(step)))}")
     comp.close()
     return 0
 
