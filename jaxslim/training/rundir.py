@@ -150,7 +150,8 @@ def check_run_directory(path: str | os.PathLike[str]) -> pathlib.Path:
     if not path.exists():
         return path
     names = sorted(p.name for p in path.iterdir())
-    if not names or MARKER in names or any(n in names for n in _LEGACY):
+    # the lock alone: another process of the same run is creating the directory right now
+    if not names or MARKER in names or LOCK in names or any(n in names for n in _LEGACY):
         return path
     shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
     raise RunDirectoryError(
