@@ -194,9 +194,7 @@ class TrainIterator:
             if self.shuffle == "feistel":
                 perm = FeistelPermutation(self.num_sequences, [self.seed, _SHUFFLE_TAG, epoch])
             else:
-                perm = np.random.default_rng([self.seed, _SHUFFLE_TAG, epoch]).permutation(
-                    self.num_sequences
-                )
+                perm = np.random.default_rng([self.seed, _SHUFFLE_TAG, epoch]).permutation(self.num_sequences)
             # A batch touches at most a couple of epochs unless it is larger than an epoch; keep
             # only the newest two so memory stays at two permutations.
             self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}

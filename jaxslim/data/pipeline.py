@@ -276,7 +276,9 @@ class TextData:
     def __repr__(self) -> str:
         s = self.stats
         source = (
-            f"corpus={self.config.corpus!r}" if self.manifest is None else f"manifest={str(self.manifest.path)!r}"
+            f"corpus={self.config.corpus!r}"
+            if self.manifest is None
+            else f"manifest={str(self.manifest.path)!r}"
         )
         return (
             f"TextData({source}, vocab_size={self.vocab_size}, "

@@ -163,7 +163,10 @@ def expand_inputs(patterns: Sequence[str]) -> list[Source]:
 
 
 def _jsonl_pieces(i: int, size: int, unit_bytes: int) -> list[Piece]:
-    return [Piece(i, a, min(a + unit_bytes, size), min(a + unit_bytes, size) - a) for a in range(0, size, unit_bytes)]
+    return [
+        Piece(i, a, min(a + unit_bytes, size), min(a + unit_bytes, size) - a)
+        for a in range(0, size, unit_bytes)
+    ]
 
 
 def _parquet_pieces(i: int, source: Source) -> list[Piece]:
@@ -173,9 +176,7 @@ def _parquet_pieces(i: int, source: Source) -> list[Piece]:
         meta = pq.ParquetFile(source.name).metadata
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
         raise PreparedDataError(f"{source.name} is not a readable parquet file: {e}") from e
-    return [
-        Piece(i, g, g + 1, int(meta.row_group(g).total_byte_size)) for g in range(meta.num_row_groups)
-    ]
+    return [Piece(i, g, g + 1, int(meta.row_group(g).total_byte_size)) for g in range(meta.num_row_groups)]
 
 
 def plan_units(
@@ -430,7 +431,11 @@ def _request(sources, *, text_field, val_fraction, split_seed, unit_bytes, token
         "format": FORMAT,
         "sources": [asdict(s) for s in sources],
         "text_field": text_field,
-        "split": {"rule": "blake2b-8 of the document text, keyed by the seed", "val_fraction": val_fraction, "seed": split_seed},
+        "split": {
+            "rule": "blake2b-8 of the document text, keyed by the seed",
+            "val_fraction": val_fraction,
+            "seed": split_seed,
+        },
         "unit_bytes": unit_bytes,
         "tokenizer": tokenizer_spec,
     }
@@ -569,7 +574,9 @@ def prepare(
     else:
         sample = _bpe_sample(units, sources, memory, text_field, val_fraction, split_seed, bpe_sample_bytes)
         if not sample:
-            raise PreparedDataError(f"the inputs hold no training text to train a tokenizer on: {list(inputs)}")
+            raise PreparedDataError(
+                f"the inputs hold no training text to train a tokenizer on: {list(inputs)}"
+            )
         tok = train_bpe(sample, vocab_size)
         del sample
     tokenizer_s = time.perf_counter() - t
@@ -629,11 +636,13 @@ def prepare(
         "tokenize_s": round(tokenize_s, 3),
         "total_s": round(time.perf_counter() - t0, 3),
     }
-    # Empty shards (a unit with no validation document) are not listed; remove their files.
+    # Empty shards (a unit with no validation document) are not listed, and half-written files
+    # of an interrupted run are left over: remove both.
     listed = {s["file"] for split in SPLITS for s in manifest["splits"][split]["shards"]}
     for split in SPLITS:
-        for f in (out / split).glob("*.bin"):
-            if f"{split}/{f.name}" not in listed:
+        for f in (out / split).glob("*"):
+            ours = f.suffix == ".bin" or ".bin.tmp-" in f.name
+            if ours and f.is_file() and f"{split}/{f.name}" not in listed:
                 f.unlink()
     _atomic_write_json(manifest_path, manifest)
     shutil.rmtree(work, ignore_errors=True)
@@ -685,7 +694,10 @@ def _run_pool(todo: list[_Job], workers: int, tok_path: str, memory: dict, finis
     if method == "forkserver":
         ctx.set_forkserver_preload([__name__])
     with ProcessPoolExecutor(
-        max_workers=min(workers, len(todo)), mp_context=ctx, initializer=_worker_init, initargs=(tok_path, memory)
+        max_workers=min(workers, len(todo)),
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(tok_path, memory),
     ) as pool:
         futures = {pool.submit(_run_unit, job) for job in todo}
         try:

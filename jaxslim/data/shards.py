@@ -111,9 +111,7 @@ class Manifest:
 
     def reader(self, split: str) -> ShardedTokens:
         """A :class:`ShardedTokens` over one split."""
-        return ShardedTokens(
-            [(self.directory / s.file, s.tokens) for s in self.splits[split]], self.dtype
-        )
+        return ShardedTokens([(self.directory / s.file, s.tokens) for s in self.splits[split]], self.dtype)
 
 
 def _manifest_path(path: str | os.PathLike) -> pathlib.Path:
