@@ -328,3 +328,35 @@ def test_in_memory_iterator_state_is_unchanged():
     it = TrainIterator(PackedSequences(np.arange(101), seq_len=4), global_batch_size=5)
     next(it)
     assert set(it.get_state()) == {"version", "epoch", "index", "seed", "num_sequences", "sequence_width"}
+
+
+@pytest.mark.slow
+def test_training_reads_prepared_data_and_resumes_exactly(dataset, tmp_path, monkeypatch, capsys):
+    from jaxslim.cli import train as train_cli
+
+    shutil.copytree(dataset, tmp_path / "data")
+    monkeypatch.chdir(tmp_path)  # a relative manifest path, as a user types it
+    # (run directories stay absolute: a relative --workdir is not this test's subject)
+    run = {name: str(tmp_path / name) for name in ("straight", "resumed")}
+    common = ["shakespeare_gpt:tiny", "--data.manifest", "data", "--data.seq-len", "16"]
+    common += ["--model.max-len", "16", "--log-every", "1", "--sample-tokens", "0", "--no-tensorboard"]
+    common += ["--optim.decay", "constant"]  # the same rates whatever --steps says
+    assert train_cli.main([*common, "--workdir", run["straight"], "--steps", "6"]) == 0
+    assert (
+        train_cli.main([*common, "--workdir", run["resumed"], "--steps", "4", "--checkpoint.every", "2"]) == 0
+    )
+    assert (
+        train_cli.main([*common, "--workdir", run["resumed"], "--steps", "6", "--checkpoint.every", "2"]) == 0
+    )
+    assert "resuming from step 4" in capsys.readouterr().out
+
+    def losses(run):
+        rows = [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+    assert losses("resumed") == losses("straight")  # the same batches, bit for bit
+    assert (tmp_path / "resumed" / "tokenizer.json").read_bytes() == (
+        tmp_path / "data" / "tokenizer.json"
+    ).read_bytes()
+    config = json.loads((tmp_path / "resumed" / "config.json").read_text())
+    assert config["data"]["manifest"] == "data"
