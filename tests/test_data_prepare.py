@@ -360,3 +360,82 @@ def test_training_reads_prepared_data_and_resumes_exactly(dataset, tmp_path, mon
     ).read_bytes()
     config = json.loads((tmp_path / "resumed" / "config.json").read_text())
     assert config["data"]["manifest"] == "data"
+
+
+def test_dropping_a_prefetcher_stops_its_thread(dataset):
+    import gc
+    import threading
+
+    it = _data(dataset, prefetch=2).train_iterator(process_index=0, process_count=1)
+    next(it)
+    assert any(t.name == "jaxslim-prefetch" for t in threading.enumerate())
+    del it
+    gc.collect()
+    assert not any(t.name == "jaxslim-prefetch" for t in threading.enumerate())
+
+
+def test_data_config_checks_the_new_fields():
+    with pytest.raises(ValueError, match=r"DataConfig.prefetch must be an integer in \[0, 64\]"):
+        DataConfig(prefetch=-1)
+    with pytest.raises(ValueError, match="DataConfig.manifest must be a non-empty string or None"):
+        DataConfig(manifest="")
+    with pytest.raises(ValueError, match="DataConfig.verify_shards must be True or False"):
+        DataConfig(verify_shards=1)
+
+
+def test_train_cli_names_a_missing_manifest(tmp_path, monkeypatch, capsys):
+    from jaxslim.cli import train as train_cli
+
+    monkeypatch.chdir(tmp_path)
+    args = ["shakespeare_gpt:tiny", "--data.manifest", "nowhere", "--workdir", str(tmp_path / "run")]
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "no prepared-data manifest at" in err and str(tmp_path / "nowhere") in err
+
+
+@pytest.mark.slow
+def test_prepare_killed_mid_run_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng = np.random.default_rng(3)
+    (tmp_path / "in").mkdir()
+    for f in range(4):
+        with open(tmp_path / "in" / f"{f}.jsonl", "w") as fh:
+            for _ in range(1500):
+                fh.write(json.dumps({"text": _doc(rng)}) + "\n")
+    train_bpe([_doc(rng) for _ in range(200)], vocab_size=320).save(tmp_path / "tok")
+    args = ["prepare", "in", "--out", "out", "--tokenizer", "tok", "--workers", "1"]
+    args += ["--unit-mb", "0.03", "--val-fraction", "0.1", "--no-progress"]
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "jaxslim.cli.data", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+    markers = tmp_path / "out" / ".prepare"
+    deadline = time.time() + 120
+    while len(list(markers.glob("*.json"))) < 4:  # request.json and three finished units
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert subprocess.run(cmd, cwd=tmp_path, env=env).returncode == 0
+    resumed = read_manifest(tmp_path / "out")
+    assert resumed.raw["prepare"]["units_reused"] >= 3
+    prepare(
+        [str(tmp_path / "in")],
+        tmp_path / "clean",
+        tokenizer=tmp_path / "tok",
+        workers=1,
+        unit_bytes=int(0.03 * (1 << 20)),
+        val_fraction=0.1,
+    )
+    assert _files(tmp_path / "out").keys() == _files(tmp_path / "clean").keys()
+    for k, v in _files(tmp_path / "clean").items():
+        if k != "manifest.json":
+            assert _files(tmp_path / "out")[k] == v, k
+    assert _manifest_minus_timing(tmp_path / "out") == _manifest_minus_timing(tmp_path / "clean")

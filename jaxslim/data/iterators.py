@@ -330,10 +330,13 @@ class Prefetcher:
         except KeyError:
             raise AttributeError(name) from None
 
-    def _work(self, q: queue.Queue, stop: threading.Event) -> None:
+    @staticmethod
+    def _work(iterator, q: queue.Queue, stop: threading.Event) -> None:
+        # A static method: the thread holds no reference to the Prefetcher, so dropping the
+        # Prefetcher (end of a training run) collects it, and __del__ stops the thread.
         while not stop.is_set():
             try:
-                item = (next(self.iterator), self.iterator.get_state())
+                item = (next(iterator), iterator.get_state())
             except BaseException as e:  # noqa: BLE001 - handed to the consumer
                 item = e
             while not stop.is_set():
@@ -355,7 +358,10 @@ class Prefetcher:
             self._stop = threading.Event()
             self._queue = queue.Queue(self.depth)
             self._thread = threading.Thread(
-                target=self._work, args=(self._queue, self._stop), name="jaxslim-prefetch", daemon=True
+                target=self._work,
+                args=(self.iterator, self._queue, self._stop),
+                name="jaxslim-prefetch",
+                daemon=True,
             )
             self._thread.start()
         item = self._queue.get()

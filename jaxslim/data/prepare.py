@@ -30,6 +30,34 @@ hold JAX threads, which ``fork`` must not copy); each worker tokenizes single-th
 does not oversubscribe the cores. ``workers=1`` runs in this process and lets the Rust tokenizer use
 its own threads.
 
+**Why not grain + ArrayRecord.** grain 0.2.18 was evaluated against this format and the in-house
+iterator (``benchmarks/data_scale.py`` runs both when grain is importable). grain has the pieces:
+a random-access index shuffle that needs no table, a checkpointable iterator, ArrayRecord files
+with random access. It was not adopted, because on the guarantees that matter here it gives less
+with more:
+
+- *Fixed global batch for any host count.* grain shards per host before batching: either every
+  ``P``-th row (``ds[index::count]``) or, with ``ShardOptions`` / ``IndexSampler``, a consecutive
+  block of the dataset that each host then shuffles on its own. Either way which rows form global
+  batch ``k``, and in what order, depends on the host count ``P``. Here host ``h`` takes the contiguous
+  slice ``[h * B / P, (h + 1) * B / P)`` of global batch ``k``, the layout
+  ``jax.make_array_from_process_local_data`` expects, for any ``P``.
+- *Exact resume across batch size and host count.* grain's state is each host's position in its
+  own slice of its own pipeline (and its format follows grain's version); the state here is one
+  global row position, valid for any batch size and host count.
+- *Packing.* ArrayRecord stores records: packed rows of one ``seq_len`` are baked in at write time
+  (another ``seq_len`` means rewriting the corpus, and the rows overlap by one token). Shards here
+  are the id stream; any ``seq_len`` packs at read time.
+- *Dependencies and speed.* grain brings absl (its flags clash with pytest's argv, see the style
+  notes), etils and the ``array_record`` C++ wheel; the in-house reader is numpy and ``os.preadv``
+  (the reader, the Feistel shuffle and the prefetcher are about 250 lines). Measured on 2 cores,
+  the same rows through ``grain.MapDataset`` (shuffle, map, batch) were ~3x slower than the
+  in-house iterator, and reading packed rows back from an ArrayRecord file through grain's
+  ``ArrayRecordDataSource`` was far slower still (one record per read, untuned).
+
+grain earns its keep with heavy per-example transforms run in worker processes (decoding images,
+augmentations); slicing token rows is not that.
+
 Example:
     >>> m = prepare(["corpus/*.jsonl"], "data/prepared", vocab_size=8192)  # doctest: +SKIP
     >>> m.tokens("train")  # doctest: +SKIP
