@@ -50,10 +50,11 @@ with more:
   are the id stream; any ``seq_len`` packs at read time.
 - *Dependencies and speed.* grain brings absl (its flags clash with pytest's argv, see the style
   notes), etils and the ``array_record`` C++ wheel; the in-house reader is numpy and ``os.preadv``
-  (the reader, the Feistel shuffle and the prefetcher are about 250 lines). Measured on 2 cores,
-  the same rows through ``grain.MapDataset`` (shuffle, map, batch) were ~3x slower than the
-  in-house iterator, and reading packed rows back from an ArrayRecord file through grain's
-  ``ArrayRecordDataSource`` was far slower still (one record per read, untuned).
+  (the reader, the Feistel shuffle and the prefetcher are about 250 lines). Measured on 2 shared
+  cores, the same rows through ``grain.MapDataset`` (shuffle, map, batch) were 1.5-3x slower than
+  the in-house iterator (two runs), and reading packed rows back from an ArrayRecord file through
+  grain's ``ArrayRecordDataSource`` in-process ran at 45-110k tokens/s against 1.6-8M (one record
+  per read; grain's worker processes were not tried, and would spend the same cores).
 
 grain earns its keep with heavy per-example transforms run in worker processes (decoding images,
 augmentations); slicing token rows is not that.
