@@ -439,3 +439,21 @@ def test_prepare_killed_mid_run_resumes(tmp_path):
         if k != "manifest.json":
             assert _files(tmp_path / "out")[k] == v, k
     assert _manifest_minus_timing(tmp_path / "out") == _manifest_minus_timing(tmp_path / "clean")
+
+
+def test_an_embedded_corpus_is_prepared_in_document_ranges(tmp_path, monkeypatch):
+    import sys
+
+    from jaxslim.data import load_tokenizer
+
+    prepare_mod = sys.modules["jaxslim.data.prepare"]  # the module (the package exports the function)
+    rng = np.random.default_rng(5)
+    docs = [_doc(rng) for _ in range(60)]
+    # the embedded corpus' documents, without the download (the corpora have their own tests)
+    monkeypatch.setattr(prepare_mod, "corpus_text", lambda name, root, text_field: docs)
+    m = prepare(["shakespeare"], tmp_path / "out", workers=1, **OPTS)
+    assert len(m.splits["train"]) > 1 and m.documents("train") + m.documents("val") == 60
+    tok = load_tokenizer(m.tokenizer_path)
+    ids = np.concatenate([np.fromfile(m.directory / s.file, np.uint16) for s in m.splits["train"]])
+    first_train = next(d for d in docs if not prepare_mod.is_validation(d, OPTS["val_fraction"], 0))
+    assert tok.decode(ids[: np.flatnonzero(ids == m.eos_id)[0]]) == first_train

@@ -586,8 +586,9 @@ def prepare(
     work.mkdir(parents=True, exist_ok=True)
     _atomic_write_json(work / "request.json", request)
 
+    root = cache_root(None if cache_dir is None else pathlib.Path(cache_dir).expanduser().absolute())
     memory = {
-        i: corpus_text(s.name, cache_root(cache_dir), text_field=text_field)
+        i: corpus_text(s.name, root, text_field=text_field)
         for i, s in enumerate(sources)
         if s.kind == "memory"
     }
