@@ -714,6 +714,14 @@ class DataConfig:
         text_field: record field holding the text in ``.jsonl`` / ``.json`` files and hub datasets.
         cache_dir: root of jaxslim's data cache; ``None`` uses ``$JAXSLIM_CACHE``, else
             ``$XDG_CACHE_HOME/jaxslim``, else ``~/.cache/jaxslim``.
+        manifest: a dataset made by ``jaxslim-data prepare`` (its ``manifest.json`` or directory).
+            When set, training and evaluation read its ``train`` and ``val`` shards from disk and
+            ``corpus``, ``bpe_vocab_size``, ``val_fraction``, ``split_seed`` and ``text_field`` are
+            not used (the prepared split is the split); ``tokenizer``, when also set, must be the
+            manifest's tokenizer.
+        prefetch: batches of prepared data built ahead on a background thread (0: none).
+        verify_shards: hash every prepared shard against the manifest before training (reads the
+            whole corpus once; ``jaxslim-data verify`` does the same offline).
     """
 
     corpus: str = "shakespeare"
@@ -728,6 +736,9 @@ class DataConfig:
     mlm_probability: float = 0.15
     text_field: str = "text"
     cache_dir: str | None = None
+    manifest: str | None = None
+    prefetch: int = 2
+    verify_shards: bool = False
 
     def __post_init__(self) -> None:
         _check_str("corpus", self.corpus, optional=False)
@@ -749,6 +760,10 @@ class DataConfig:
             )
         _check_str("text_field", self.text_field, optional=False)
         _check_str("cache_dir", self.cache_dir, optional=True)
+        _check_str("manifest", self.manifest, optional=True)
+        _check_int("prefetch", self.prefetch, 0, 64)
+        if not isinstance(self.verify_shards, bool):
+            raise ValueError(f"DataConfig.verify_shards must be True or False, got {self.verify_shards!r}")
 
     @property
     def sequence_width(self) -> int:

@@ -1,4 +1,5 @@
-"""Text pipelines: corpora, tokenizers, packing, shuffled resumable per-host batches, MLM masking.
+"""Text pipelines: corpora, tokenizers, packing, shuffled resumable per-host batches, MLM masking,
+and corpora prepared once into token shards on disk (:func:`prepare`, ``DataConfig.manifest``).
 
 Start from a :class:`DataConfig` and :class:`TextData`; the pieces below it are public for use in
 other pipelines.
@@ -22,10 +23,12 @@ from jaxslim.data.corpora import (
     documents_fingerprint,
     labelled_sentences,
 )
-from jaxslim.data.iterators import TrainIterator, validation_batches
+from jaxslim.data.iterators import FeistelPermutation, Prefetcher, TrainIterator, validation_batches
 from jaxslim.data.masking import IGNORE_INDEX, MlmMasker
 from jaxslim.data.packing import PackedSequences, tokenize_documents
 from jaxslim.data.pipeline import TextData
+from jaxslim.data.prepare import prepare
+from jaxslim.data.shards import Manifest, PreparedDataError, ShardedTokens, read_manifest, verify_shards
 from jaxslim.data.split import split_documents
 from jaxslim.data.tokenizer import Tokenizer, cached_bpe, load_tokenizer, train_bpe
 
@@ -34,8 +37,13 @@ __all__ = [
     "IGNORE_INDEX",
     "CorpusError",
     "DataConfig",
+    "FeistelPermutation",
+    "Manifest",
     "MlmMasker",
     "PackedSequences",
+    "Prefetcher",
+    "PreparedDataError",
+    "ShardedTokens",
     "TextData",
     "Tokenizer",
     "TrainIterator",
@@ -47,8 +55,11 @@ __all__ = [
     "documents_fingerprint",
     "load_tokenizer",
     "ngram_baselines",
+    "prepare",
+    "read_manifest",
     "split_documents",
     "tokenize_documents",
     "train_bpe",
     "validation_batches",
+    "verify_shards",
 ]

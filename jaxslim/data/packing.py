@@ -103,7 +103,8 @@ class PackedSequences:
     """Fixed-length rows cut from an id stream, addressed by row index, built lazily.
 
     Args:
-        tokens: the 1-D id stream.
+        tokens: the 1-D id stream: an array, or prepared shards
+            (:class:`~jaxslim.data.shards.ShardedTokens`), read a row at a time.
         seq_len: the model's sequence length.
         causal: rows of ``seq_len + 1`` tokens overlapping by one (causal LM), else ``seq_len``.
 
@@ -135,6 +136,8 @@ class PackedSequences:
         if rows.size and (rows.min() < 0 or rows.max() >= self._len):
             raise IndexError(f"row index out of range [0, {self._len})")
         starts = rows * self.seq_len
+        if hasattr(self.tokens, "windows"):  # prepared shards on disk: read just these rows
+            return np.asarray(self.tokens.windows(starts, self.width), np.int32)
         return np.asarray(self.tokens[starts[:, None] + np.arange(self.width)], np.int32)
 
     def __repr__(self) -> str:
