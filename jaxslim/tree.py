@@ -132,7 +132,7 @@ def _check_axes_leaf(name: str, axes: Any, ndim: int) -> Axes | None:
         raise ValueError(f"axes for {name!r} must hold str or None entries, got {axes!r}")
     if len(axes) != ndim:
         raise ValueError(
-            f"axes {axes} for {name!r} name {len(axes)} dimensions, but the parameter has {ndim} "
+            f"logical axes {axes} for {name!r} name {len(axes)} dimensions, the array has {ndim} "
             "(give a tuple per leaf, or None to leave a leaf unannotated)"
         )
     return axes
@@ -152,8 +152,9 @@ def resolve_axes(params: Any, axes: Any = None) -> AxesTable:
         An :class:`AxesTable` with an entry for every leaf (``None`` where nothing is known).
 
     Raises:
-        ValueError: ``axes`` is not a prefix of ``params``, or a tuple names a different number
-            of dimensions than its leaf has (the message names the leaf).
+        ValueError: no entry of ``axes`` names a leaf or subtree of ``params`` (entries for
+            leaves a call does not see, e.g. under ``optax.masked``, are fine), or a tuple names a
+            different number of dimensions than its leaf has (the message names the leaf).
     """
     if isinstance(axes, AxesTable):
         return axes
@@ -170,16 +171,16 @@ def resolve_axes(params: Any, axes: Any = None) -> AxesTable:
         ]
         parts = {name: tuple(key_name(k) for k in p) for p, name in _paths(params)}
         for prefix, a in prefixes:
-            hit = [n for n, ps in parts.items() if ps[: len(prefix)] == prefix]
-            if not hit:
-                raise ValueError(
-                    f"axes names {'.'.join(prefix) or '<root>'!r}, which is no parameter or subtree of the "
-                    f"params (they have {sorted(parts)[:8]}{' ...' if len(parts) > 8 else ''}); axes must be "
-                    "a prefix of the params' tree"
-                )
-            for n in hit:  # the longest prefix wins
-                if n not in explicit or len(prefix) > explicit[n][0]:
-                    explicit[n] = (len(prefix), a)
+            # a prefix may name leaves this call does not see (optax.masked hides some)
+            for n, ps in parts.items():
+                if ps[: len(prefix)] == prefix and (n not in explicit or len(prefix) > explicit[n][0]):
+                    explicit[n] = (len(prefix), a)  # the longest prefix wins
+        if prefixes and parts and not explicit:
+            raise ValueError(
+                f"axes names {sorted('.'.join(p) or '<root>' for p, _ in prefixes)[:8]}, none of which is a "
+                f"parameter or subtree of the params (they have {sorted(parts)[:8]}"
+                f"{' ...' if len(parts) > 8 else ''}); axes must be a prefix of the params' tree"
+            )
         explicit = {n: a for n, (_, a) in explicit.items()}
     for name, x in leaves:
         ndim = int(np.ndim(value(x))) if value(x) is not None else 0
@@ -206,3 +207,31 @@ def stack_dims(axes: Axes | None, stack_axes: Sequence[str] = STACK_AXES) -> tup
 def map_named(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """``fn(name, leaf, *rest_leaves)`` over the leaves of ``tree`` (Variables or ``None``)."""
     return jax.tree_util.tree_map_with_path(lambda p, x, *r: fn(path_name(p), x, *r), tree, *rest, is_leaf=is_leaf)
+
+
+# Axes tables resolved from Variable metadata, by structure_key: nnx.Optimizer gives tx.init the
+# Variables and tx.update raw arrays, and optax.inject_hyperparams rebuilds the inner transform on
+# every call, so a table kept only by the transform instance that ran init would be lost.
+_SEEN: dict[tuple, AxesTable] = {}
+_SEEN_MAX = 256
+
+
+def known_axes(params: Any, axes: Any = None) -> AxesTable:
+    """The axes a transform should use for ``params``, the same at ``init`` and at ``update``.
+
+    Explicit ``axes`` are resolved as given. Otherwise, parameters that carry Variable metadata
+    are resolved from it and the table is remembered under their leaf names and shapes; raw arrays
+    with the same names and shapes (``nnx.Optimizer``'s ``update``, ``nnx.as_pure``) get the
+    remembered table, and raw arrays never seen with metadata (Linen dicts, plain pytrees) get no
+    axes (every array is one group, like optax).
+    """
+    if axes is not None:
+        return resolve_axes(params, axes)
+    if any(is_variable(x) for _, x in named_leaves(params)):
+        table = resolve_axes(params)
+        key = structure_key(params)
+        if key not in _SEEN and len(_SEEN) >= _SEEN_MAX:
+            _SEEN.pop(next(iter(_SEEN)))
+        _SEEN[key] = table
+        return table
+    return _SEEN.get(structure_key(params)) or resolve_axes(params)

@@ -59,7 +59,7 @@ from jaxslim.prune.masks import (
     mask_template,
     sparsity_summary,
 )
-from jaxslim.tree import AxesTable, is_variable, named_leaves, resolve_axes, structure_key
+from jaxslim.tree import AxesTable, known_axes, named_leaves, structure_key
 from jaxslim.prune.schedule import (
     Schedule,
     constant_sparsity_schedule,
@@ -107,12 +107,11 @@ class _Plan(NamedTuple):
     filter: PruneFilter  # True exactly for the leaves pruned at init
 
 
-def _make_plan(params: Any, cfg: _Config, axes: Any) -> _Plan:
-    table = resolve_axes(params, axes)
+def _make_plan(params: Any, cfg: _Config, table: AxesTable, *, check: bool) -> _Plan:
     template = mask_template(params, kind=cfg.kind, filter=cfg.filter, axes=table)
     pruned = frozenset(n for n, mk in named_leaves(template) if mk is not None and _value(mk) is not None)
     seen = [n for n, x in named_leaves(params) if x is not None and _value(x) is not None]
-    if not pruned and seen:  # (no leaves at all: optax.tree_map_params's placeholder tree)
+    if check and not pruned and seen:  # (no leaves at all: optax.tree_map_params's placeholder tree)
         raise ValueError(
             f"prune(kind={cfg.kind!r}) found nothing to prune among the {len(seen)} parameters "
             f"({', '.join(seen[:8])}{', ...' if len(seen) > 8 else ''}): the default target is every "
@@ -233,20 +232,14 @@ def prune(
         _as_schedule(sr_ste_decay),
     )
     inner = optax.with_extra_args_support(inner)
-    # resolved at init, keyed by the leaves' names and shapes (the same with or without Variables)
+    # resolved at init, keyed by the leaves' names and shapes (the same with or without Variables);
+    # an update whose init ran elsewhere (inject_hyperparams rebuilds this transform) asks known_axes
     plans: dict[tuple, _Plan] = {}
 
     def plan_for(params: Any, *, at_init: bool) -> _Plan:
         key = structure_key(params)
-        if key in plans:
-            return plans[key]
-        has_meta = any(is_variable(x) for _, x in named_leaves(params))
-        if not at_init and axes is None and not has_meta:
-            raise ValueError(
-                "prune: update() got parameters without axis metadata whose init() this transform never "
-                "saw; call tx.init(params) on this transform first (nnx.Optimizer does), or pass axes="
-            )
-        plans[key] = _make_plan(params, cfg, axes)
+        if key not in plans:
+            plans[key] = _make_plan(params, cfg, known_axes(params, axes), check=at_init)
         return plans[key]
 
     def init(params):
