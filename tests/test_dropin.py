@@ -256,3 +256,27 @@ def test_import_jaxslim_exposes_subpackages_lazily():
     assert jaxslim.optim.lamb is lamb
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         jaxslim.nonexistent  # noqa: B018
+
+
+def test_moe_layer_stands_alone_and_matches_the_model_built_one():
+    from jaxslim.config import ModelConfig, MoeConfig
+    from jaxslim.moe import MoeLayer
+
+    moe = MoeConfig(num_experts=4, top_k=2, dispatch="dropless", every=1)
+    # one layer of a model with layer-count constraints never enters: no ModelConfig at all
+    alone = MoeLayer(moe, d_model=16, d_ff=32, activation="silu", gated=True, rngs=nnx.Rngs(0))
+    cfg = ModelConfig.llama(vocab_size=32, d_model=16, n_layers=2, n_heads=2, d_ff=32, moe=moe)
+    built = MoeLayer(cfg, rngs=nnx.Rngs(0))
+    assert (cfg.activation, cfg.gated_mlp, cfg.mlp_bias, cfg.param_dtype) == ("silu", True, False, "float32")
+    x = jax.random.normal(jax.random.key(1), (2, 5, 16))
+    (ya, ma), (yb, mb) = alone(x), built(x)
+    np.testing.assert_array_equal(np.asarray(ya), np.asarray(yb))
+    np.testing.assert_array_equal(np.asarray(ma["load"]), np.asarray(mb["load"]))
+    with pytest.raises(ValueError, match=r"stand-alone MoeLayer needs d_model"):
+        MoeLayer(moe, d_ff=32, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"needs d_ff \(or MoeConfig.d_ff\)"):
+        MoeLayer(moe, d_model=16, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"activation must be one of"):
+        MoeLayer(moe, d_model=16, d_ff=32, activation="tanh", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"d_model=8 contradicts the ModelConfig's 16"):
+        MoeLayer(cfg, d_model=8, rngs=nnx.Rngs(0))
