@@ -54,7 +54,8 @@ def decay_mask(params: Any, axes: Any = None) -> Any:
 
     Stacking axes do not count: a scanned bias ``("layers", "embed")`` or a stacked expert bias
     ``("layers", "exp", "mlp")`` is a vector per layer and expert, so it is excluded, as are norm
-    scales. The axes are those of :func:`jaxslim.tree.known_axes`: Variable metadata (remembered,
+    scales, and leaves named ``bias`` or ``scale`` (Flax's names, which also covers a stack of them
+    built without annotations, e.g. by ``nn.scan``). The axes are those of :func:`jaxslim.tree.known_axes`: Variable metadata (remembered,
     so ``nnx.Optimizer``'s raw-array ``update`` gets the same mask as its ``init``), or ``axes``
     for plain pytrees; arrays without any count all their dimensions.
     """
@@ -63,6 +64,8 @@ def decay_mask(params: Any, axes: Any = None) -> Any:
     def decayed(name, v):
         if v is None:
             return None
+        if name.rsplit(".", 1)[-1] in ("bias", "scale"):
+            return False
         x = value(v)
         return bool(np.ndim(x) - len(group_dims(table.get(name), np.ndim(x), GROUP_AXES)) >= 2)
 
