@@ -280,3 +280,15 @@ def test_moe_layer_stands_alone_and_matches_the_model_built_one():
         MoeLayer(moe, d_model=16, d_ff=32, activation="tanh", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"d_model=8 contradicts the ModelConfig's 16"):
         MoeLayer(cfg, d_model=8, rngs=nnx.Rngs(0))
+
+
+def test_keep_masks_follow_optax_conventions_under_nnx_optimizer():
+    from jaxslim.prune import keep_masks
+
+    params, opt_state = run_nnx_optimizer(TRANSFORMS["gradual_unstructured"]())
+    keep = dict(keep_masks(opt_state))  # an nnx.State, like the model's params; here beside a dict
+    assert keep["embedding"] is True and keep["norm_scale"] is True
+    applied = jax.tree.map(lambda m, p: np.where(m, p, 0.0), keep, params)
+    for k in AXES:  # the pruned weights are already zero: applying the masks changes nothing
+        np.testing.assert_array_equal(applied[k], params[k])
+    assert float(np.mean(~np.asarray(keep["w_in"]))) == 0.8

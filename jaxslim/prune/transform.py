@@ -387,6 +387,28 @@ def get_masks(opt_state: Any) -> Any:
     return _require(opt_state).masks
 
 
+def keep_masks(opt_state: Any) -> Any:
+    """The current masks in optax's convention: a tree with the params' structure whose leaves are
+    a bool array (True = kept) for each pruned parameter and ``True`` for every other one, with
+    ``nnx.Variable`` wrappers removed, so it goes into ``jax.tree.map`` beside raw parameters
+    (``nnx.as_pure(nnx.state(model, nnx.Param))``, a Linen dict, a plain pytree).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> params = {"w": jnp.arange(1.0, 5.0).reshape(2, 2), "b": jnp.ones(2)}
+        >>> tx = prune(optax.sgd(0.0), 0.5)
+        >>> _, state = tx.update(params, tx.init(params), params)
+        >>> jax.tree.map(lambda m, p: jnp.where(m, p, 0.0), keep_masks(state), params)["w"].tolist()
+        [[0.0, 0.0], [3.0, 4.0]]
+    """
+
+    def leaf(_, mk):
+        v = _value(mk) if mk is not None else None
+        return True if v is None else v
+
+    return _map(leaf, _require(opt_state).masks)
+
+
 def masked_params(params: Any, opt_state: Any) -> Any:
     """What the forward pass should use: ``params`` with the current pruning masks applied.
 
