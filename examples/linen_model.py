@@ -91,7 +91,9 @@ def main():
     for x, y in batches(40):
         params, opt_state, loss = step(params, opt_state, x, y)
         losses.append(float(loss))
-    print(f"Linen + optax, 80% gradual pruning around per-layer LAMB: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+    print(
+        f"Linen + optax, 80% gradual pruning around per-layer LAMB: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+    )
     assert losses[-1] < losses[0]
 
     stack = params["ScanBlock_0"]

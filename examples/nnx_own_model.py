@@ -102,9 +102,11 @@ def main():
     assert (np.asarray(model.embed.embedding[...]) != 0).all()  # embeddings are not kernels
     assert (np.asarray(model.norm[...]) != 0).all()  # nor are [layers, d] norm scales
     ratios = jaxslim.optim.trust_ratio_metrics(opt.opt_state)
-    print(f"  LAMB trust ratios over {int(jaxslim.optim.find_trust_ratio_states(opt.opt_state)[0].groups)} "
-          f"groups (each stacked layer its own): min {float(ratios['trust_ratio/min']):.3g}, "
-          f"max {float(ratios['trust_ratio/max']):.3g}")
+    print(
+        f"  LAMB trust ratios over {int(jaxslim.optim.find_trust_ratio_states(opt.opt_state)[0].groups)} "
+        f"groups (each stacked layer its own): min {float(ratios['trust_ratio/min']):.3g}, "
+        f"max {float(ratios['trust_ratio/max']):.3g}"
+    )
     assert last < first
 
     # 2. 2:4 sparsity ----------------------------------------------------------------------------
@@ -125,12 +127,16 @@ def main():
         codec = CodecConfig(mode="excp", min_size=256)
         with CompressedCheckpointer(small_dir, codec, async_save=False) as ckpt:
             ckpt.save(40, training_state(model, opt))
-        with CompressedCheckpointer(raw_dir, CodecConfig(mode="excp", min_size=10**9), async_save=False) as ckpt:
+        with CompressedCheckpointer(
+            raw_dir, CodecConfig(mode="excp", min_size=10**9), async_save=False
+        ) as ckpt:
             with warnings.catch_warnings():  # a codec that codes nothing says so; here on purpose
                 warnings.simplefilter("ignore")
                 ckpt.save(40, training_state(model, opt))
-        size = {k: sum(f.stat().st_size for f in pathlib.Path(p).rglob("*") if f.is_file())
-                for k, p in (("raw", raw_dir), ("compressed", small_dir))}
+        size = {
+            k: sum(f.stat().st_size for f in pathlib.Path(p).rglob("*") if f.is_file())
+            for k, p in (("raw", raw_dir), ("compressed", small_dir))
+        }
         print(f"checkpoint: {size['raw'] / 1e3:.0f} kB raw, {size['compressed'] / 1e3:.0f} kB compressed")
         assert size["compressed"] < size["raw"]
 
@@ -142,8 +148,10 @@ def main():
         nnx.update(fresh_opt, restored["optimizer"])
     w_saved, w_back = np.asarray(model.w_up[...]), np.asarray(fresh.w_up[...])
     err = float(np.linalg.norm(w_back - w_saved) / np.linalg.norm(w_saved))
-    print(f"restored (8-bit codes): relative error {err:.2e}; pruned weights still zero: "
-          f"{bool((w_back[w_saved == 0] == 0).all())}")
+    print(
+        f"restored (8-bit codes): relative error {err:.2e}; pruned weights still zero: "
+        f"{bool((w_back[w_saved == 0] == 0).all())}"
+    )
     assert err < 0.02 and (w_back[w_saved == 0] == 0).all()
     first, last = train(fresh, fresh_opt, 10, seed=1)
     print(f"resumed: loss {first:.3f} -> {last:.3f}; zeros per layer {per_layer_zeros(fresh.w_up[...])}")

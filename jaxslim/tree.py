@@ -105,7 +105,11 @@ def variable_axes(x: Any) -> Axes | None:
             axes = tuple(spec)
         except TypeError:
             continue
-        if axes and len(axes) == np.ndim(x.get_value()) and all(a is None or isinstance(a, str) for a in axes):
+        if (
+            axes
+            and len(axes) == np.ndim(x.get_value())
+            and all(a is None or isinstance(a, str) for a in axes)
+        ):
             return axes
     return None
 
@@ -206,7 +210,9 @@ def stack_dims(axes: Axes | None, stack_axes: Sequence[str] = STACK_AXES) -> tup
 
 def map_named(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """``fn(name, leaf, *rest_leaves)`` over the leaves of ``tree`` (Variables or ``None``)."""
-    return jax.tree_util.tree_map_with_path(lambda p, x, *r: fn(path_name(p), x, *r), tree, *rest, is_leaf=is_leaf)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x, *r: fn(path_name(p), x, *r), tree, *rest, is_leaf=is_leaf
+    )
 
 
 # Axes tables resolved from Variable metadata, by structure_key: nnx.Optimizer gives tx.init the

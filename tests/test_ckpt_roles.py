@@ -82,8 +82,10 @@ def test_a_state_without_params_key_is_as_small_as_with_it(tmp_path):
     with_key = {"params": params, "opt_state": opt}
     without = {"model": params, "optimizer": opt}
     # what the codec stores is the same, byte for byte in size
-    assert _record_bytes(without) == _record_bytes(with_key) < 0.5 * sum(
-        int(np.asarray(x).nbytes) for x in jax.tree.leaves(with_key)
+    assert (
+        _record_bytes(without)
+        == _record_bytes(with_key)
+        < 0.5 * sum(int(np.asarray(x).nbytes) for x in jax.tree.leaves(with_key))
     )
     sizes = {}
     for name, state in (("params", with_key), ("model", without)):
@@ -91,7 +93,9 @@ def test_a_state_without_params_key_is_as_small_as_with_it(tmp_path):
             ckpt.save(1, state)
         sizes[name] = _size(tmp_path / name)
     with pytest.warns(UserWarning, match="found no weight to code"):
-        with CompressedCheckpointer(tmp_path / "raw", CodecConfig(mode="excp", min_size=10**9), async_save=False) as c:
+        with CompressedCheckpointer(
+            tmp_path / "raw", CodecConfig(mode="excp", min_size=10**9), async_save=False
+        ) as c:
             c.save(1, with_key)
     raw = _size(tmp_path / "raw")
     # on disk: the same up to Orbax's layout-dependent file overhead (key names, manifests)

@@ -146,8 +146,12 @@ def test_same_parameters_under_nnx_optimizer_split_state_and_pytree(name):
     b, _ = run_split_state(make())
     c, _ = run_pytree(make)
     for k in AXES:
-        np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0, err_msg=f"{name}: {k} nnx.Optimizer vs split")
-        np.testing.assert_allclose(a[k], c[k], atol=1e-6, rtol=0, err_msg=f"{name}: {k} nnx.Optimizer vs pytree")
+        np.testing.assert_allclose(
+            a[k], b[k], atol=1e-6, rtol=0, err_msg=f"{name}: {k} nnx.Optimizer vs split"
+        )
+        np.testing.assert_allclose(
+            a[k], c[k], atol=1e-6, rtol=0, err_msg=f"{name}: {k} nnx.Optimizer vs pytree"
+        )
     # the run trained: the parameters moved
     assert not np.allclose(a["w_in"], np.asarray(_init_values()["w_in"]))
 
@@ -160,7 +164,9 @@ def test_per_layer_sparsity_exact_in_every_layer_under_nnx_optimizer():
     # what is not a kernel is never pruned: the embedding table, the stacked biases and norms
     for k in ("embedding", "b_in", "norm_scale"):
         assert (params[k] != 0).all(), k
-    masks = {n: m for n, m in named_leaves(get_masks(opt_state)) if m is not None and m.get_value() is not None}
+    masks = {
+        n: m for n, m in named_leaves(get_masks(opt_state)) if m is not None and m.get_value() is not None
+    }
     assert sorted(masks) == ["w_in", "w_out"]
 
 
@@ -209,7 +215,9 @@ def test_default_target_by_shape_and_role_whatever_the_axis_names():
             self.norm = nnx.LayerNorm(F, rngs=rngs)
 
     params = nnx.state(Unannotated(nnx.Rngs(0)), nnx.Param)
-    pruned = sorted(n for n, m in named_leaves(mask_template(params)) if m is not None and m.get_value() is not None)
+    pruned = sorted(
+        n for n, m in named_leaves(mask_template(params)) if m is not None and m.get_value() is not None
+    )
     # kernels only: not the embedding table, not the [heads, head_dim] attention biases, not the norm
     assert pruned == [f"attn.{p}.kernel" for p in ("key", "out", "query", "value")] + ["dense.kernel"]
     # the user's own names: (None, "model") kernels are pruned, never jaxslim's embed/mlp/vocab

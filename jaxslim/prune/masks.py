@@ -42,7 +42,6 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxslim.tree import (
     LAYERS,
@@ -51,7 +50,6 @@ from jaxslim.tree import (
     is_leaf,
     map_named,
     named_leaves,
-    path_name,
     resolve_axes,
     value,
     wrap,

@@ -59,7 +59,6 @@ from jaxslim.prune.masks import (
     mask_template,
     sparsity_summary,
 )
-from jaxslim.tree import AxesTable, known_axes, named_leaves, structure_key
 from jaxslim.prune.schedule import (
     Schedule,
     constant_sparsity_schedule,
@@ -67,6 +66,7 @@ from jaxslim.prune.schedule import (
     cubic_update_window,
     is_update_step,
 )
+from jaxslim.tree import AxesTable, known_axes, named_leaves, structure_key
 
 
 class PruneState(NamedTuple):
@@ -117,7 +117,11 @@ def _make_plan(params: Any, cfg: _Config, table: AxesTable, *, check: bool) -> _
             f"({', '.join(seen[:8])}{', ...' if len(seen) > 8 else ''}): the default target is every "
             "kernel of rank >= 2 (not counting a 'layers' / 'exp' stacking axis) that is not an embedding "
             "table, bias or norm scale"
-            + ("; structured kinds also need the unit's logical axis ('heads', 'mlp' or 'embed')" if cfg.kind in ("heads", "neurons", "channels") else "")
+            + (
+                "; structured kinds also need the unit's logical axis ('heads', 'mlp' or 'embed')"
+                if cfg.kind in ("heads", "neurons", "channels")
+                else ""
+            )
             + ". Pass filter=(path, axes, shape) -> bool, or axes= to name the axes"
         )
     return _Plan(table, lambda name, a, shape: name in pruned)
