@@ -229,7 +229,9 @@ def known_axes(params: Any, axes: Any = None) -> AxesTable:
     are resolved from it and the table is remembered under their leaf names and shapes; raw arrays
     with the same names and shapes (``nnx.Optimizer``'s ``update``, ``nnx.as_pure``) get the
     remembered table, and raw arrays never seen with metadata (Linen dicts, plain pytrees) get no
-    axes (every array is one group, like optax).
+    axes (every array is one group, like optax). The table is remembered per process, so a plain
+    pytree with exactly the leaf names and shapes of an NNX model seen earlier gets that model's
+    axes; explicit ``axes`` always win.
     """
     if axes is not None:
         return resolve_axes(params, axes)
