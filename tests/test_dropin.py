@@ -300,3 +300,27 @@ def test_keep_masks_follow_optax_conventions_under_nnx_optimizer():
     for k in AXES:  # the pruned weights are already zero: applying the masks changes nothing
         np.testing.assert_array_equal(applied[k], params[k])
     assert float(np.mean(~np.asarray(keep["w_in"]))) == 0.8
+
+
+@pytest.mark.slow
+def test_jaxslim_model_under_nnx_optimizer_nm_and_per_layer_sparsity():
+    # the reported failure: a jaxslim model (scanned stack, 2-D norms and biases) in nnx.Optimizer
+    from jaxslim.config import ModelConfig
+    from jaxslim.models import Transformer
+
+    cfg = ModelConfig.gpt2(vocab_size=64, d_model=32, n_layers=4, n_heads=4, d_ff=64, max_len=16)
+    for tx, check in (
+        (prune(optax.adamw(1e-3), kind="nm"), "nm"),
+        (prune(optax.adamw(1e-3), 0.5), "layer"),
+    ):
+        model = Transformer(cfg, rngs=nnx.Rngs(0))
+        opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+        opt.update(model, grads)
+        wi = np.asarray(model.stack.blocks.mlp.wi[...])  # [layers, embed, mlp]
+        if check == "nm":
+            groups = (wi != 0).reshape(4, 32 // 4, 4, 64).sum(axis=2)
+            np.testing.assert_array_equal(groups, np.full_like(groups, 2))
+        else:
+            np.testing.assert_array_equal((wi == 0).reshape(4, -1).mean(axis=1), np.full(4, 0.5))
+        assert (np.asarray(model.stack.blocks.attn_norm.scale[...]) != 0).all()
