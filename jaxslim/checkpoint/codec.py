@@ -32,7 +32,7 @@ Example:
     >>> codec = Codec(CodecConfig(mode="lossless"))
     >>> plan = codec.plan(state)
     >>> enc = codec.encode(plan, jax.tree.leaves(state), None, keyframe=True)
-    >>> out = codec.decode(plan, enc.records, None, keyframe=True, bits=codec.bits(True))
+    >>> out, _ = codec.decode(plan, enc.records, None, keyframe=True, bits=codec.bits(True))
     >>> bool((out[0] == state["params"]["w"]).all())
     True
 """
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -50,6 +51,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxslim.checkpoint import kmeans, packing
+from jaxslim.checkpoint.roles import find_weights
 from jaxslim.sharding import LAYERS
 
 FORMAT = "jaxslim-compressed-checkpoint"
@@ -159,23 +161,6 @@ def leaf_paths(state: Any) -> list[str]:
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
 
 
-def _moment_index(paths: list[tuple]) -> tuple[dict, dict, dict]:
-    """Parameters (keyed by their path below ``params``) and the Adam ``mu`` / ``nu`` leaves that
-    mirror them anywhere in the optimizer state (optax's ``ScaleByAdamState``, also inside chains,
-    ``inject_hyperparams`` and masks). The first match wins."""
-    params, mus, nus = {}, {}, {}
-    for i, path in enumerate(paths):
-        names = [_key_name(k) for k in path]
-        if names and names[0] == "params":
-            params.setdefault(tuple(names[1:]), i)
-            continue
-        for j, name in enumerate(names):
-            if name in ("mu", "nu"):
-                (mus if name == "mu" else nus).setdefault(tuple(names[j + 1 :]), i)
-                break
-    return params, mus, nus
-
-
 class Codec:
     """The ExCP / lossless codec for one :class:`CodecConfig`; compiled programs are cached per layout.
 
@@ -196,9 +181,11 @@ class Codec:
     def plan(self, state: Any, *, stacked: Any = None) -> tuple[LeafPlan, ...]:
         """How each leaf of ``state`` (arrays or ``ShapeDtypeStruct``) is stored.
 
-        Lossy mode: weights under ``params`` with at least ``min_size`` elements are residual-coded,
-        their Adam moments (``mu`` / ``nu`` of the same path) coded jointly with them; every other
-        leaf is stored unchanged. Lossless mode: every floating-point leaf is XOR-coded.
+        Lossy mode: weights with at least ``min_size`` elements are residual-coded, their Adam
+        moments (``mu`` / ``nu`` of the same path) coded jointly with them; every other leaf is
+        stored unchanged. Weights are recognised by structure, whatever their key
+        (:func:`~jaxslim.checkpoint.roles.find_weights`: the subtree that the optimizer's ``mu``
+        mirrors, else a top-level ``params``); a warning says when nothing is coded. Lossless mode: every floating-point leaf is XOR-coded.
 
         Args:
             state: the state (or its abstract tree).
@@ -219,7 +206,7 @@ class Codec:
         if self.cfg.mode == "lossless":
             kinds = [XOR if _is_float(dtype_of(x)) else RAW for x in leaves]
         else:
-            params, mus, nus = _moment_index(paths)
+            params, mus, nus = find_weights(paths, [np.shape(x) for x in leaves])
             for key, i in params.items():
                 x = leaves[i]
                 if not _is_float(dtype_of(x)) or np.ndim(x) < 1 or int(np.size(x)) < self.cfg.min_size:
@@ -235,6 +222,14 @@ class Codec:
                         if j >= 0:
                             kinds[j] = RAW
                     mu_of[i] = nu_of[i] = -1
+            if leaves and WEIGHT not in kinds:
+                warnings.warn(
+                    f"the lossy checkpoint codec found no weight to code among {len(leaves)} leaves (no "
+                    f"parameters mirrored by Adam mu / nu and no 'params' entry, or every floating-point "
+                    f"parameter has fewer than min_size={self.cfg.min_size} elements): every leaf is "
+                    "stored raw",
+                    stacklevel=2,
+                )
         plans = []
         for i, (path, x) in enumerate(flat):
             a = axes[i]

@@ -19,6 +19,12 @@ Example:
     >>> y, metrics = layer(jnp.ones((2, 5, 16)))
     >>> y.shape, metrics["load"].shape
     ((2, 5, 16), (4,))
+
+    Stand-alone, in a model of one's own (no whole-model config):
+
+    >>> ffn = MoeLayer(MoeConfig(num_experts=4, top_k=2), d_model=16, d_ff=32, rngs=nnx.Rngs(0))
+    >>> ffn(jnp.ones((2, 5, 16)))[0].shape
+    (2, 5, 16)
 """
 
 from __future__ import annotations
@@ -27,13 +33,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxslim.config import ModelConfig
-from jaxslim.models.layers import activation, dtypes, param
+from jaxslim.config import ModelConfig, MoeConfig
+from jaxslim.models.layers import activation as activation_fn
+from jaxslim.models.layers import dtypes, param
 from jaxslim.moe.dispatch import ExpertWeights, capacity_moe, dropless_moe, expert_capacity, expert_ffn
 from jaxslim.moe.losses import routing_metrics
 from jaxslim.moe.routing import Routing, priority_order, random_routing, top_k_routing
 from jaxslim.sharding import constrain
 
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 _RANDOM_PER = {
     "token": "token",
     "sequence": "sequence",
@@ -50,22 +58,67 @@ class MoeLayer(nnx.Module):
     FFN biases. The ``exp`` axis maps to the ``expert`` mesh axis.
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        if cfg.moe is None:
-            raise ValueError("MoeLayer needs a ModelConfig with moe set")
-        _, pdt = dtypes(cfg)
-        m = cfg.moe
-        e, d, f = m.num_experts, cfg.d_model, cfg.expert_ffn
+    def __init__(
+        self,
+        cfg: ModelConfig | MoeConfig,
+        *,
+        d_model: int | None = None,
+        d_ff: int | None = None,
+        activation: str = "gelu",
+        gated: bool = False,
+        bias: bool = False,
+        param_dtype: str = "float32",
+        rngs: nnx.Rngs,
+    ):
+        """Builds the layer from a model's config, or stand-alone from a :class:`MoeConfig`.
+
+        Args:
+            cfg: a :class:`ModelConfig` with ``moe`` set (the model's widths, activation, gating,
+                biases and dtypes apply), or a :class:`MoeConfig` for a layer on its own.
+            d_model, d_ff: with a ``MoeConfig``: the model width (required) and the expert width
+                (default ``cfg.d_ff``; one of them must be given).
+            activation, gated, bias, param_dtype: with a ``MoeConfig``: the FFN activation
+                (``"gelu"``, ``"gelu_tanh"``, ``"relu"``, ``"silu"``), SwiGLU-style gating, FFN
+                biases, and the parameter dtype.
+            rngs: the parameter initialisers' keys.
+
+        Raises:
+            ValueError: a ``ModelConfig`` without ``moe``, or with ``d_model`` / ``d_ff`` that
+                contradict it; a ``MoeConfig`` without ``d_model`` or an expert width, or with an
+                unknown activation.
+        """
+        if isinstance(cfg, ModelConfig):
+            if cfg.moe is None:
+                raise ValueError("MoeLayer needs a ModelConfig with moe set (or a MoeConfig)")
+            for name, given, have in (("d_model", d_model, cfg.d_model), ("d_ff", d_ff, cfg.expert_ffn)):
+                if given is not None and given != have:
+                    raise ValueError(f"MoeLayer: {name}={given} contradicts the ModelConfig's {have}")
+            _, pdt = dtypes(cfg)
+            m, d, f = cfg.moe, cfg.d_model, cfg.expert_ffn
+            act, gated, bias = cfg.activation, cfg.gated_mlp, cfg.mlp_bias
+        elif isinstance(cfg, MoeConfig):
+            f = cfg.d_ff if cfg.d_ff else d_ff
+            if cfg.d_ff and d_ff is not None and d_ff != cfg.d_ff:
+                raise ValueError(f"MoeLayer: d_ff={d_ff} contradicts MoeConfig.d_ff={cfg.d_ff}")
+            for name, v in (("d_model", d_model), ("d_ff (or MoeConfig.d_ff)", f)):
+                if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+                    raise ValueError(f"a stand-alone MoeLayer needs {name} as a positive integer, got {v!r}")
+            if activation not in ACTIVATIONS:
+                raise ValueError(f"MoeLayer activation must be one of {ACTIVATIONS}, got {activation!r}")
+            m, d, act, pdt = cfg, d_model, activation, jnp.dtype(param_dtype)
+        else:
+            raise TypeError(f"MoeLayer needs a ModelConfig or a MoeConfig, got {type(cfg).__name__}")
+        e = m.num_experts
         self.mcfg = m
-        self.act = cfg.activation
+        self.act = act
         self.deterministic = False
         self.router = param(rngs, (d, e), ("embed", None), pdt) if m.router == "topk" else None
         self.wi = param(rngs, (e, d, f), ("exp", "embed", "mlp"), pdt)
-        self.wu = param(rngs, (e, d, f), ("exp", "embed", "mlp"), pdt) if cfg.gated_mlp else None
+        self.wu = param(rngs, (e, d, f), ("exp", "embed", "mlp"), pdt) if gated else None
         self.wo = param(rngs, (e, f, d), ("exp", "mlp", "embed"), pdt)
-        if cfg.mlp_bias:
+        if bias:
             self.bi = param(None, (e, f), ("exp", "mlp"), pdt, "zeros")
-            self.bu = param(None, (e, f), ("exp", "mlp"), pdt, "zeros") if cfg.gated_mlp else None
+            self.bu = param(None, (e, f), ("exp", "mlp"), pdt, "zeros") if gated else None
             self.bo = param(None, (e, d), ("exp", "embed"), pdt, "zeros")
         else:
             self.bi = self.bu = self.bo = None
@@ -158,7 +211,7 @@ class MoeLayer(nnx.Module):
         return y, routing_metrics(routing, kept, e)
 
     def _hidden(self, drop_key):
-        act = activation(self.act)
+        act = activation_fn(self.act)
         rate = 0.0 if self.deterministic else self.mcfg.expert_dropout
         if not rate:
             return act

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -48,6 +49,13 @@ def _check_number(name: str, value: Any, *, low: float = 0.0, high: float | None
     if not ok:
         bound = f">= {low}" + ("" if high is None else f" and {'<' if open_high else '<='} {high}")
         raise ValueError(f"{name} must be a number {bound}, got {value!r}")
+
+
+def _with_axes(mask: Mask, axes: Any) -> Mask:
+    """The default decay mask reads the same ``axes=`` as the trust ratio."""
+    if mask is decay_mask and axes is not None:
+        return functools.partial(decay_mask, axes=axes)
+    return mask
 
 
 def scale_by_adam(
@@ -148,8 +156,8 @@ def lamb(
             raise ValueError("clip_norm must be > 0 or None, got 0")
     if bias_correction not in (True, False, "step_size"):
         raise ValueError(f"bias_correction must be True, False or 'step_size', got {bias_correction!r}")
-    wd_mask = checked_mask("weight_decay_mask", weight_decay_mask)
-    tr_mask = wd_mask if trust_mask is None else checked_mask("trust_mask", trust_mask)
+    wd_mask = checked_mask("weight_decay_mask", _with_axes(weight_decay_mask, axes))
+    tr_mask = wd_mask if trust_mask is None else checked_mask("trust_mask", _with_axes(trust_mask, axes))
     parts = []
     if clip_norm is not None:
         parts.append(optax.clip_by_global_norm(clip_norm))
@@ -191,8 +199,8 @@ def lars(
     _check_number("weight_decay", weight_decay)
     _check_number("eps", eps)
     _check_number("momentum", momentum, high=1.0, open_high=True)
-    wd_mask = checked_mask("weight_decay_mask", weight_decay_mask)
-    tr_mask = wd_mask if trust_mask is None else checked_mask("trust_mask", trust_mask)
+    wd_mask = checked_mask("weight_decay_mask", _with_axes(weight_decay_mask, axes))
+    tr_mask = wd_mask if trust_mask is None else checked_mask("trust_mask", _with_axes(trust_mask, axes))
     trust = scale_by_layer_trust_ratio(
         axes=axes,
         group_axes=group_axes,

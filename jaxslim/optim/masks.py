@@ -19,9 +19,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 from jaxslim.optim.trust import GROUP_AXES, group_dims
+from jaxslim.tree import known_axes, map_named, value
 
 Mask = Any  # a bool pytree or a callable params -> bool pytree
 
@@ -47,22 +49,27 @@ def param_names(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: _path_name(p), params, is_leaf=_is_var)
 
 
-def decay_mask(params: Any) -> Any:
+def decay_mask(params: Any, axes: Any = None) -> Any:
     """True for weights that get weight decay: matrices and higher-rank kernels, not vectors.
 
     Stacking axes do not count: a scanned bias ``("layers", "embed")`` or a stacked expert bias
     ``("layers", "exp", "mlp")`` is a vector per layer and expert, so it is excluded, as are norm
-    scales. Plain arrays without logical axes count all their dimensions.
+    scales, and leaves named ``bias`` or ``scale`` (Flax's names, which also covers a stack of them
+    built without annotations, e.g. by ``nn.scan``). The axes are those of :func:`jaxslim.tree.known_axes`: Variable metadata (remembered,
+    so ``nnx.Optimizer``'s raw-array ``update`` gets the same mask as its ``init``), or ``axes``
+    for plain pytrees; arrays without any count all their dimensions.
     """
+    table = known_axes(params, axes)
 
-    def rank(v) -> int:
-        if _is_var(v):
-            axes = v.get_metadata().get("out_sharding") or None
-            x = v.get_value()
-            return x.ndim - len(group_dims(tuple(axes) if axes else None, x.ndim, GROUP_AXES))
-        return jax.numpy.ndim(v)
+    def decayed(name, v):
+        if v is None:
+            return None
+        if name.rsplit(".", 1)[-1] in ("bias", "scale"):
+            return False
+        x = value(v)
+        return bool(np.ndim(x) - len(group_dims(table.get(name), np.ndim(x), GROUP_AXES)) >= 2)
 
-    return jax.tree.map(lambda v: rank(v) >= 2, params, is_leaf=_is_var)
+    return map_named(decayed, params)
 
 
 def exclude_mask(patterns: Sequence[str]) -> Callable[[Any], Any]:

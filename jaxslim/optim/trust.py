@@ -32,6 +32,7 @@ import optax
 from flax import nnx
 
 from jaxslim.sharding import LAYERS, layer_axis
+from jaxslim.tree import AxesTable, known_axes, map_named, structure_key
 
 EXPERTS = "exp"
 GROUP_AXES = (LAYERS, EXPERTS)
@@ -112,26 +113,6 @@ def group_norm(x: jax.Array, axes: Axes, group_axes: Sequence[str] = GROUP_AXES)
     return jnp.sqrt(jnp.sum(x * x, axis=reduce, keepdims=True))
 
 
-def _resolve_axes(axes: Any, params: Any) -> Any:
-    """The axes tree for ``params``: from the argument (a tree or a callable) or the Variables."""
-    if axes is None:
-        return variable_axes(params)
-    tree = axes(params) if callable(axes) else axes
-    try:
-        return jax.tree.map(
-            lambda a, _: None if a is None else tuple(a),
-            tree,
-            params,
-            is_leaf=lambda x: x is None or isinstance(x, tuple),
-        )
-    except (ValueError, TypeError) as e:
-        raise ValueError(
-            f"axes must have the params' tree structure with a tuple of logical axis names (or None) per "
-            f"leaf; got {jax.tree.structure(tree, is_leaf=lambda x: isinstance(x, tuple))} for params "
-            f"{jax.tree.structure(params, is_leaf=_is_var)}"
-        ) from e
-
-
 def _check_clamp(min_ratio, max_ratio) -> None:
     for name, v in (("min_ratio", min_ratio), ("max_ratio", max_ratio)):
         if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0):
@@ -161,8 +142,11 @@ def scale_by_layer_trust_ratio(
 
     Args:
         axes: logical axes per leaf: ``None`` reads each ``nnx.Variable``'s ``out_sharding``
-            metadata (leaves that are plain arrays get one ratio per array, like optax), or a tree
-            (or a callable ``params -> tree``) with a tuple of names or ``None`` per leaf.
+            metadata (leaves that are plain arrays get one ratio per array, like optax), or a
+            prefix of the params' tree (or a callable ``params -> tree``) with a tuple of names or
+            ``None`` at each of its leaves (:func:`jaxslim.tree.resolve_axes`). Resolved once, at
+            ``init``: under ``nnx.Optimizer`` (Variables at ``init``, raw arrays at ``update``)
+            every layer of a stack still gets its own ratio.
         group_axes: the logical axis names that index separate groups.
         min_ratio, max_ratio: optional clamp of the ratio.
         trust_coefficient: multiplier of the ratio (LARS uses 1e-3).
@@ -184,22 +168,36 @@ def scale_by_layer_trust_ratio(
         raise ValueError("trust_coefficient must be > 0, got 0")
     group_axes = tuple(group_axes)
 
-    def init(params):
-        del params
+    # resolved at init (from Variable metadata or axes=), keyed by the leaves' names and shapes:
+    # nnx.Optimizer passes Variables to init and raw arrays to update
+    tables: dict[tuple, AxesTable] = {}
+
+    def table_for(params: Any) -> AxesTable:
+        key = structure_key(params)
+        if key not in tables:
+            tables[key] = known_axes(params, axes)
+        return tables[key]
+
+    def empty_state():
         one = jnp.ones([], jnp.float32)
         return LayerTrustRatioState(one, one, one, jnp.zeros([], jnp.int32))
+
+    def init(params):
+        table_for(params)
+        return empty_state()
 
     def update(updates, state, params=None):
         del state
         if params is None:
             raise ValueError(optax.NO_PARAMS_MSG)
-        axes_tree = _resolve_axes(axes, params)
+        table = table_for(params)
         ratios = []
 
-        def scale(ax, u, p):
-            if isinstance(u, optax.MaskedNode):
+        def scale(name, u, p):
+            if u is None or isinstance(u, optax.MaskedNode):
                 return u
             uv, pv = _value(u), _value(p)
+            ax = table.get(name)
             w_norm = group_norm(pv, ax, group_axes)
             u_norm = group_norm(uv, ax, group_axes)
             ratio = trust_coefficient * w_norm / (u_norm + eps)
@@ -209,20 +207,14 @@ def scale_by_layer_trust_ratio(
             ratios.append(ratio.reshape(-1))
             return _wrap(u, (uv * ratio.astype(uv.dtype)).astype(uv.dtype))
 
-        new = jax.tree.map(
-            scale,
-            axes_tree,
-            updates,
-            params,
-            is_leaf=lambda x: x is None or isinstance(x, tuple) or _is_var(x),
-        )
+        new = map_named(scale, updates, params)
         if ratios:
             flat = jnp.concatenate(ratios)
             new_state = LayerTrustRatioState(
                 jnp.min(flat), jnp.mean(flat), jnp.max(flat), jnp.asarray(flat.size, jnp.int32)
             )
         else:
-            new_state = init(None)
+            new_state = empty_state()
         return new, new_state
 
     return optax.GradientTransformation(init, update)

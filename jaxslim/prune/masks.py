@@ -42,9 +42,18 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from jaxslim.sharding import LAYERS
+from jaxslim.tree import (
+    LAYERS,
+    STACK_AXES,
+    AxesTable,
+    is_leaf,
+    map_named,
+    named_leaves,
+    resolve_axes,
+    value,
+    wrap,
+)
 
 Criterion = Literal["magnitude", "random", "saliency"]
 Kind = Literal["unstructured", "nm", "heads", "neurons", "channels"]
@@ -58,62 +67,28 @@ ALLOCATIONS = ("layer", "global")
 # structured kinds: the logical axis whose units are kept or dropped whole
 UNIT_AXES = {"heads": "heads", "neurons": "mlp", "channels": "embed"}
 # axes that are batch-like in a kernel (never contracted)
-_BATCH_AXES = (LAYERS, "exp")
+_BATCH_AXES = STACK_AXES
 _HEAD_AXES = ("heads", "kv_heads")
-_WIDTH_AXES = ("embed", "mlp", "vocab")
+_NOT_KERNELS = ("bias", "scale")  # Flax names of biases and norm scales
 
 
 # -- leaves, paths and axes -----------------------------------------------------------------------
 
-
-def _is_leaf(x: Any) -> bool:
-    return x is None or isinstance(x, nnx.Variable)
-
-
-def _value(x: Any) -> Any:
-    return x.get_value() if isinstance(x, nnx.Variable) else x
+_is_leaf = is_leaf
+_value = value
+_wrap = wrap
+_map = map_named
+_named_leaves = named_leaves
 
 
-def _wrap(like: Any, value: Any) -> Any:
-    return like.replace(value) if isinstance(like, nnx.Variable) else value
-
-
-def _key_name(k: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def path_name(path: Sequence[Any]) -> str:
-    """Dotted name of a tree path, e.g. ``stack.blocks.attn.wq``."""
-    return ".".join(_key_name(k) for k in path)
-
-
-def _axes(x: Any) -> tuple:
+def _axes_of(table: AxesTable, name: str, x: Any) -> tuple:
+    """The axes of leaf ``name`` from a resolved table (``(None,) * ndim`` where unknown)."""
     v = _value(x)
-    ndim = np.ndim(v) if v is not None else 0
-    if isinstance(x, nnx.Variable):
-        axes = x.get_metadata().get("out_sharding")
-        if axes and len(axes) == ndim:
-            return tuple(axes)
-    return (None,) * ndim
+    return table.of(name, int(np.ndim(v)) if v is not None else 0)
 
 
 def _layer_axis(axes: tuple) -> int | None:
     return axes.index(LAYERS) if LAYERS in axes else None
-
-
-def _map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
-    """``fn(name, leaf, *rest_leaves)`` over the leaves of ``tree`` (Variables or ``None``)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x, *r: fn(path_name(p), x, *r), tree, *rest, is_leaf=_is_leaf
-    )
-
-
-def _named_leaves(tree: Any) -> list[tuple[str, Any]]:
-    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_leaf)[0]
-    return [(path_name(p), x) for p, x in flat]
 
 
 def _check_sparsity(sparsity: Any, what: str = "sparsity") -> None:
@@ -134,21 +109,46 @@ def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
 # -- which leaves, which axes ---------------------------------------------------------------------
 
 
-def default_filter(path: str, axes: tuple, shape: tuple) -> bool:
-    """True for kernels that are pruned by default.
+def is_embedding(path: str, axes: Sequence[str | None] = ()) -> bool:
+    """Whether a leaf is an embedding table (rows gathered by token id, not a kernel).
 
-    A leaf is pruned when its rank without the ``layers`` axis is at least 2, it is not a norm
-    parameter (logical axis ``norm``), it is not an embedding table (anything under the top-level
-    ``embed`` module: token, position and type embeddings), and, when it has logical names, one of
-    them is a model width (``embed``, ``mlp`` or ``vocab``): this leaves out the ``[heads,
-    head_dim]`` attention biases. The LM head and pooler kernel are pruned.
+    By role, whatever the model: Flax's ``nnx.Embed`` / ``nn.Embed`` parameter (``embedding``), a
+    path component that names an embedding (containing ``embed`` but not ``unembed``, or GPT-2's
+    ``wte`` / ``wpe``), or a first non-stacking logical axis ``vocab`` (a ``[vocab, d]`` table).
     """
-    rank = len(shape) - (1 if LAYERS in axes else 0)
-    if rank < 2 or "norm" in axes or path.split(".")[0] == "embed":
+    parts = [p.lower() for p in path.split(".")]
+    rest = [a for a in axes if a not in STACK_AXES]
+    if rest and rest[0] == "vocab":
+        return True
+    return any(p in ("wte", "wpe") or ("embed" in p and "unembed" not in p) for p in parts)
+
+
+def default_filter(path: str, axes: tuple, shape: tuple) -> bool:
+    """True for the kernels pruned by default: rank >= 2 (not counting stacking axes) and not an
+    embedding table, whatever the model's axis names.
+
+    Defined by shape and role, so a user's own model (own axis names, or none) is pruned like
+    jaxslim's: the rank leaves out the stacking axes (``layers``, ``exp``) that the resolved axes
+    name; leaves named ``bias`` or ``scale`` (Flax's biases and norm scales, also when stacked
+    ``[layers, d]`` without annotations), norm parameters (logical axis ``norm``), per-head
+    attention biases (only ``heads`` / ``kv_heads`` / ``head_dim`` axes) and embedding tables
+    (:func:`is_embedding`) are not pruned. The LM head, pooler and router kernels are.
+
+    Example:
+        >>> default_filter("block.mlp.kernel", (None, "model"), (64, 256))
+        True
+        >>> default_filter("blocks.ln.scale", (), (4, 64)), default_filter("tok.embedding", (), (100, 64))
+        (False, False)
+    """
+    axes = tuple(axes) if axes else (None,) * len(shape)
+    rest = [a for a in axes if a not in STACK_AXES]
+    if len(rest) < 2 or "norm" in axes:
         return False
-    if any(a is not None for a in axes):
-        return any(a in _WIDTH_AXES for a in axes)
-    return True
+    if path.rsplit(".", 1)[-1].lower() in _NOT_KERNELS:
+        return False
+    if all(a in _HEAD_AXES + ("head_dim",) for a in rest):
+        return False
+    return not is_embedding(path, axes)
 
 
 def contraction_axes(path: str, axes: Sequence[str | None]) -> tuple[int, ...]:
@@ -197,17 +197,17 @@ def nm_axis(path: str, axes: Sequence[str | None]) -> int:
     return contraction_axes(path, axes)[-1]
 
 
-def _targets(tree: Any, kind: str, filter: PruneFilter) -> dict[str, bool]:
+def _targets(tree: Any, kind: str, filter: PruneFilter, table: AxesTable) -> dict[str, bool]:
     """Static choice of the pruned leaves, by name, for a pruning ``kind``."""
     leaves = [(n, x) for n, x in _named_leaves(tree) if x is not None and _value(x) is not None]
     out: dict[str, bool] = {}
     heads_size: dict[str, int] = {}
     for name, x in leaves:
-        axes = _axes(x)
+        axes = _axes_of(table, name, x)
         if "heads" in axes:
             heads_size[name.rsplit(".", 1)[0]] = np.shape(_value(x))[axes.index("heads")]
     for name, x in leaves:
-        axes, shape = _axes(x), tuple(np.shape(_value(x)))
+        axes, shape = _axes_of(table, name, x), tuple(np.shape(_value(x)))
         ok = bool(filter(name, axes, shape))
         if ok and kind in UNIT_AXES:
             unit = UNIT_AXES[kind]
@@ -241,6 +241,7 @@ def compute_scores(
     rng: jax.Array | None = None,
     filter: PruneFilter = default_filter,
     kind: Kind = "unstructured",
+    axes: Any = None,
 ) -> Any:
     """Importance scores (float32) for the pruned leaves, ``None`` for the others.
 
@@ -252,6 +253,8 @@ def compute_scores(
         rng: a PRNG key for ``"random"``; each leaf draws from ``fold_in(rng, leaf index)``.
         filter: which leaves are pruned (see :func:`default_filter`).
         kind: the pruning kind; structured kinds also drop leaves without the unit axis.
+        axes: logical axes per leaf: ``None`` reads Variable metadata, or a prefix tree / resolved
+            table (see :func:`jaxslim.tree.resolve_axes`).
 
     Returns:
         A tree with the structure of ``params``.
@@ -262,7 +265,7 @@ def compute_scores(
         raise ValueError('criterion="saliency" needs grads (|w * g|)')
     if criterion == "random" and rng is None:
         raise ValueError('criterion="random" needs an rng key')
-    targets = _targets(params, kind, filter)
+    targets = _targets(params, kind, filter, resolve_axes(params, axes))
     names = [n for n, _ in _named_leaves(params)]
     index = {n: i for i, n in enumerate(names)}
 
@@ -285,10 +288,12 @@ def compute_scores(
     return _map(score, params)
 
 
-def mask_template(params: Any, *, kind: Kind = "unstructured", filter: PruneFilter = default_filter) -> Any:
+def mask_template(
+    params: Any, *, kind: Kind = "unstructured", filter: PruneFilter = default_filter, axes: Any = None
+) -> Any:
     """All-True masks for the leaves a ``kind`` prunes, the ``None`` sentinel elsewhere."""
     _check_choice("kind", kind, KINDS)
-    targets = _targets(params, kind, filter)
+    targets = _targets(params, kind, filter, resolve_axes(params, axes))
 
     def leaf(name, p):
         if p is None:
@@ -323,7 +328,9 @@ def _per_layer(fn: Callable[[jax.Array], jax.Array], x: jax.Array, axes: tuple) 
     return jax.vmap(fn, in_axes=i, out_axes=i)(x)
 
 
-def unstructured_masks(scores: Any, sparsity: Any, *, allocation: Allocation = "layer") -> Any:
+def unstructured_masks(
+    scores: Any, sparsity: Any, *, allocation: Allocation = "layer", axes: Any = None
+) -> Any:
     """Keep the highest-scoring weights.
 
     Args:
@@ -332,6 +339,8 @@ def unstructured_masks(scores: Any, sparsity: Any, *, allocation: Allocation = "
         allocation: ``"layer"`` reaches the sparsity in every leaf, and in every layer of a scanned
             stack separately; ``"global"`` uses one threshold over all scored weights, so the
             overall sparsity is exact and layers differ.
+        axes: logical axes per leaf: ``None`` reads Variable metadata, or a prefix tree / resolved
+            table (see :func:`jaxslim.tree.resolve_axes`).
 
     Returns:
         Boolean masks with the structure of ``scores``.
@@ -339,13 +348,14 @@ def unstructured_masks(scores: Any, sparsity: Any, *, allocation: Allocation = "
     _check_sparsity(sparsity)
     _check_choice("allocation", allocation, ALLOCATIONS)
     if allocation == "layer":
+        table = resolve_axes(scores, axes)
 
         def leaf(name, s):
             if s is None or _value(s) is None:
                 return s
             x = _value(s)
             fn = lambda y: _keep_top(y.reshape(-1), sparsity).reshape(y.shape)  # noqa: E731
-            return _wrap(s, _per_layer(fn, x, _axes(s)))
+            return _wrap(s, _per_layer(fn, x, _axes_of(table, name, s)))
 
         return _map(leaf, scores)
 
@@ -379,7 +389,7 @@ def _nm_keep(x: jax.Array, ax: int, n: int, m: int) -> jax.Array:
     return jnp.moveaxis(keep.reshape(y.shape), -1, ax)
 
 
-def nm_masks(scores: Any, n: int = 2, m: int = 4) -> Any:
+def nm_masks(scores: Any, n: int = 2, m: int = 4, *, axes: Any = None) -> Any:
     """N:M masks: in every group of ``m`` consecutive weights along the contraction axis
     (:func:`nm_axis`), keep the ``n`` highest-scoring ones (ties: the later index wins).
 
@@ -388,11 +398,12 @@ def nm_masks(scores: Any, n: int = 2, m: int = 4) -> Any:
             message names the parameter and the axis).
     """
     _check_nm(n, m)
+    table = resolve_axes(scores, axes)
 
     def leaf(name, s):
         if s is None or _value(s) is None:
             return s
-        x, axes = _value(s), _axes(s)
+        x, axes = _value(s), _axes_of(table, name, s)
         ax = nm_axis(name, axes)
         if x.shape[ax] % m:
             raise ValueError(
@@ -404,7 +415,7 @@ def nm_masks(scores: Any, n: int = 2, m: int = 4) -> Any:
     return _map(leaf, scores)
 
 
-def unit_masks(scores: Any, sparsity: Any, *, kind: Kind = "heads") -> dict[str, jax.Array]:
+def unit_masks(scores: Any, sparsity: Any, *, kind: Kind = "heads", axes: Any = None) -> dict[str, jax.Array]:
     """Keep-masks of whole units: attention heads, FFN neurons or residual channels.
 
     A unit's score is the sum of the scores of every weight it owns, over all scored leaves of its
@@ -418,11 +429,12 @@ def unit_masks(scores: Any, sparsity: Any, *, kind: Kind = "heads") -> dict[str,
     """
     _check_sparsity(sparsity)
     _check_choice("kind", kind, tuple(UNIT_AXES))
+    table = resolve_axes(scores, axes)
     sums: dict[str, jax.Array] = {}
     for name, s in _named_leaves(scores):
         if s is None or _value(s) is None:
             continue
-        x, axes = _value(s), _axes(s)
+        x, axes = _value(s), _axes_of(table, name, s)
         u = _unit_axis(kind, axes)
         li = _layer_axis(axes)
         if kind == "channels":
@@ -442,18 +454,21 @@ def _per_layer_rows(s: jax.Array, sparsity: Any) -> jax.Array:
     return jax.vmap(lambda r: _keep_top(r, sparsity))(s)
 
 
-def broadcast_unit_masks(template: Any, units: dict[str, jax.Array], *, kind: Kind = "heads") -> Any:
+def broadcast_unit_masks(
+    template: Any, units: dict[str, jax.Array], *, kind: Kind = "heads", axes: Any = None
+) -> Any:
     """Weight masks from unit masks: every weight of a dropped unit is masked.
 
     ``template`` is any tree with the params' structure whose ``None`` leaves are left alone (for
     example :func:`mask_template` or scores).
     """
     _check_choice("kind", kind, tuple(UNIT_AXES))
+    table = resolve_axes(template, axes)
 
     def leaf(name, t):
         if t is None or _value(t) is None:
             return t
-        shape, axes = np.shape(_value(t)), _axes(t)
+        shape, axes = np.shape(_value(t)), _axes_of(table, name, t)
         group = "embed" if kind == "channels" else name.rsplit(".", 1)[0]
         if group not in units:
             raise ValueError(f"{name}: no {kind} mask for group {group!r} (have {sorted(units)})")
@@ -476,9 +491,11 @@ def broadcast_unit_masks(template: Any, units: dict[str, jax.Array], *, kind: Ki
     return _map(leaf, template)
 
 
-def structured_masks(scores: Any, sparsity: Any, *, kind: Kind = "heads") -> Any:
+def structured_masks(scores: Any, sparsity: Any, *, kind: Kind = "heads", axes: Any = None) -> Any:
     """Weight masks that drop whole heads, FFN neurons or residual channels (see :func:`unit_masks`)."""
-    return broadcast_unit_masks(scores, unit_masks(scores, sparsity, kind=kind), kind=kind)
+    table = resolve_axes(scores, axes)
+    units = unit_masks(scores, sparsity, kind=kind, axes=table)
+    return broadcast_unit_masks(scores, units, kind=kind, axes=table)
 
 
 def compute_masks(
@@ -494,6 +511,7 @@ def compute_masks(
     rng: jax.Array | None = None,
     filter: PruneFilter = default_filter,
     previous: Any = None,
+    axes: Any = None,
 ) -> Any:
     """Scores and masks in one call.
 
@@ -508,6 +526,8 @@ def compute_masks(
         grads, rng, filter: see :func:`compute_scores`.
         previous: earlier masks; weights they pruned score ``-inf``, so they are pruned first and
             masks only shrink while the sparsity grows.
+        axes: logical axes per leaf: ``None`` reads Variable metadata, or a prefix tree / resolved
+            table (see :func:`jaxslim.tree.resolve_axes`).
 
     Returns:
         Boolean masks with the structure of ``params``.
@@ -520,7 +540,8 @@ def compute_masks(
         raise ValueError(f"kind={kind!r} needs a sparsity in [0, 1)")
     else:
         _check_sparsity(sparsity)
-    scores = compute_scores(params, criterion, grads=grads, rng=rng, filter=filter, kind=kind)
+    table = resolve_axes(params, axes)
+    scores = compute_scores(params, criterion, grads=grads, rng=rng, filter=filter, kind=kind, axes=table)
     if previous is not None:
 
         def demote(name, s, old):
@@ -530,10 +551,10 @@ def compute_masks(
 
         scores = _map(demote, scores, previous)
     if kind == "unstructured":
-        return unstructured_masks(scores, sparsity, allocation=allocation)
+        return unstructured_masks(scores, sparsity, allocation=allocation, axes=table)
     if kind == "nm":
-        return nm_masks(scores, n, m)
-    return structured_masks(scores, sparsity, kind=kind)
+        return nm_masks(scores, n, m, axes=table)
+    return structured_masks(scores, sparsity, kind=kind, axes=table)
 
 
 # -- applying and counting ------------------------------------------------------------------------
@@ -565,14 +586,16 @@ def apply_masks(params: Any, masks: Any) -> Any:
         raise ValueError(f"the mask tree does not have the structure of the params: {e}") from e
 
 
-def mask_counts(masks: Any) -> dict[str, tuple[jax.Array, int]]:
+def mask_counts(masks: Any, *, axes: Any = None) -> dict[str, tuple[jax.Array, int]]:
     """Per pruned leaf: (kept weights per layer — shape ``[layers]`` for scanned stacks, a scalar
-    otherwise — and the number of weights per layer). Jit-able."""
+    otherwise — and the number of weights per layer). Jit-able. ``axes`` as for
+    :func:`compute_masks` (masks without metadata need it to count per layer)."""
     out = {}
+    table = resolve_axes(masks, axes)
     for name, mk in _named_leaves(masks):
         if mk is None or _value(mk) is None:
             continue
-        x, axes = _value(mk), _axes(mk)
+        x, axes = _value(mk), _axes_of(table, name, mk)
         li = _layer_axis(axes)
         if li is None:
             out[name] = (jnp.sum(x, dtype=jnp.int32), int(x.size))
@@ -582,12 +605,12 @@ def mask_counts(masks: Any) -> dict[str, tuple[jax.Array, int]]:
     return out
 
 
-def sparsity_summary(masks: Any, prefix: str = "sparsity") -> dict[str, jax.Array]:
+def sparsity_summary(masks: Any, prefix: str = "sparsity", *, axes: Any = None) -> dict[str, jax.Array]:
     """Flat metrics: ``{prefix}/{leaf}`` per pruned leaf, ``{prefix}/{leaf}/layer_{i}`` per layer
     of a scanned stack, and ``{prefix}/overall`` over all pruned leaves (float32). Jit-able."""
     out: dict[str, jax.Array] = {}
     kept_all, total_all = jnp.zeros((), jnp.float32), 0
-    for name, (kept, per_layer) in mask_counts(masks).items():
+    for name, (kept, per_layer) in mask_counts(masks, axes=axes).items():
         kept = kept.astype(jnp.float32)
         n_layers = kept.size if kept.ndim else 1
         if kept.ndim:
@@ -600,11 +623,11 @@ def sparsity_summary(masks: Any, prefix: str = "sparsity") -> dict[str, jax.Arra
     return out
 
 
-def summary_table(masks: Any) -> str:
+def summary_table(masks: Any, *, axes: Any = None) -> str:
     """A printable per-layer table: parameter, layer, kept, total, sparsity."""
     rows = [("parameter", "layer", "kept", "total", "sparsity")]
     kept_all = total_all = 0
-    for name, (kept, per_layer) in mask_counts(masks).items():
+    for name, (kept, per_layer) in mask_counts(masks, axes=axes).items():
         ks = np.atleast_1d(np.asarray(kept))
         for i, k in enumerate(ks):
             layer = str(i) if np.ndim(kept) else "-"

@@ -66,6 +66,7 @@ from jaxslim.prune.schedule import (
     cubic_update_window,
     is_update_step,
 )
+from jaxslim.tree import AxesTable, known_axes, named_leaves, structure_key
 
 
 class PruneState(NamedTuple):
@@ -99,6 +100,33 @@ class _Config(NamedTuple):
     sr_ste_decay: Callable[[jax.Array], jax.Array]
 
 
+class _Plan(NamedTuple):
+    """What :func:`prune` resolves once, at ``init``: every leaf's axes and the pruned leaves."""
+
+    axes: AxesTable
+    filter: PruneFilter  # True exactly for the leaves pruned at init
+
+
+def _make_plan(params: Any, cfg: _Config, table: AxesTable, *, check: bool) -> _Plan:
+    template = mask_template(params, kind=cfg.kind, filter=cfg.filter, axes=table)
+    pruned = frozenset(n for n, mk in named_leaves(template) if mk is not None and _value(mk) is not None)
+    seen = [n for n, x in named_leaves(params) if x is not None and _value(x) is not None]
+    if check and not pruned and seen:  # (no leaves at all: optax.tree_map_params's placeholder tree)
+        raise ValueError(
+            f"prune(kind={cfg.kind!r}) found nothing to prune among the {len(seen)} parameters "
+            f"({', '.join(seen[:8])}{', ...' if len(seen) > 8 else ''}): the default target is every "
+            "kernel of rank >= 2 (not counting a 'layers' / 'exp' stacking axis) that is not an embedding "
+            "table, bias or norm scale"
+            + (
+                "; structured kinds also need the unit's logical axis ('heads', 'mlp' or 'embed')"
+                if cfg.kind in ("heads", "neurons", "channels")
+                else ""
+            )
+            + ". Pass filter=(path, axes, shape) -> bool, or axes= to name the axes"
+        )
+    return _Plan(table, lambda name, a, shape: name in pruned)
+
+
 def _as_schedule(value: Any) -> Callable[[jax.Array], jax.Array]:
     if callable(value):
         return value
@@ -121,8 +149,15 @@ def prune(
     ste: bool = False,
     sr_ste_decay: optax.ScalarOrSchedule = 0.0,
     seed: int = 0,
+    axes: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` with gradual pruning.
+
+    Works the same on an ``nnx.State`` of Variables (``nnx.split``), under ``nnx.Optimizer``
+    (Variables at ``init``, raw arrays at ``update``), on Linen variable dicts and on plain
+    pytrees: the leaves to prune and every leaf's logical axes (the ``layers`` axis for per-layer
+    sparsity, the contraction axis for N:M) are resolved once, at ``init``, and kept by the
+    transform; ``update`` never re-reads them from its inputs.
 
     Args:
         inner: the optimizer whose updates are masked (any optax transformation).
@@ -137,12 +172,18 @@ def prune(
         begin_step, end_step, update_every: masks are recomputed at steps ``begin_step + k *
             update_every`` up to ``end_step`` (inclusive; ``None`` = no end). For Zhu & Gupta use
             :func:`gradual_pruning` or :func:`~jaxslim.prune.schedule.cubic_update_window`.
-        filter: ``filter(path, axes, shape) -> bool``, which leaves are pruned.
+        filter: ``filter(path, axes, shape) -> bool``, which leaves are pruned; the default
+            (:func:`~jaxslim.prune.masks.default_filter`) takes every kernel of rank >= 2 that is
+            not an embedding table, bias or norm scale, whatever the axis names.
         ste: straight-through mode: params stay dense, the forward pass uses
             :func:`masked_params`, masks may change on every update step.
         sr_ste_decay: SR-STE weight (a float or a schedule), adds ``decay * w * ~mask`` to the
             gradient; needs ``ste=True``.
         seed: seed of the random criterion.
+        axes: logical axes for parameters without metadata (Linen dicts, plain pytrees): a prefix
+            of the params' tree with a tuple of names (or ``None``) at each of its leaves, or a
+            callable ``params -> tree``; a stacked layer axis is named ``"layers"``. ``None`` reads
+            each ``nnx.Variable``'s ``out_sharding``. See :func:`jaxslim.tree.resolve_axes`.
 
     Returns:
         A ``GradientTransformationExtraArgs`` whose state is a :class:`PruneState`; ``update``
@@ -150,7 +191,8 @@ def prune(
 
     Raises:
         ValueError: on an unknown choice, a sparsity outside ``[0, 1)``, ``n >= m``, a negative
-            ``sr_ste_decay``, SR-STE without STE, or saliency with STE.
+            ``sr_ste_decay``, SR-STE without STE, or saliency with STE; at ``init``, when nothing
+            would be pruned (a transform that silently trains dense is worse than an error).
     """
     _check_choice("kind", kind, KINDS)
     _check_choice("criterion", criterion, CRITERIA)
@@ -194,21 +236,32 @@ def prune(
         _as_schedule(sr_ste_decay),
     )
     inner = optax.with_extra_args_support(inner)
+    # resolved at init, keyed by the leaves' names and shapes (the same with or without Variables);
+    # an update whose init ran elsewhere (inject_hyperparams rebuilds this transform) asks known_axes
+    plans: dict[tuple, _Plan] = {}
+
+    def plan_for(params: Any, *, at_init: bool) -> _Plan:
+        key = structure_key(params)
+        if key not in plans:
+            plans[key] = _make_plan(params, cfg, known_axes(params, axes), check=at_init)
+        return plans[key]
 
     def init(params):
+        plan = plan_for(params, at_init=True)
         state = PruneState(
-            masks=mask_template(params, kind=kind, filter=filter),
+            masks=mask_template(params, kind=kind, filter=plan.filter, axes=plan.axes),
             inner_state=inner.init(params),
             count=jnp.zeros([], jnp.int32),
             rng=jax.random.key_data(jax.random.key(seed)),
         )
         if cfg.ste:  # the first forward pass already uses masks
-            state = state._replace(masks=_current_masks(cfg, state, state.count, params, None))
+            state = state._replace(masks=_current_masks(cfg, plan, state, state.count, params, None))
         return state
 
     def update(updates, state, params=None, **extra_args):
         if params is None:
             raise ValueError("prune needs params: call tx.update(grads, opt_state, params)")
+        plan = plan_for(params, at_init=False)
         if cfg.ste:
             # the forward pass used state.masks (masked_params); keep them for this step
             masks = state.masks
@@ -222,7 +275,7 @@ def prune(
                 return _wrap(g, gv + pull.astype(gv.dtype))
 
         else:
-            masks = _current_masks(cfg, state, state.count, params, updates)
+            masks = _current_masks(cfg, plan, state, state.count, params, updates)
 
             def grad(mask, g, p):
                 if mask is None or _value(mask) is None:
@@ -236,7 +289,7 @@ def prune(
         if cfg.ste:
             # masks for the next forward pass, from the dense weights it will see
             new_params = optax.apply_updates(params, new_updates)
-            masks = _current_masks(cfg, state, count, new_params, None)
+            masks = _current_masks(cfg, plan, state, count, new_params, None)
         else:
 
             def zero(mask, u, p):
@@ -251,7 +304,7 @@ def prune(
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _recompute(cfg: _Config, state: PruneState, step: jax.Array, params: Any, grads: Any) -> Any:
+def _recompute(cfg: _Config, plan: _Plan, state: PruneState, step: jax.Array, params: Any, grads: Any) -> Any:
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
     s = cfg.sparsity(step) if cfg.sparsity is not None else 0.0
     masks = compute_masks(
@@ -264,8 +317,9 @@ def _recompute(cfg: _Config, state: PruneState, step: jax.Array, params: Any, gr
         m=cfg.m,
         grads=grads,
         rng=key,
-        filter=cfg.filter,
+        filter=plan.filter,
         previous=None if cfg.ste else state.masks,
+        axes=plan.axes,
     )
     if cfg.kind == "nm" and cfg.sparsity is not None:
         on = s > 0
@@ -275,10 +329,12 @@ def _recompute(cfg: _Config, state: PruneState, step: jax.Array, params: Any, gr
     return masks
 
 
-def _current_masks(cfg: _Config, state: PruneState, step: jax.Array, params: Any, grads: Any) -> Any:
+def _current_masks(
+    cfg: _Config, plan: _Plan, state: PruneState, step: jax.Array, params: Any, grads: Any
+) -> Any:
     """The masks for ``step``: recomputed on an update step, else the stored ones."""
     do = is_update_step(step, begin_step=cfg.begin_step, end_step=cfg.end_step, update_every=cfg.update_every)
-    return jax.lax.cond(do, lambda: _recompute(cfg, state, step, params, grads), lambda: state.masks)
+    return jax.lax.cond(do, lambda: _recompute(cfg, plan, state, step, params, grads), lambda: state.masks)
 
 
 def gradual_pruning(
@@ -333,6 +389,28 @@ def _require(opt_state: Any) -> PruneState:
 def get_masks(opt_state: Any) -> Any:
     """The current masks (params' structure, ``None`` values for unpruned leaves)."""
     return _require(opt_state).masks
+
+
+def keep_masks(opt_state: Any) -> Any:
+    """The current masks in optax's convention: a tree with the params' structure whose leaves are
+    a bool array (True = kept) for each pruned parameter and ``True`` for every other one, with
+    ``nnx.Variable`` wrappers removed, so it goes into ``jax.tree.map`` beside raw parameters
+    (``nnx.as_pure(nnx.state(model, nnx.Param))``, a Linen dict, a plain pytree).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> params = {"w": jnp.arange(1.0, 5.0).reshape(2, 2), "b": jnp.ones(2)}
+        >>> tx = prune(optax.sgd(0.0), 0.5)
+        >>> _, state = tx.update(params, tx.init(params), params)
+        >>> jax.tree.map(lambda m, p: jnp.where(m, p, 0.0), keep_masks(state), params)["w"].tolist()
+        [[0.0, 0.0], [3.0, 4.0]]
+    """
+
+    def leaf(_, mk):
+        v = _value(mk) if mk is not None else None
+        return True if v is None else v
+
+    return _map(leaf, _require(opt_state).masks)
 
 
 def masked_params(params: Any, opt_state: Any) -> Any:
@@ -398,10 +476,11 @@ def from_config(cfg: Any, inner: optax.GradientTransformation) -> optax.Gradient
     )
 
 
-def sparsity_metrics(opt_state: Any, prefix: str = "sparsity") -> dict[str, jax.Array]:
+def sparsity_metrics(opt_state: Any, prefix: str = "sparsity", *, axes: Any = None) -> dict[str, jax.Array]:
     """Flat per-layer sparsity of the current masks (``sparsity/<param>/layer_<i>``,
-    ``sparsity/<param>``, ``sparsity/overall``), jit-able, for training logs."""
-    return sparsity_summary(_require(opt_state).masks, prefix)
+    ``sparsity/<param>``, ``sparsity/overall``), jit-able, for training logs. Masks without axis
+    metadata (plain pytrees) need ``axes=`` (as given to :func:`prune`) for the per-layer entries."""
+    return sparsity_summary(_require(opt_state).masks, prefix, axes=axes)
 
 
 def params_sparsity(params: Any, opt_state: Any, prefix: str = "zeros") -> dict[str, jax.Array]:
