@@ -164,6 +164,70 @@ class MoeConfig:
         return dataclasses.replace(self, **changes)
 
 
+ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE position scaling for contexts longer than pre-training (Hugging Face's ``rope_type``).
+
+    ``inv_freq`` below is the plain RoPE frequency ``theta ** (-2j / head_dim)``:
+
+    * ``linear``: ``inv_freq / factor`` (position interpolation).
+    * ``dynamic``: NTK-aware scaling recomputed from the longest position ``L`` of the batch:
+      ``theta * (factor * L / max_len - (factor - 1)) ** (dim / (dim - 2))`` as the base once
+      ``L > max_len``; plain RoPE below it.
+    * ``yarn``: a ramp between interpolated (``/ factor``) and plain frequencies over the
+      dimensions whose wavelengths fall between ``beta_fast`` and ``beta_slow`` rotations of
+      ``original_max_len``; cos and sin scaled by ``attention_factor`` (default
+      ``0.1 ln(factor) + 1``, or the ratio of the ``mscale`` / ``mscale_all_dim`` terms).
+    * ``llama3``: wavelengths longer than ``original_max_len / low_freq_factor`` divided by
+      ``factor``, shorter than ``original_max_len / high_freq_factor`` kept, a smooth blend between.
+
+    Attributes:
+        kind: one of ``ROPE_SCALINGS``.
+        factor: the scaling factor (> 0).
+        original_max_len: the pre-training context (yarn, llama3); None: ``ModelConfig.max_len``.
+        low_freq_factor: llama3's low-frequency boundary.
+        high_freq_factor: llama3's high-frequency boundary (> low_freq_factor).
+        beta_fast: yarn's fast boundary (rotations).
+        beta_slow: yarn's slow boundary (rotations).
+        attention_factor: yarn's cos/sin scale; None derives it from ``factor`` (and ``mscale``).
+        mscale: yarn's mscale (used with ``mscale_all_dim`` when ``attention_factor`` is None).
+        mscale_all_dim: yarn's mscale_all_dim.
+        truncate: yarn rounds the ramp boundaries to whole dimensions.
+
+    Example:
+        >>> RopeScaling("llama3", 8.0, original_max_len=8192).kind
+        'llama3'
+    """
+
+    kind: Literal["linear", "dynamic", "yarn", "llama3"]
+    factor: float
+    original_max_len: int | None = None
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    truncate: bool = True
+
+    def __post_init__(self):
+        o = "RopeScaling"
+        _check_choice(o, "kind", self.kind, ROPE_SCALINGS)
+        if not (isinstance(self.factor, (int, float)) and self.factor > 0):
+            raise ValueError(f"{o}.factor must be a number > 0, got {self.factor!r}")
+        if self.original_max_len is not None:
+            _check_positive(o, "original_max_len", self.original_max_len)
+        if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
+            raise ValueError(
+                f"{o}: llama3 needs high_freq_factor > low_freq_factor > 0, got "
+                f"{self.high_freq_factor} and {self.low_freq_factor}"
+            )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One transformer family: BERT encoders, GPT-2 and Llama decoders.
@@ -204,6 +268,19 @@ class ModelConfig:
         dtype: compute dtype; ``param_dtype``: storage dtype of the weights.
         pad_token_id: padding token of the tokenizer, kept for conversion.
         moe: mixture-of-experts FFNs (:class:`MoeConfig`); None for a dense model.
+        rope_scaling: RoPE position scaling (:class:`RopeScaling`, llama); None for plain RoPE.
+        sliding_window: causal layers listed in ``sliding_layers`` attend only to the last
+            ``sliding_window`` positions (the query's own included); None: every earlier token.
+        sliding_layers: indices of the layers with the sliding window; None: all of them.
+        attn_out_bias: a bias on the attention output projection; None follows ``attn_bias``
+            (Qwen2 has q/k/v biases and none on the output).
+        qk_norm: RMSNorm (over ``head_dim``, one scale shared by all heads) on queries and keys
+            before RoPE, as in Qwen3.
+        hf_family: the Hugging Face family a converted model came from (``"qwen2"``,
+            ``"mistral"``, ...), so conversion writes the same architecture back; None: the
+            architecture's own (Llama for ``arch="llama"``).
+        bos_token_id: beginning-of-sequence token, kept for conversion.
+        eos_token_id: end-of-sequence token(s), kept for conversion (Llama 3.1 has three).
     """
 
     arch: Literal["bert", "gpt2", "llama"]
@@ -232,6 +309,14 @@ class ModelConfig:
     param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     pad_token_id: int | None = None
     moe: MoeConfig | None = None
+    rope_scaling: RopeScaling | None = None
+    sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] | None = None
+    attn_out_bias: bool | None = None
+    qk_norm: bool = False
+    hf_family: str | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -305,7 +390,53 @@ class ModelConfig:
                     f"the {self.n_layers} layers"
                 )
 
+        self._check_attention_variants()
+
+    def _check_attention_variants(self) -> None:
+        o = "ModelConfig"
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, RopeScaling):
+                raise ValueError(f"{o}.rope_scaling must be a RopeScaling or None, got {self.rope_scaling!r}")
+            if not self.rope:
+                raise ValueError(f"{o}.rope_scaling needs RoPE (arch='llama'), got arch={self.arch!r}")
+        if self.sliding_window is not None:
+            _check_positive(o, "sliding_window", self.sliding_window)
+            if not self.causal:
+                raise ValueError(f"{o}.sliding_window needs a causal decoder, got arch={self.arch!r}")
+        if self.sliding_layers is not None:
+            if self.sliding_window is None:
+                raise ValueError(f"{o}.sliding_layers needs sliding_window, which is None")
+            layers = self.sliding_layers
+            if not isinstance(layers, tuple) or any(
+                not isinstance(i, int) or not 0 <= i < self.n_layers for i in layers
+            ):
+                raise ValueError(
+                    f"{o}.sliding_layers must be a tuple of layer indices in [0, n_layers={self.n_layers}), "
+                    f"got {layers!r}"
+                )
+        if self.qk_norm and not self.rms_norm:
+            raise ValueError(f"{o}.qk_norm=True needs RMSNorm (arch='llama'), got arch={self.arch!r}")
+        eos = self.eos_token_id
+        if eos is not None and not isinstance(eos, int):
+            if not (isinstance(eos, tuple) and eos and all(isinstance(i, int) for i in eos)):
+                raise ValueError(
+                    f"{o}.eos_token_id must be an int, a non-empty tuple of ints or None, got {eos!r}"
+                )
+
     # -- derived -------------------------------------------------------------------------------
+    def window_of(self, layer: int) -> int:
+        """The sliding window of ``layer``; 0 when it attends to every earlier token."""
+        if self.sliding_window is None:
+            return 0
+        if self.sliding_layers is None or layer in self.sliding_layers:
+            return self.sliding_window
+        return 0
+
+    @property
+    def out_bias(self) -> bool:
+        """Whether the attention output projection has a bias."""
+        return self.attn_bias if self.attn_out_bias is None else self.attn_out_bias
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads

@@ -1,7 +1,8 @@
 """Hugging Face checkpoint directories <-> jaxslim models, without torch.
 
 Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~jaxslim.convert.gpt2`,
-:mod:`~jaxslim.convert.llama`, :mod:`~jaxslim.convert.mixtral`) that provides ``ARCHITECTURES`` (HF class names, the first is the
+:mod:`~jaxslim.convert.llama`, :mod:`~jaxslim.convert.mistral`, :mod:`~jaxslim.convert.mixtral`,
+:mod:`~jaxslim.convert.qwen2`, :mod:`~jaxslim.convert.qwen3`) that provides ``ARCHITECTURES`` (HF class names, the first is the
 default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
 ``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
 weights), ``config_from_hf``, ``config_to_hf`` and ``rules(cfg)`` (the regex key map). This module
@@ -33,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from jaxslim.config import DTYPES, ModelConfig
-from jaxslim.convert import bert, gpt2, llama, mixtral
+from jaxslim.convert import bert, gpt2, llama, mistral, mixtral, qwen2, qwen3
 from jaxslim.convert.io import (
     INDEX,
     MAX_SHARD_BYTES,
@@ -47,7 +48,7 @@ from jaxslim.convert.io import (
 from jaxslim.convert.rules import flat_to_hf, hf_to_flat
 from jaxslim.models import Transformer
 
-FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama, mixtral)
+FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama, mistral, mixtral, qwen2, qwen3)
 SUPPORTED: tuple[str, ...] = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
 _BY_ARCH: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "llama": llama}  # ModelConfig.arch -> family
 CONFIG = "config.json"
@@ -81,8 +82,21 @@ def family_of(hf_config: Mapping) -> tuple[ModuleType, str]:
 
 
 def family_for(cfg: ModelConfig) -> ModuleType:
-    """The key-map module that exports a model described by ``cfg``: its architecture's, or
-    Mixtral's for any mixture of experts (whose ``config_to_hf`` says what it cannot express)."""
+    """The key-map module that exports a model described by ``cfg``: the family it was converted
+    from (``cfg.hf_family``), else its architecture's, or Mixtral's for any mixture of experts
+    (each ``config_to_hf`` says what it cannot express).
+
+    Raises:
+        ValueError: ``cfg.hf_family`` names no family jaxslim converts.
+    """
+    if cfg.hf_family is not None:
+        for fam in FAMILIES:
+            if fam.MODEL_TYPE == cfg.hf_family:
+                return fam
+        known = sorted({f.MODEL_TYPE for f in FAMILIES})
+        raise ValueError(
+            f"ModelConfig.hf_family={cfg.hf_family!r} is not a family jaxslim converts; one of {known}"
+        )
     return mixtral if cfg.moe is not None else _BY_ARCH[cfg.arch]
 
 

@@ -2,14 +2,19 @@
 
 Hugging Face stores the q/k projections already permuted for the rotate-half RoPE that jaxslim
 uses, so no permutation is needed: projections are transposed and split into heads. Grouped-query
-attention, tied or untied heads, ``attention_bias`` and ``mlp_bias`` convert; RoPE scaling does not.
+attention, tied or untied heads, ``attention_bias``, ``mlp_bias`` and the RoPE scalings
+``linear``, ``dynamic``, ``yarn`` and ``llama3`` (Llama 3.1+) convert, read from transformers 5's
+``rope_parameters`` or the older ``rope_scaling`` + ``rope_theta`` that real checkpoints ship.
+A ``sliding_window`` shorter than the context is refused: transformers' Llama ignores it, so a
+"llamafied" Mistral would silently turn into a different model. The helpers here are shared by
+the other Llama-style families (Mistral, Mixtral, Qwen2, Qwen3).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-from jaxslim.config import ModelConfig
+from jaxslim.config import ModelConfig, RopeScaling
 from jaxslim.convert.rules import HEADS_BIAS, LINEAR, LINEAR_FROM_HEADS, LINEAR_TO_HEADS, Rule, rule
 
 ARCHITECTURES = ("LlamaForCausalLM",)
@@ -28,24 +33,147 @@ def prefix_for(architecture: str) -> str:
     return PREFIX
 
 
-def rope_theta(hf: dict, *, default: float = 10000.0, family: str = "Llama") -> float:
-    """The RoPE base of a Llama-style config: transformers 5's ``rope_parameters`` or the older
-    ``rope_theta`` / ``rope_scaling`` fields; ``default`` when it names none.
+_SCALING_FIELDS = {  # RopeScaling field -> Hugging Face rope_parameters key, per kind
+    "linear": {"factor": "factor"},
+    "dynamic": {"factor": "factor"},
+    "llama3": {
+        "factor": "factor",
+        "original_max_len": "original_max_position_embeddings",
+        "low_freq_factor": "low_freq_factor",
+        "high_freq_factor": "high_freq_factor",
+    },
+    "yarn": {
+        "factor": "factor",
+        "original_max_len": "original_max_position_embeddings",
+        "beta_fast": "beta_fast",
+        "beta_slow": "beta_slow",
+        "attention_factor": "attention_factor",
+        "mscale": "mscale",
+        "mscale_all_dim": "mscale_all_dim",
+        "truncate": "truncate",
+    },
+}
+
+
+def rope_parameters(hf: dict, *, family: str = "Llama") -> dict:
+    """One flat dict of a config's RoPE settings, from transformers 5's ``rope_parameters`` or the
+    older ``rope_scaling`` + ``rope_theta`` fields (the former wins where both name a key).
 
     Raises:
-        ValueError: a RoPE scaling type (linear, dynamic, yarn, llama3, ...) jaxslim does not compute.
+        ValueError: per-layer-type RoPE parameters (a nested dict), which this family does not have.
     """
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or {}
-    if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
-        raise ValueError(f"{family} rope_parameters={params!r} is not supported; only one plain RoPE")
-    kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if kind != "default":
+    for name, d in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if not isinstance(d, dict) or any(isinstance(v, dict) for v in d.values()):
+            raise ValueError(
+                f"{family} {name}={d!r} is not supported; expected one flat dict of RoPE settings"
+            )
+    merged = {**scaling, **params}
+    merged.setdefault("rope_type", merged.get("type") or "default")
+    return merged
+
+
+def rope_from_hf(
+    hf: dict, *, default: float = 10000.0, family: str = "Llama"
+) -> tuple[float, RopeScaling | None]:
+    """The RoPE base and scaling of a Llama-style config (either form, see :func:`rope_parameters`).
+
+    Raises:
+        ValueError: a RoPE type jaxslim does not compute (``longrope``, ...) or partial rotary
+            embeddings, named.
+
+    Example:
+        >>> rope_from_hf({"rope_scaling": {"rope_type": "linear", "factor": 2.0}, "rope_theta": 500.0})
+        (500.0, RopeScaling(kind='linear', factor=2.0, original_max_len=None, low_freq_factor=1.0, high_freq_factor=4.0, beta_fast=32.0, beta_slow=1.0, attention_factor=None, mscale=None, mscale_all_dim=None, truncate=True))
+    """
+    p = rope_parameters(hf, family=family)
+    theta = float(p.get("rope_theta") or hf.get("rope_theta") or default)
+    partial = p.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
+    if partial not in (None, 1, 1.0):
         raise ValueError(
-            f"{family} rope type {kind!r} is not supported; jaxslim computes only plain RoPE ('default'), "
-            f"without position scaling"
+            f"{family} partial_rotary_factor={partial} is not supported; jaxslim rotates the whole head"
         )
-    return float(params.get("rope_theta") or hf.get("rope_theta") or default)
+    kind = p["rope_type"]
+    if kind == "default":
+        return theta, None
+    if kind not in _SCALING_FIELDS:
+        raise ValueError(
+            f"{family} rope type {kind!r} is not supported; jaxslim computes 'default' and the scalings "
+            f"{sorted(_SCALING_FIELDS)}"
+        )
+    fields = {}
+    for name, key in _SCALING_FIELDS[kind].items():
+        value = p.get(key)
+        if value is None and key == "original_max_position_embeddings":
+            value = hf.get(key)
+        if value is not None:
+            fields[name] = value
+    if kind == "yarn" and fields.get("factor") is None:  # as transformers: the context ratio
+        fields["factor"] = hf["max_position_embeddings"] / fields.get(
+            "original_max_len", hf["max_position_embeddings"]
+        )
+    if "factor" not in fields:
+        raise ValueError(f"{family} rope type {kind!r} needs a 'factor', and the config has none")
+    for name in ("factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow"):
+        if name in fields:
+            fields[name] = float(fields[name])
+    if "original_max_len" in fields:
+        fields["original_max_len"] = int(fields["original_max_len"])
+    return theta, RopeScaling(kind, **fields)
+
+
+def rope_to_hf(cfg: ModelConfig) -> dict:
+    """The ``rope_parameters`` dict of ``cfg`` (the inverse of :func:`rope_from_hf`)."""
+    out: dict = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
+    s = cfg.rope_scaling
+    if s is not None:
+        out["rope_type"] = s.kind
+        for name, key in _SCALING_FIELDS[s.kind].items():
+            value = getattr(s, name)
+            if name == "original_max_len" and value is None:
+                value = cfg.max_len
+            if value is not None:
+                out[key] = value
+    return out
+
+
+def token_ids(hf: dict) -> dict:
+    """The ``pad_token_id``, ``bos_token_id`` and ``eos_token_id`` :class:`ModelConfig` fields of a
+    config (a list of end tokens becomes a tuple)."""
+    eos = hf.get("eos_token_id")
+    return dict(
+        pad_token_id=hf.get("pad_token_id"),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+    )
+
+
+def token_fields(cfg: ModelConfig) -> dict:
+    """The special-token config fields of ``cfg`` (the inverse of :func:`token_ids`)."""
+    eos = cfg.eos_token_id
+    return dict(
+        pad_token_id=cfg.pad_token_id,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=list(eos) if isinstance(eos, tuple) else eos,
+    )
+
+
+def refuse_window(hf: dict, family: str, max_len: int) -> None:
+    """Raises for a ``sliding_window`` shorter than the context in a family that ignores it.
+
+    A "llamafied" Mistral keeps its ``sliding_window`` in ``config.json`` while transformers' Llama
+    attends to every earlier token: loading it as full attention would silently change the model.
+    """
+    window = hf.get("sliding_window")
+    if window is not None and hf.get("use_sliding_window", True) and window < max_len:
+        raise ValueError(
+            f"{family} config has sliding_window={window} (< max_position_embeddings={max_len}), which a "
+            f"{family} does not compute: name the architecture that has the window (e.g. "
+            "MistralForCausalLM, model_type 'mistral') to load it with the window, or remove "
+            "sliding_window to load it with full attention as transformers' "
+            f"{family} does"
+        )
 
 
 def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | None = None) -> ModelConfig:
@@ -57,10 +185,12 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         tensor_names: unused (the config says everything).
 
     Raises:
-        ValueError: a feature jaxslim's Llama does not have.
+        ValueError: a feature jaxslim's Llama does not have (named).
         KeyError: a required field is absent.
     """
     del architecture, tensor_names
+    hf = {**_DEFAULTS, **hf}
+    refuse_window(hf, "LlamaForCausalLM", hf["max_position_embeddings"])
     return ModelConfig.llama(
         **decoder_config(hf, "Llama", max_len=2048, norm_eps=1e-6, theta=10000.0),
         attn_bias=bool(hf.get("attention_bias", False)),
@@ -68,18 +198,23 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
     )
 
 
+# LlamaConfig's defaults, for config.json files that leave a field out
+_DEFAULTS = dict(max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
+
+
 def decoder_config(hf: dict, family: str, *, max_len: int, norm_eps: float, theta: float) -> dict:
-    """The :meth:`ModelConfig.llama` arguments Llama-style decoders (Llama, Mixtral) share, read from
+    """The :meth:`ModelConfig.llama` arguments Llama-style decoders share, read from
     ``config.json`` with the family's defaults for absent fields.
 
     Raises:
-        ValueError: an activation other than silu, or RoPE scaling.
+        ValueError: an activation other than silu, or a RoPE variant jaxslim does not compute.
         KeyError: a required field is absent.
     """
     if hf.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{family} hidden_act={hf['hidden_act']!r} is not supported; only 'silu'")
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim")
+    theta, scaling = rope_from_hf(hf, default=theta, family=family)
     return dict(
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
@@ -91,23 +226,55 @@ def decoder_config(hf: dict, family: str, *, max_len: int, norm_eps: float, thet
         d_ff=hf["intermediate_size"],
         max_len=hf.get("max_position_embeddings", max_len),
         norm_eps=hf.get("rms_norm_eps", norm_eps),
-        rope_theta=rope_theta(hf, default=theta, family=family),
+        rope_theta=theta,
+        rope_scaling=scaling,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        pad_token_id=hf.get("pad_token_id"),
+        **token_ids(hf),
     )
+
+
+def expressible(cfg: ModelConfig, family: str, **allowed: bool) -> list[str]:
+    """What ``cfg`` uses that the Hugging Face ``family`` cannot express (empty when nothing).
+
+    ``allowed`` switches on the features the family has: ``sliding_window``, ``sliding_layers``
+    (a window on some layers only), ``qk_norm``, ``attn_bias``, ``out_bias``, ``mlp_bias``,
+    ``moe``.
+    """
+    problems = []
+    if cfg.arch != "llama":
+        problems.append(f"arch={cfg.arch!r} ({family} is a Llama-style decoder)")
+    if cfg.head != "lm":
+        problems.append(f"head={cfg.head!r} ({family}'s causal LM has an LM head)")
+    if cfg.activation != "silu":
+        problems.append(f"activation={cfg.activation!r} ({family}'s SwiGLU uses silu)")
+    checks = [
+        ("sliding_window", cfg.sliding_window is not None, "sliding window"),
+        ("sliding_layers", cfg.sliding_layers is not None, "sliding window on some layers only"),
+        ("qk_norm", cfg.qk_norm, "q/k RMSNorm"),
+        ("attn_bias", cfg.attn_bias, "q/k/v projection biases"),
+        ("out_bias", cfg.out_bias, "attention output bias"),
+        ("mlp_bias", cfg.mlp_bias, "FFN biases"),
+        ("moe", cfg.moe is not None, "mixture-of-experts FFNs"),
+    ]
+    for name, used, what in checks:
+        if used and not allowed.get(name, False):
+            field = {"out_bias": "attn_out_bias", "sliding_layers": "sliding_layers"}.get(name, name)
+            problems.append(f"{field}={getattr(cfg, field)!r} ({family} has no {what})")
+    return problems
 
 
 def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     """The HF architecture name and ``LlamaConfig`` arguments of ``cfg``.
 
     Raises:
-        ValueError: ``cfg`` uses something a HF Llama cannot express.
+        ValueError: ``cfg`` uses something a HF Llama cannot express (all of it named).
     """
-    problems = []
-    if cfg.head != "lm":
-        problems.append(f"head={cfg.head!r} (LlamaForCausalLM has an LM head)")
-    if cfg.activation != "silu":
-        problems.append(f"activation={cfg.activation!r} (HF Llama's SwiGLU uses silu here)")
+    problems = expressible(cfg, "Llama", attn_bias=True, out_bias=True, mlp_bias=True)
+    if cfg.attn_bias != cfg.out_bias:
+        problems.append(
+            f"attn_bias={cfg.attn_bias} with attn_out_bias={cfg.attn_out_bias} (Llama's attention_bias "
+            "covers q, k, v and o together; Qwen2 has biases on q/k/v only)"
+        )
     if problems:
         raise ValueError("cannot express this model as a Hugging Face Llama: " + "; ".join(problems))
     return "LlamaForCausalLM", dict(
@@ -116,8 +283,9 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
 
 
 def decoder_fields(cfg: ModelConfig) -> dict:
-    """The config fields Llama-style decoders (Llama, Mixtral) share, with ``intermediate_size``
-    the width of one FFN (one expert's for a mixture)."""
+    """The config fields Llama-style decoders share, with ``intermediate_size`` the width of one
+    FFN (one expert's for a mixture)."""
+    rope = rope_to_hf(cfg)
     return dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
@@ -128,11 +296,11 @@ def decoder_fields(cfg: ModelConfig) -> dict:
         intermediate_size=cfg.expert_ffn,
         max_position_embeddings=cfg.max_len,
         rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+        rope_parameters=rope,
         rope_theta=float(cfg.rope_theta),  # what transformers 4 reads; 5 reads rope_parameters
         tie_word_embeddings=cfg.tie_embeddings,
         hidden_act="silu",
-        pad_token_id=cfg.pad_token_id,
+        **token_fields(cfg),
     )
 
 

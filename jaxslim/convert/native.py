@@ -22,7 +22,7 @@ import json
 import os
 import pathlib
 
-from jaxslim.config import ModelConfig, MoeConfig
+from jaxslim.config import ModelConfig, MoeConfig, RopeScaling
 from jaxslim.convert.hf import flat_params, model_from_flat, param_shapes
 from jaxslim.convert.io import clear_outputs, read_file, read_json, save_safetensors
 from jaxslim.convert.rules import describe, raise_problems
@@ -60,12 +60,14 @@ def _read_config(file: pathlib.Path) -> ModelConfig:
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ValueError(f"{file} is not a jaxslim ModelConfig: unknown fields {unknown}")
-    for key in ("layer_heads", "layer_ffn"):
-        if raw.get(key) is not None:
+    for key in ("layer_heads", "layer_ffn", "sliding_layers", "eos_token_id"):
+        if isinstance(raw.get(key), list):
             raw[key] = tuple(raw[key])  # JSON has no tuples; the frozen config wants them
     try:
         if raw.get("moe") is not None:
             raw["moe"] = MoeConfig(**raw["moe"])
+        if raw.get("rope_scaling") is not None:
+            raw["rope_scaling"] = RopeScaling(**raw["rope_scaling"])
         return ModelConfig(**raw)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{file} is not a valid jaxslim ModelConfig: {e}") from None

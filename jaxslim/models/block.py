@@ -21,7 +21,9 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int = 0, *, rngs: nnx.Rngs):
         self.pre_norm = cfg.pre_norm
-        self.attn = Attention(cfg, cfg.heads_in(layer), cfg.kv_heads_in(layer), rngs=rngs)
+        self.attn = Attention(
+            cfg, cfg.heads_in(layer), cfg.kv_heads_in(layer), rngs=rngs, window=cfg.window_of(layer)
+        )
         if cfg.is_moe_layer(layer):
             from jaxslim.moe.layer import MoeLayer  # models know the layer, not routing policy
 
@@ -31,13 +33,14 @@ class Block(nnx.Module):
         self.attn_norm = Norm(cfg)
         self.mlp_norm = Norm(cfg)
 
-    def __call__(self, x, *, mask, rope=None, head_mask=None, neuron_mask=None, rng=None):
-        """Returns ``(x, moe_metrics)``; the metrics are None for a dense FFN."""
+    def __call__(self, x, *, mask, rope=None, head_mask=None, neuron_mask=None, rng=None, window=None):
+        """Returns ``(x, moe_metrics)``; the metrics are None for a dense FFN. ``window`` overrides the
+        layer's sliding window (a scanned stack passes each layer's)."""
         if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope, head_mask=head_mask)
+            x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope, head_mask=head_mask, window=window)
             y, aux = self._ffn(self.mlp_norm(x), neuron_mask, rng)
             return x + y, aux
-        x = self.attn_norm(x + self.attn(x, mask=mask, rope=rope, head_mask=head_mask))
+        x = self.attn_norm(x + self.attn(x, mask=mask, rope=rope, head_mask=head_mask, window=window))
         y, aux = self._ffn(x, neuron_mask, rng)
         return self.mlp_norm(x + y), aux
 

@@ -136,7 +136,11 @@ class Transformer(nnx.Module):
         if cfg.causal:
             causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
             mask = causal if mask is None else mask & causal
-        rope = rope_tables(positions, cfg.head_dim_, cfg.rope_theta) if cfg.rope else None
+        rope = None
+        if cfg.rope:
+            rope = rope_tables(
+                positions, cfg.head_dim_, cfg.rope_theta, cfg.rope_scaling, max_len=cfg.max_len
+            )
         return x, mask, rope
 
     def _check_mask(self, name: str, mask, width: int) -> None:
