@@ -11,7 +11,16 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from jaxslim.config import ModelConfig
-from jaxslim.convert.rules import CONV_FROM_HEADS, CONV_QKV, CONV_QKV_BIAS, LINEAR, Rule, rule
+from jaxslim.convert.rules import (
+    CONV_FROM_HEADS,
+    CONV_QKV,
+    CONV_QKV_BIAS,
+    LINEAR,
+    Rule,
+    rule,
+    token_fields,
+    token_ids,
+)
 
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 MODEL_TYPE = "gpt2"
@@ -71,7 +80,7 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         activation=ACTIVATIONS[act],
         head="lm" if architecture == "GPT2LMHeadModel" else "none",
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        pad_token_id=hf.get("pad_token_id"),
+        **token_ids({"bos_token_id": 50256, "eos_token_id": 50256, **hf}),  # GPT2Config's defaults
     )
 
 
@@ -103,7 +112,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         layer_norm_epsilon=cfg.norm_eps,
         activation_function=ACTIVATIONS_TO_HF[cfg.activation],
         tie_word_embeddings=cfg.tie_embeddings,
-        pad_token_id=cfg.pad_token_id,
+        **token_fields(cfg),
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 from collections.abc import Iterable
 
 # Registers bfloat16 with numpy: safetensors' numpy reader looks dtypes up by name, and bf16
@@ -103,6 +104,46 @@ def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
             "save_pretrained (safetensors is the default) first"
         )
     raise FileNotFoundError(f"{d} has neither {WEIGHTS} nor {INDEX}{hint}")
+
+
+GENERATION_CONFIG = "generation_config.json"
+# the files a tokenizer may be saved as (fast, sentencepiece, WordPiece, BPE) plus chat templates
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def side_files(directory: str | os.PathLike | None) -> list[pathlib.Path]:
+    """The tokenizer files and ``generation_config.json`` present in ``directory`` (none for None)."""
+    if directory is None:
+        return []
+    d = pathlib.Path(directory)
+    return [d / n for n in (*TOKENIZER_FILES, GENERATION_CONFIG) if (d / n).is_file()]
+
+
+def copy_side_files(source: str | os.PathLike | None, directory: pathlib.Path) -> list[str]:
+    """Copies :func:`side_files` of ``source`` into ``directory``; returns the names copied.
+
+    A source that is ``directory`` itself copies nothing.
+    """
+    files = side_files(source)
+    if not files or pathlib.Path(source).resolve() == directory.resolve():
+        return [f.name for f in files]
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, directory / f.name)
+    return [f.name for f in files]
 
 
 def clear_outputs(directory: pathlib.Path, names: Iterable[str], *, overwrite: bool) -> None:

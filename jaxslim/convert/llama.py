@@ -15,7 +15,16 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from jaxslim.config import ModelConfig, RopeScaling
-from jaxslim.convert.rules import HEADS_BIAS, LINEAR, LINEAR_FROM_HEADS, LINEAR_TO_HEADS, Rule, rule
+from jaxslim.convert.rules import (
+    HEADS_BIAS,
+    LINEAR,
+    LINEAR_FROM_HEADS,
+    LINEAR_TO_HEADS,
+    Rule,
+    rule,
+    token_fields,
+    token_ids,
+)
 
 ARCHITECTURES = ("LlamaForCausalLM",)
 MODEL_TYPE = "llama"
@@ -136,27 +145,6 @@ def rope_to_hf(cfg: ModelConfig) -> dict:
             if value is not None:
                 out[key] = value
     return out
-
-
-def token_ids(hf: dict) -> dict:
-    """The ``pad_token_id``, ``bos_token_id`` and ``eos_token_id`` :class:`ModelConfig` fields of a
-    config (a list of end tokens becomes a tuple)."""
-    eos = hf.get("eos_token_id")
-    return dict(
-        pad_token_id=hf.get("pad_token_id"),
-        bos_token_id=hf.get("bos_token_id"),
-        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
-    )
-
-
-def token_fields(cfg: ModelConfig) -> dict:
-    """The special-token config fields of ``cfg`` (the inverse of :func:`token_ids`)."""
-    eos = cfg.eos_token_id
-    return dict(
-        pad_token_id=cfg.pad_token_id,
-        bos_token_id=cfg.bos_token_id,
-        eos_token_id=list(eos) if isinstance(eos, tuple) else eos,
-    )
 
 
 def refuse_window(hf: dict, family: str, max_len: int) -> None:

@@ -215,6 +215,27 @@ def rule(
     return Rule(hf, tuple(jax), transform, head, tied, load_only)
 
 
+def token_ids(hf: dict) -> dict:
+    """The ``pad_token_id``, ``bos_token_id`` and ``eos_token_id`` :class:`ModelConfig` fields of a
+    config (a list of end tokens becomes a tuple)."""
+    eos = hf.get("eos_token_id")
+    return dict(
+        pad_token_id=hf.get("pad_token_id"),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+    )
+
+
+def token_fields(cfg: ModelConfig) -> dict:
+    """The special-token config fields of ``cfg`` (the inverse of :func:`token_ids`)."""
+    eos = cfg.eos_token_id
+    return dict(
+        pad_token_id=cfg.pad_token_id,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=list(eos) if isinstance(eos, tuple) else eos,
+    )
+
+
 def describe(cfg: ModelConfig) -> str:
     """The sizes of ``cfg`` that a checkpoint's shapes must agree with."""
     experts = "" if cfg.moe is None else f", experts={cfg.moe.num_experts}, expert d_ff={cfg.expert_ffn}"
