@@ -281,6 +281,8 @@ class ModelConfig:
             architecture's own (Llama for ``arch="llama"``).
         bos_token_id: beginning-of-sequence token, kept for conversion.
         eos_token_id: end-of-sequence token(s), kept for conversion (Llama 3.1 has three).
+        partial_rotary_factor: the fraction of each head's dimensions that RoPE rotates (the
+            leading ``int(head_dim * factor)``; Phi-3.5 / Phi-4-mini, Pythia).
     """
 
     arch: Literal["bert", "gpt2", "llama"]
@@ -317,6 +319,7 @@ class ModelConfig:
     hf_family: str | None = None
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
+    partial_rotary_factor: float = 1.0
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -339,8 +342,16 @@ class ModelConfig:
             )
         if self.head_dim is not None:
             _check_positive(o, "head_dim", self.head_dim)
-        if self.arch == "llama" and self.head_dim_ % 2:
-            raise ValueError(f"{o}.head_dim must be even for RoPE, got {self.head_dim_}")
+        if not (isinstance(self.partial_rotary_factor, (int, float)) and 0 < self.partial_rotary_factor <= 1):
+            raise ValueError(
+                f"{o}.partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor!r}"
+            )
+        if self.arch == "llama" and (self.rotary_dim % 2 or self.rotary_dim == 0):
+            raise ValueError(
+                f"{o}: RoPE needs an even, non-zero number of rotated dimensions, got "
+                f"int(head_dim={self.head_dim_} * partial_rotary_factor={self.partial_rotary_factor}) = "
+                f"{self.rotary_dim}"
+            )
         if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
             raise ValueError(f"{o}.norm_eps must be a float > 0, got {self.norm_eps!r}")
         if self.head == "mlm" and self.arch != "bert":
@@ -431,6 +442,11 @@ class ModelConfig:
         if self.sliding_layers is None or layer in self.sliding_layers:
             return self.sliding_window
         return 0
+
+    @property
+    def rotary_dim(self) -> int:
+        """The leading dimensions of each head that RoPE rotates."""
+        return int(self.head_dim_ * self.partial_rotary_factor)
 
     @property
     def out_bias(self) -> bool:

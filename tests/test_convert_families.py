@@ -1,6 +1,7 @@
 """Hugging Face PyTorch parity of the Llama-style families and options beyond plain Llama, both ways:
 RoPE scalings (linear, dynamic, yarn, llama3 in the older ``rope_scaling`` form), Mistral's sliding
-window, Qwen2's q/k/v biases with a window on some layers, Qwen3's q/k norms.
+window, Qwen2's q/k/v biases with a window on some layers, Qwen3's q/k norms, Phi-3's fused
+projections with a window or partial rotary embeddings.
 
 Every model is tiny and random with every 1-D parameter perturbed, and every input long enough that
 the feature under test changes the reference's output (asserted against the same weights with the
@@ -96,6 +97,26 @@ FAMILIES = {
         "Qwen3ForCausalLM",
         dict(head_dim=24, use_sliding_window=True, sliding_window=6, max_window_layers=0),
         dict(head_dim=24, use_sliding_window=False),
+    ),
+    "phi3": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        dict(sliding_window=5, original_max_position_embeddings=16, pad_token_id=0, eos_token_id=1),
+        dict(sliding_window=None, original_max_position_embeddings=16, pad_token_id=0, eos_token_id=1),
+    ),
+    "phi3_partial": (
+        "Phi3Config",
+        "Phi3ForCausalLM",
+        dict(
+            rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5},
+            pad_token_id=0,
+            eos_token_id=1,
+        ),
+        dict(
+            rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0},
+            pad_token_id=0,
+            eos_token_id=1,
+        ),
     ),
 }
 KINDS = list(FAMILIES)
@@ -253,7 +274,14 @@ def test_refusals_name_the_option():
         config_from_hf({**base, "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}})
     with pytest.raises(ValueError, match="partial_rotary_factor=0.5"):
         config_from_hf({**base, "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}})
+    phi3 = {**base, "architectures": ["Phi3ForCausalLM"]}
+    with pytest.raises(ValueError, match="Phi-3 rope type 'su'"):
+        config_from_hf({**phi3, "rope_scaling": {"type": "su", "short_factor": [1.0], "long_factor": [2.0]}})
     cfg = ModelConfig.llama(vocab_size=32, d_model=16, n_layers=2, n_heads=2, d_ff=32)
+    with pytest.raises(ValueError, match=r"partial_rotary_factor=0.5 \(Llama rotates the whole head\)"):
+        config_to_hf(cfg.replace(partial_rotary_factor=0.5))
+    with pytest.raises(ValueError, match=r"partial_rotary_factor=0.75\) = 3"):
+        cfg.replace(head_dim=4, partial_rotary_factor=0.75)
     with pytest.raises(
         ValueError, match=r"Hugging Face Llama: sliding_window=4 \(Llama has no sliding window\)"
     ):

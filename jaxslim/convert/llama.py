@@ -84,7 +84,7 @@ def rope_parameters(hf: dict, *, family: str = "Llama") -> dict:
 
 
 def rope_from_hf(
-    hf: dict, *, default: float = 10000.0, family: str = "Llama"
+    hf: dict, *, default: float = 10000.0, family: str = "Llama", partial: bool = False
 ) -> tuple[float, RopeScaling | None]:
     """The RoPE base and scaling of a Llama-style config (either form, see :func:`rope_parameters`).
 
@@ -98,10 +98,10 @@ def rope_from_hf(
     """
     p = rope_parameters(hf, family=family)
     theta = float(p.get("rope_theta") or hf.get("rope_theta") or default)
-    partial = p.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
-    if partial not in (None, 1, 1.0):
+    factor = partial_rotary_factor(hf)
+    if factor != 1.0 and not partial:
         raise ValueError(
-            f"{family} partial_rotary_factor={partial} is not supported; jaxslim rotates the whole head"
+            f"{family} partial_rotary_factor={factor} is not supported; a {family} rotates the whole head"
         )
     kind = p["rope_type"]
     if kind == "default":
@@ -132,9 +132,18 @@ def rope_from_hf(
     return theta, RopeScaling(kind, **fields)
 
 
+def partial_rotary_factor(hf: dict) -> float:
+    """The fraction of each head that RoPE rotates (``partial_rotary_factor`` in either place)."""
+    p = rope_parameters(hf)
+    factor = p.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
+    return 1.0 if factor is None else float(factor)
+
+
 def rope_to_hf(cfg: ModelConfig) -> dict:
     """The ``rope_parameters`` dict of ``cfg`` (the inverse of :func:`rope_from_hf`)."""
     out: dict = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
+    if cfg.partial_rotary_factor != 1.0:
+        out["partial_rotary_factor"] = float(cfg.partial_rotary_factor)
     s = cfg.rope_scaling
     if s is not None:
         out["rope_type"] = s.kind
@@ -190,7 +199,9 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
 _DEFAULTS = dict(max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
 
 
-def decoder_config(hf: dict, family: str, *, max_len: int, norm_eps: float, theta: float) -> dict:
+def decoder_config(
+    hf: dict, family: str, *, max_len: int, norm_eps: float, theta: float, partial: bool = False
+) -> dict:
     """The :meth:`ModelConfig.llama` arguments Llama-style decoders share, read from
     ``config.json`` with the family's defaults for absent fields.
 
@@ -202,7 +213,7 @@ def decoder_config(hf: dict, family: str, *, max_len: int, norm_eps: float, thet
         raise ValueError(f"{family} hidden_act={hf['hidden_act']!r} is not supported; only 'silu'")
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim")
-    theta, scaling = rope_from_hf(hf, default=theta, family=family)
+    theta, scaling = rope_from_hf(hf, default=theta, family=family, partial=partial)
     return dict(
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
@@ -216,6 +227,7 @@ def decoder_config(hf: dict, family: str, *, max_len: int, norm_eps: float, thet
         norm_eps=hf.get("rms_norm_eps", norm_eps),
         rope_theta=theta,
         rope_scaling=scaling,
+        partial_rotary_factor=partial_rotary_factor(hf),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         **token_ids(hf),
     )
@@ -244,6 +256,10 @@ def expressible(cfg: ModelConfig, family: str, **allowed: bool) -> list[str]:
         ("mlp_bias", cfg.mlp_bias, "FFN biases"),
         ("moe", cfg.moe is not None, "mixture-of-experts FFNs"),
     ]
+    if cfg.partial_rotary_factor != 1.0 and not allowed.get("partial_rotary", False):
+        problems.append(
+            f"partial_rotary_factor={cfg.partial_rotary_factor} ({family} rotates the whole head)"
+        )
     for name, used, what in checks:
         if used and not allowed.get(name, False):
             field = {"out_bias": "attn_out_bias", "sliding_layers": "sliding_layers"}.get(name, name)

@@ -114,6 +114,29 @@ CONV_QKV_BIAS = Transform(
 )
 
 
+def _split_fused_qkv(a: Array, cfg: ModelConfig) -> list[Array]:
+    # one nn.Linear [(heads + 2 kv_heads) * head_dim, d]: q rows, then k rows, then v rows
+    q = cfg.n_heads * cfg.head_dim_
+    k = cfg.kv_heads * cfg.head_dim_
+    if a.shape[0] != q + 2 * k:
+        raise ValueError(f"expected {q + 2 * k} rows, got {a.shape[0]}")
+    return [_t(p).reshape(a.shape[1], -1, cfg.head_dim_) for p in np.split(a, [q, q + k], axis=0)]
+
+
+# Phi-3's qkv_proj: q, k and v projections stacked as rows of one nn.Linear
+LINEAR_QKV = Transform(
+    "split rows into q, k, v; transpose; split into heads",
+    _check_rank(_split_fused_qkv, 2),
+    lambda xs, c: np.concatenate([_t(x.reshape(x.shape[0], -1)) for x in xs], axis=0),
+)
+# Phi-3's gate_up_proj: gate rows, then up rows, of one nn.Linear [2 d_ff, d]
+LINEAR_GATE_UP = Transform(
+    "split rows into gate and up; transpose",
+    _check_rank(lambda a, c: [_t(p) for p in np.split(a, 2, axis=0)], 2),
+    lambda xs, c: np.concatenate([_t(x) for x in xs], axis=0),
+)
+
+
 def _swap_last(a: Array) -> Array:
     return np.ascontiguousarray(np.swapaxes(a, -1, -2))
 

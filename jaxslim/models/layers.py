@@ -229,8 +229,17 @@ def rope_tables(
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates ``x`` of shape ``[batch, length, heads, head_dim]`` by the RoPE tables."""
-    half = x.shape[-1] // 2
+    """Rotates ``x`` of shape ``[batch, length, heads, head_dim]`` by the RoPE tables.
+
+    Tables narrower than ``head_dim`` (partial rotary embeddings) rotate the leading dimensions
+    and pass the rest through unchanged.
+    """
+    rot = cos.shape[-1]
     x32 = x.astype(jnp.float32)
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
+    head, tail = x32[..., :rot], x32[..., rot:]
+    half = rot // 2
+    rotated = jnp.concatenate([-head[..., half:], head[..., :half]], axis=-1)
+    out = head * cos + rotated * sin
+    if rot < x.shape[-1]:
+        out = jnp.concatenate([out, tail], axis=-1)
+    return out.astype(x.dtype)

@@ -139,7 +139,7 @@ class Transformer(nnx.Module):
         rope = None
         if cfg.rope:
             rope = rope_tables(
-                positions, cfg.head_dim_, cfg.rope_theta, cfg.rope_scaling, max_len=cfg.max_len
+                positions, cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling, max_len=cfg.max_len
             )
         return x, mask, rope
 
