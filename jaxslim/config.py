@@ -283,6 +283,17 @@ class ModelConfig:
         eos_token_id: end-of-sequence token(s), kept for conversion (Llama 3.1 has three).
         partial_rotary_factor: the fraction of each head's dimensions that RoPE rotates (the
             leading ``int(head_dim * factor)``; Phi-3.5 / Phi-4-mini, Pythia).
+        norm_offset: RMSNorm multiplies by ``norm_offset + scale`` (Gemma stores ``scale`` around
+            0 and uses 1); the scales of a fresh model start at ``1 - norm_offset``.
+        embed_scale: token embeddings are multiplied by ``sqrt(d_model)`` (Gemma).
+        post_norms: each block also normalises the attention and FFN outputs before adding them
+            to the residual (Gemma 2 / 3: ``post_attn_norm``, ``post_mlp_norm``).
+        attn_softcap: attention scores become ``c * tanh(score / c)`` before masking (Gemma 2).
+        logit_softcap: output logits become ``c * tanh(logit / c)`` (Gemma 2).
+        attn_scale_dim: scores are scaled by ``attn_scale_dim ** -0.5`` instead of
+            ``head_dim ** -0.5`` (Gemma 2 / 3's ``query_pre_attn_scalar``).
+        local_rope_theta: RoPE base of the sliding-window layers, which then use plain RoPE while
+            the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3); None: one RoPE for all.
     """
 
     arch: Literal["bert", "gpt2", "llama"]
@@ -320,6 +331,13 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     partial_rotary_factor: float = 1.0
+    norm_offset: float = 0.0
+    embed_scale: bool = False
+    post_norms: bool = False
+    attn_softcap: float | None = None
+    logit_softcap: float | None = None
+    attn_scale_dim: float | None = None
+    local_rope_theta: float | None = None
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -425,6 +443,19 @@ class ModelConfig:
                     f"{o}.sliding_layers must be a tuple of layer indices in [0, n_layers={self.n_layers}), "
                     f"got {layers!r}"
                 )
+        for name in ("attn_softcap", "logit_softcap", "attn_scale_dim", "local_rope_theta"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{o}.{name} must be a number > 0 or None, got {value!r}")
+        if self.local_rope_theta is not None and (not self.rope or self.sliding_window is None):
+            raise ValueError(
+                f"{o}.local_rope_theta is the RoPE base of sliding-window layers: it needs arch='llama' "
+                f"and a sliding_window, got arch={self.arch!r}, sliding_window={self.sliding_window}"
+            )
+        if self.norm_offset and not self.rms_norm:
+            raise ValueError(f"{o}.norm_offset needs RMSNorm (arch='llama'), got arch={self.arch!r}")
+        if self.post_norms and not self.pre_norm:
+            raise ValueError(f"{o}.post_norms needs a pre-norm block (gpt2 or llama), got arch={self.arch!r}")
         if self.qk_norm and not self.rms_norm:
             raise ValueError(f"{o}.qk_norm=True needs RMSNorm (arch='llama'), got arch={self.arch!r}")
         eos = self.eos_token_id

@@ -1,7 +1,9 @@
 """Hugging Face PyTorch parity of the Llama-style families and options beyond plain Llama, both ways:
 RoPE scalings (linear, dynamic, yarn, llama3 in the older ``rope_scaling`` form), Mistral's sliding
 window, Qwen2's q/k/v biases with a window on some layers, Qwen3's q/k norms, Phi-3's fused
-projections with a window or partial rotary embeddings.
+projections with a window or partial rotary embeddings, Gemma's 1 + w norms and embedding scale,
+Gemma 2's soft-capping and alternating local/global layers, Gemma 3's q/k norms and RoPE per
+layer type.
 
 Every model is tiny and random with every 1-D parameter perturbed, and every input long enough that
 the feature under test changes the reference's output (asserted against the same weights with the
@@ -116,6 +118,56 @@ FAMILIES = {
             rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 1.0},
             pad_token_id=0,
             eos_token_id=1,
+        ),
+    ),
+    "gemma": (
+        "GemmaConfig",
+        "GemmaForCausalLM",
+        dict(
+            head_dim=16,
+            hidden_act="gelu",
+            rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 100.0},
+        ),
+        dict(head_dim=16, hidden_act="gelu", rope_parameters={"rope_type": "default", "rope_theta": 100.0}),
+    ),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        dict(
+            head_dim=16,
+            sliding_window=5,
+            attn_logit_softcapping=2.0,
+            final_logit_softcapping=3.0,
+            query_pre_attn_scalar=10,
+        ),
+        dict(
+            head_dim=16,
+            layer_types=["full_attention"] * 2,
+            attn_logit_softcapping=None,
+            final_logit_softcapping=None,
+            query_pre_attn_scalar=10,
+        ),
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(
+            head_dim=16,
+            sliding_window=5,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0},
+            },
+        ),
+        dict(
+            head_dim=16,
+            sliding_window=5,
+            layer_types=["full_attention"] * 2,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 50.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000.0},
+            },
         ),
     ),
 }

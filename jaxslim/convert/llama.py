@@ -200,7 +200,16 @@ _DEFAULTS = dict(max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
 
 
 def decoder_config(
-    hf: dict, family: str, *, max_len: int, norm_eps: float, theta: float, partial: bool = False
+    hf: dict,
+    family: str,
+    *,
+    max_len: int,
+    norm_eps: float,
+    theta: float,
+    partial: bool = False,
+    activations: dict[str, str] | None = None,
+    activation_field: str = "hidden_act",
+    rope: bool = True,
 ) -> dict:
     """The :meth:`ModelConfig.llama` arguments Llama-style decoders share, read from
     ``config.json`` with the family's defaults for absent fields.
@@ -209,12 +218,20 @@ def decoder_config(
         ValueError: an activation other than silu, or a RoPE variant jaxslim does not compute.
         KeyError: a required field is absent.
     """
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"{family} hidden_act={hf['hidden_act']!r} is not supported; only 'silu'")
+    activations = activations or {"silu": "silu"}
+    act = hf.get(activation_field) or next(iter(activations))
+    if act not in activations:
+        raise ValueError(
+            f"{family} {activation_field}={act!r} is not supported; supported: {sorted(activations)}"
+        )
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim")
-    theta, scaling = rope_from_hf(hf, default=theta, family=family, partial=partial)
+    # a family with its own RoPE layout (Gemma 3's per-layer-type parameters) reads it itself
+    theta, scaling = (
+        rope_from_hf(hf, default=theta, family=family, partial=partial) if rope else (theta, None)
+    )
     return dict(
+        activation=activations[act],
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
@@ -227,26 +244,29 @@ def decoder_config(
         norm_eps=hf.get("rms_norm_eps", norm_eps),
         rope_theta=theta,
         rope_scaling=scaling,
-        partial_rotary_factor=partial_rotary_factor(hf),
+        partial_rotary_factor=partial_rotary_factor(hf) if rope else 1.0,
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         **token_ids(hf),
     )
 
 
-def expressible(cfg: ModelConfig, family: str, **allowed: bool) -> list[str]:
+def expressible(cfg: ModelConfig, family: str, **allowed) -> list[str]:
     """What ``cfg`` uses that the Hugging Face ``family`` cannot express (empty when nothing).
 
     ``allowed`` switches on the features the family has: ``sliding_window``, ``sliding_layers``
     (a window on some layers only), ``qk_norm``, ``attn_bias``, ``out_bias``, ``mlp_bias``,
-    ``moe``.
+    ``moe``, ``partial_rotary``, and Gemma's ``norm_offset``, ``embed_scale``, ``post_norms``,
+    ``attn_softcap``, ``logit_softcap``, ``attn_scale_dim``, ``local_rope_theta``;
+    ``activation`` names the gate activation (default silu).
     """
     problems = []
     if cfg.arch != "llama":
         problems.append(f"arch={cfg.arch!r} ({family} is a Llama-style decoder)")
     if cfg.head != "lm":
         problems.append(f"head={cfg.head!r} ({family}'s causal LM has an LM head)")
-    if cfg.activation != "silu":
-        problems.append(f"activation={cfg.activation!r} ({family}'s SwiGLU uses silu)")
+    act = allowed.get("activation", "silu")
+    if cfg.activation != act:
+        problems.append(f"activation={cfg.activation!r} ({family}'s gated FFN uses {act})")
     checks = [
         ("sliding_window", cfg.sliding_window is not None, "sliding window"),
         ("sliding_layers", cfg.sliding_layers is not None, "sliding window on some layers only"),
@@ -260,6 +280,16 @@ def expressible(cfg: ModelConfig, family: str, **allowed: bool) -> list[str]:
         problems.append(
             f"partial_rotary_factor={cfg.partial_rotary_factor} ({family} rotates the whole head)"
         )
+    gemma = {
+        "norm_offset": (cfg.norm_offset != 0, "RMSNorm scaled by 1 + w"),
+        "embed_scale": (cfg.embed_scale, "embedding scale sqrt(d_model)"),
+        "post_norms": (cfg.post_norms, "normalised sublayer outputs"),
+        "attn_softcap": (cfg.attn_softcap is not None, "attention soft-capping"),
+        "logit_softcap": (cfg.logit_softcap is not None, "logit soft-capping"),
+        "attn_scale_dim": (cfg.attn_scale_dim is not None, "query_pre_attn_scalar"),
+        "local_rope_theta": (cfg.local_rope_theta is not None, "separate RoPE base for local layers"),
+    }
+    checks += [(name, used, what) for name, (used, what) in gemma.items()]
     for name, used, what in checks:
         if used and not allowed.get(name, False):
             field = {"out_bias": "attn_out_bias", "sliding_layers": "sliding_layers"}.get(name, name)

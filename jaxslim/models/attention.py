@@ -86,11 +86,19 @@ class Attention(nnx.Module):
         v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        window = self.window if window is None else window
+        if rope is not None and len(rope) == 4:  # (global cos, sin, local cos, sin): Gemma 3
+            local = window > 0
+            rope = (jnp.where(local, rope[2], rope[0]), jnp.where(local, rope[3], rope[1]))
         if rope is not None:
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)
-        mask = _windowed(mask, x.shape[1], self.window if window is None else window)
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+        mask = _windowed(mask, x.shape[1], window)
+        cfg = self.cfg
+        scale = None if cfg.attn_scale_dim is None else float(cfg.attn_scale_dim) ** -0.5
+        if cfg.attn_softcap is None:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+        return _softcapped_attention(q, k, v, mask, scale or q.shape[-1] ** -0.5, float(cfg.attn_softcap))
 
     def head_outputs(self, x: jax.Array, *, mask: jax.Array | None, rope=None, window=None) -> jax.Array:
         """Each head's contribution to the output, ``[batch, length, heads, embed]`` (bias excluded):
@@ -110,3 +118,16 @@ def _windowed(mask: jax.Array | None, length: int, window) -> jax.Array | None:
     k = jnp.arange(length)[None, :]
     band = ((window <= 0) | (q - k < window))[None, None]
     return band if mask is None else mask & band
+
+
+def _softcapped_attention(q, k, v, mask, scale: float, cap: float) -> jax.Array:
+    """Attention whose scores become ``cap * tanh(score / cap)`` before masking (Gemma 2), which
+    ``jax.nn.dot_product_attention`` does not offer; softmax in float32."""
+    group = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    scores = cap * jnp.tanh(scores / cap)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)

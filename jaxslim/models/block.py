@@ -1,4 +1,5 @@
-"""One transformer block: attention and an FFN (dense or mixture of experts), pre- or post-norm."""
+"""One transformer block: attention and an FFN (dense or mixture of experts), pre- or post-norm,
+optionally with normalised sublayer outputs (Gemma 2 / 3)."""
 
 from __future__ import annotations
 
@@ -32,14 +33,18 @@ class Block(nnx.Module):
             self.mlp, self.moe = Mlp(cfg, cfg.ffn_in(layer), rngs=rngs), None
         self.attn_norm = Norm(cfg)
         self.mlp_norm = Norm(cfg)
+        # Gemma 2 / 3 also normalise each sublayer's output before the residual sum
+        self.post_attn_norm = Norm(cfg) if cfg.post_norms else None
+        self.post_mlp_norm = Norm(cfg) if cfg.post_norms else None
 
     def __call__(self, x, *, mask, rope=None, head_mask=None, neuron_mask=None, rng=None, window=None):
         """Returns ``(x, moe_metrics)``; the metrics are None for a dense FFN. ``window`` overrides the
         layer's sliding window (a scanned stack passes each layer's)."""
         if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope, head_mask=head_mask, window=window)
+            a = self.attn(self.attn_norm(x), mask=mask, rope=rope, head_mask=head_mask, window=window)
+            x = x + (a if self.post_attn_norm is None else self.post_attn_norm(a))
             y, aux = self._ffn(self.mlp_norm(x), neuron_mask, rng)
-            return x + y, aux
+            return x + (y if self.post_mlp_norm is None else self.post_mlp_norm(y)), aux
         x = self.attn_norm(x + self.attn(x, mask=mask, rope=rope, head_mask=head_mask, window=window))
         y, aux = self._ffn(x, neuron_mask, rng)
         return self.mlp_norm(x + y), aux

@@ -83,14 +83,18 @@ class Norm(nnx.Module):
         width = cfg.d_model if width is None else width
         self.rms = cfg.rms_norm
         self.eps = cfg.norm_eps
-        self.scale = param(None, (width,), (axis,), pdt, "ones")
+        self.offset = float(cfg.norm_offset)  # Gemma multiplies by 1 + scale
+        self.scale = param(None, (width,), (axis,), pdt, "zeros" if self.offset == 1.0 else "ones")
         self.bias = None if self.rms else param(None, (width,), (axis,), pdt, "zeros")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x.astype(jnp.float32)
         if self.rms:
             h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
-            return (h * expand_to(self.scale[...].astype(jnp.float32), h.ndim)).astype(x.dtype)
+            scale = self.scale[...].astype(jnp.float32)
+            if self.offset:
+                scale = self.offset + scale
+            return (h * expand_to(scale, h.ndim)).astype(x.dtype)
         mean = jnp.mean(h, axis=-1, keepdims=True)
         h = h - mean
         h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
@@ -127,6 +131,8 @@ class Embeddings(nnx.Module):
     def __call__(self, tokens: jax.Array, positions: jax.Array, token_types: jax.Array | None):
         dt, _ = dtypes(self.cfg)
         x = _lookup(self.tokens[...], tokens, "vocab")
+        if self.cfg.embed_scale:  # Gemma: sqrt(d_model), rounded to the activations' dtype first
+            x = x * jnp.asarray(self.cfg.d_model**0.5, x.dtype)
         if self.positions is not None:
             x = x + _lookup(self.positions[...], positions)
         if self.types is not None:

@@ -118,11 +118,14 @@ class Transformer(nnx.Module):
             logits = self.embed.attend(x) if self.lm_head is None else x @ self.lm_head[...].astype(x.dtype)
         if logits is not None:
             logits = logits.astype(jnp.float32)
+            if cfg.logit_softcap is not None:
+                logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
         return ModelOutput(hidden=x, logits=logits, pooled=pooled, moe=moe)
 
     def embed_inputs(self, tokens, *, attention_mask=None, token_type_ids=None, positions=None):
         """The stack's inputs: embedded tokens ``[b, t, d]``, the boolean attention mask (padding and
-        causality, broadcastable to ``[b, heads, t, t]``) and the RoPE tables (or None)."""
+        causality, broadcastable to ``[b, heads, t, t]``) and the RoPE tables (or None; with
+        ``local_rope_theta``, the global cos and sin followed by the sliding layers' own)."""
         cfg = self.cfg
         b, t = tokens.shape
         if not cfg.rope and t > cfg.max_len:
@@ -141,6 +144,11 @@ class Transformer(nnx.Module):
             rope = rope_tables(
                 positions, cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling, max_len=cfg.max_len
             )
+            if cfg.local_rope_theta is not None:  # sliding-window layers rotate with their own base
+                rope = (
+                    *rope,
+                    *rope_tables(positions, cfg.rotary_dim, cfg.local_rope_theta, max_len=cfg.max_len),
+                )
         return x, mask, rope
 
     def _check_mask(self, name: str, mask, width: int) -> None:
