@@ -292,6 +292,11 @@ class ModelConfig:
         logit_softcap: output logits become ``c * tanh(logit / c)`` (Gemma 2).
         attn_scale_dim: scores are scaled by ``attn_scale_dim ** -0.5`` instead of
             ``head_dim ** -0.5`` (Gemma 2 / 3's ``query_pre_attn_scalar``).
+        input_norms: the sublayers read the normalised residual stream (pre-norm); False: they
+            read it as it is and only ``post_norms`` normalise (OLMo 2).
+        qk_norm_scope: ``"head"``: each head's query / key normalised over ``head_dim`` with one
+            shared scale (Qwen3, Gemma 3); ``"layer"``: all heads' queries (keys) normalised together
+            with a scale per head and dimension (OLMo 2).
         local_rope_theta: RoPE base of the sliding-window layers, which then use plain RoPE while
             the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3); None: one RoPE for all.
     """
@@ -338,6 +343,8 @@ class ModelConfig:
     logit_softcap: float | None = None
     attn_scale_dim: float | None = None
     local_rope_theta: float | None = None
+    input_norms: bool = True
+    qk_norm_scope: Literal["head", "layer"] = "head"
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -454,6 +461,12 @@ class ModelConfig:
             )
         if self.norm_offset and not self.rms_norm:
             raise ValueError(f"{o}.norm_offset needs RMSNorm (arch='llama'), got arch={self.arch!r}")
+        _check_choice(o, "qk_norm_scope", self.qk_norm_scope, ("head", "layer"))
+        if not self.input_norms and not (self.pre_norm and self.post_norms):
+            raise ValueError(
+                f"{o}.input_norms=False needs post_norms=True on a pre-norm architecture (gpt2 or llama): "
+                "some norm must keep the residual stream in scale"
+            )
         if self.post_norms and not self.pre_norm:
             raise ValueError(f"{o}.post_norms needs a pre-norm block (gpt2 or llama), got arch={self.arch!r}")
         if self.qk_norm and not self.rms_norm:

@@ -3,7 +3,7 @@ RoPE scalings (linear, dynamic, yarn, llama3 in the older ``rope_scaling`` form)
 window, Qwen2's q/k/v biases with a window on some layers, Qwen3's q/k norms, Phi-3's fused
 projections with a window or partial rotary embeddings, Gemma's 1 + w norms and embedding scale,
 Gemma 2's soft-capping and alternating local/global layers, Gemma 3's q/k norms and RoPE per
-layer type.
+layer type, OLMo 2's output norms and q/k norms over all heads.
 
 Every model is tiny and random with every 1-D parameter perturbed, and every input long enough that
 the feature under test changes the reference's output (asserted against the same weights with the
@@ -169,6 +169,19 @@ FAMILIES = {
                 "full_attention": {"rope_type": "default", "rope_theta": 1000.0},
             },
         ),
+    ),
+    "olmo2": (
+        "Olmo2Config",
+        "Olmo2ForCausalLM",
+        dict(
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "rope_theta": 500.0,
+                "original_max_position_embeddings": 8,
+            }
+        ),
+        dict(rope_parameters={"rope_type": "default", "rope_theta": 500.0}),
     ),
 }
 KINDS = list(FAMILIES)

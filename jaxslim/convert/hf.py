@@ -3,8 +3,8 @@
 Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~jaxslim.convert.gpt2`,
 :mod:`~jaxslim.convert.llama`, :mod:`~jaxslim.convert.mistral`, :mod:`~jaxslim.convert.mixtral`,
 :mod:`~jaxslim.convert.qwen2`, :mod:`~jaxslim.convert.qwen3`, :mod:`~jaxslim.convert.phi3`,
-:mod:`~jaxslim.convert.gemma`, :mod:`~jaxslim.convert.gemma2`, :mod:`~jaxslim.convert.gemma3`) that
-provides ``ARCHITECTURES`` (HF class names, the first is the
+:mod:`~jaxslim.convert.gemma`, :mod:`~jaxslim.convert.gemma2`, :mod:`~jaxslim.convert.gemma3`,
+:mod:`~jaxslim.convert.olmo2`) that provides ``ARCHITECTURES`` (HF class names, the first is the
 default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
 ``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
 weights), ``config_from_hf``, ``config_to_hf`` and ``rules(cfg)`` (the regex key map). This module
@@ -36,7 +36,20 @@ import numpy as np
 from flax import nnx
 
 from jaxslim.config import DTYPES, ModelConfig
-from jaxslim.convert import bert, gemma, gemma2, gemma3, gpt2, llama, mistral, mixtral, phi3, qwen2, qwen3
+from jaxslim.convert import (
+    bert,
+    gemma,
+    gemma2,
+    gemma3,
+    gpt2,
+    llama,
+    mistral,
+    mixtral,
+    olmo2,
+    phi3,
+    qwen2,
+    qwen3,
+)
 from jaxslim.convert.io import (
     GENERATION_CONFIG,
     INDEX,
@@ -65,6 +78,7 @@ FAMILIES: tuple[ModuleType, ...] = (
     gemma,
     gemma2,
     gemma3,
+    olmo2,
 )
 SUPPORTED: tuple[str, ...] = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
 _BY_ARCH: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "llama": llama}  # ModelConfig.arch -> family

@@ -288,6 +288,8 @@ def expressible(cfg: ModelConfig, family: str, **allowed) -> list[str]:
         "logit_softcap": (cfg.logit_softcap is not None, "logit soft-capping"),
         "attn_scale_dim": (cfg.attn_scale_dim is not None, "query_pre_attn_scalar"),
         "local_rope_theta": (cfg.local_rope_theta is not None, "separate RoPE base for local layers"),
+        "input_norms": (not cfg.input_norms, "blocks without input norms"),
+        "qk_norm_scope": (cfg.qk_norm and cfg.qk_norm_scope == "layer", "q/k norm over all heads together"),
     }
     checks += [(name, used, what) for name, (used, what) in gemma.items()]
     for name, used, what in checks:

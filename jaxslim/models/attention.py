@@ -35,7 +35,10 @@ class Attention(nnx.Module):
         else:
             self.bq = self.bk = self.bv = None
         self.bo = param(None, (d,), ("embed",), pdt, "zeros") if cfg.out_bias else None
-        if cfg.qk_norm:
+        if cfg.qk_norm and cfg.qk_norm_scope == "layer":
+            self.q_norm = Norm(cfg, width=(n_heads, hd), axis=("heads", "head_dim"))
+            self.k_norm = Norm(cfg, width=(n_kv_heads, hd), axis=("kv_heads", "head_dim"))
+        elif cfg.qk_norm:
             self.q_norm = Norm(cfg, width=hd, axis="head_dim")
             self.k_norm = Norm(cfg, width=hd, axis="head_dim")
         else:

@@ -31,8 +31,9 @@ class Block(nnx.Module):
             self.mlp, self.moe = None, MoeLayer(cfg, rngs=rngs)
         else:
             self.mlp, self.moe = Mlp(cfg, cfg.ffn_in(layer), rngs=rngs), None
-        self.attn_norm = Norm(cfg)
-        self.mlp_norm = Norm(cfg)
+        # OLMo 2 has no input norms: its sublayers read the residual stream as it is
+        self.attn_norm = Norm(cfg) if cfg.input_norms else None
+        self.mlp_norm = Norm(cfg) if cfg.input_norms else None
         # Gemma 2 / 3 also normalise each sublayer's output before the residual sum
         self.post_attn_norm = Norm(cfg) if cfg.post_norms else None
         self.post_mlp_norm = Norm(cfg) if cfg.post_norms else None
@@ -41,9 +42,9 @@ class Block(nnx.Module):
         """Returns ``(x, moe_metrics)``; the metrics are None for a dense FFN. ``window`` overrides the
         layer's sliding window (a scanned stack passes each layer's)."""
         if self.pre_norm:
-            a = self.attn(self.attn_norm(x), mask=mask, rope=rope, head_mask=head_mask, window=window)
+            a = self.attn(_norm(self.attn_norm, x), mask=mask, rope=rope, head_mask=head_mask, window=window)
             x = x + (a if self.post_attn_norm is None else self.post_attn_norm(a))
-            y, aux = self._ffn(self.mlp_norm(x), neuron_mask, rng)
+            y, aux = self._ffn(_norm(self.mlp_norm, x), neuron_mask, rng)
             return x + (y if self.post_mlp_norm is None else self.post_mlp_norm(y)), aux
         x = self.attn_norm(x + self.attn(x, mask=mask, rope=rope, head_mask=head_mask, window=window))
         y, aux = self._ffn(x, neuron_mask, rng)
@@ -53,3 +54,7 @@ class Block(nnx.Module):
         if self.moe is not None:
             return self.moe(x, rng=rng)
         return self.mlp(x, neuron_mask=neuron_mask), None
+
+
+def _norm(norm: Norm | None, x: jax.Array) -> jax.Array:
+    return x if norm is None else norm(x)

@@ -76,28 +76,31 @@ class Norm(nnx.Module):
         cfg: ModelConfig,
         *,
         rngs: nnx.Rngs | None = None,
-        width: int | None = None,
-        axis: str = "norm",
+        width: int | tuple[int, ...] | None = None,
+        axis: str | tuple[str, ...] = "norm",
     ):
         _, pdt = dtypes(cfg)
         width = cfg.d_model if width is None else width
+        # a shape of several axes normalises over all of them (OLMo 2's q/k norm over every head)
+        width, axes = (width, axis) if isinstance(width, tuple) else ((width,), (axis,))
+        self.axes = tuple(range(-len(width), 0))
         self.rms = cfg.rms_norm
         self.eps = cfg.norm_eps
         self.offset = float(cfg.norm_offset)  # Gemma multiplies by 1 + scale
-        self.scale = param(None, (width,), (axis,), pdt, "zeros" if self.offset == 1.0 else "ones")
-        self.bias = None if self.rms else param(None, (width,), (axis,), pdt, "zeros")
+        self.scale = param(None, width, axes, pdt, "zeros" if self.offset == 1.0 else "ones")
+        self.bias = None if self.rms else param(None, width, axes, pdt, "zeros")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x.astype(jnp.float32)
         if self.rms:
-            h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+            h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=self.axes, keepdims=True) + self.eps)
             scale = self.scale[...].astype(jnp.float32)
             if self.offset:
                 scale = self.offset + scale
             return (h * expand_to(scale, h.ndim)).astype(x.dtype)
-        mean = jnp.mean(h, axis=-1, keepdims=True)
+        mean = jnp.mean(h, axis=self.axes, keepdims=True)
         h = h - mean
-        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=self.axes, keepdims=True) + self.eps)
         h = h * expand_to(self.scale[...].astype(jnp.float32), h.ndim) + expand_to(
             self.bias[...].astype(jnp.float32), h.ndim
         )
