@@ -254,7 +254,7 @@ class ModelConfig:
         max_len: learned position table size (bert, gpt2).
         type_vocab_size: token type table size (bert).
         norm_eps: epsilon of LayerNorm / RMSNorm.
-        rope_theta: RoPE base (llama).
+        rope_theta: RoPE base (llama, or any decoder with ``rotary=True``).
         activation: FFN activation (for llama, the gate activation of SwiGLU).
         tie_embeddings: the output head reuses the token embedding.
         head: ``"none"`` (hidden states only), ``"mlm"`` (BERT masked-LM head) or ``"lm"``.
@@ -297,6 +297,10 @@ class ModelConfig:
         qk_norm_scope: ``"head"``: each head's query / key normalised over ``head_dim`` with one
             shared scale (Qwen3, Gemma 3); ``"layer"``: all heads' queries (keys) normalised together
             with a scale per head and dimension (OLMo 2).
+        rotary: RoPE instead of a learned position table; None: the architecture's own (llama
+            only). A GPT-2-style decoder with ``rotary=True`` is GPT-NeoX / Pythia.
+        parallel_residual: attention and FFN both read the block input and are added together,
+            ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX / Pythia).
         local_rope_theta: RoPE base of the sliding-window layers, which then use plain RoPE while
             the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3); None: one RoPE for all.
     """
@@ -345,6 +349,8 @@ class ModelConfig:
     local_rope_theta: float | None = None
     input_norms: bool = True
     qk_norm_scope: Literal["head", "layer"] = "head"
+    rotary: bool | None = None
+    parallel_residual: bool = False
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -371,7 +377,7 @@ class ModelConfig:
             raise ValueError(
                 f"{o}.partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor!r}"
             )
-        if self.arch == "llama" and (self.rotary_dim % 2 or self.rotary_dim == 0):
+        if self.rope and (self.rotary_dim % 2 or self.rotary_dim == 0):
             raise ValueError(
                 f"{o}: RoPE needs an even, non-zero number of rotated dimensions, got "
                 f"int(head_dim={self.head_dim_} * partial_rotary_factor={self.partial_rotary_factor}) = "
@@ -462,6 +468,15 @@ class ModelConfig:
         if self.norm_offset and not self.rms_norm:
             raise ValueError(f"{o}.norm_offset needs RMSNorm (arch='llama'), got arch={self.arch!r}")
         _check_choice(o, "qk_norm_scope", self.qk_norm_scope, ("head", "layer"))
+        if self.rotary and not self.causal:
+            raise ValueError(
+                f"{o}.rotary=True needs a causal decoder (gpt2 or llama), got arch={self.arch!r}"
+            )
+        if self.parallel_residual and (not self.pre_norm or self.post_norms or not self.input_norms):
+            raise ValueError(
+                f"{o}.parallel_residual=True needs a plain pre-norm block (gpt2 or llama, no post_norms, "
+                "input_norms=True)"
+            )
         if not self.input_norms and not (self.pre_norm and self.post_norms):
             raise ValueError(
                 f"{o}.input_norms=False needs post_norms=True on a pre-norm architecture (gpt2 or llama): "
@@ -519,7 +534,7 @@ class ModelConfig:
 
     @property
     def rope(self) -> bool:
-        return self.arch == "llama"
+        return self.arch == "llama" if self.rotary is None else self.rotary
 
     @property
     def gated_mlp(self) -> bool:

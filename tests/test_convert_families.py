@@ -3,7 +3,8 @@ RoPE scalings (linear, dynamic, yarn, llama3 in the older ``rope_scaling`` form)
 window, Qwen2's q/k/v biases with a window on some layers, Qwen3's q/k norms, Phi-3's fused
 projections with a window or partial rotary embeddings, Gemma's 1 + w norms and embedding scale,
 Gemma 2's soft-capping and alternating local/global layers, Gemma 3's q/k norms and RoPE per
-layer type, OLMo 2's output norms and q/k norms over all heads.
+layer type, OLMo 2's output norms and q/k norms over all heads,
+GPT-NeoX's parallel residual and partial rotary embeddings.
 
 Every model is tiny and random with every 1-D parameter perturbed, and every input long enough that
 the feature under test changes the reference's output (asserted against the same weights with the
@@ -183,6 +184,35 @@ FAMILIES = {
         ),
         dict(rope_parameters={"rope_type": "default", "rope_theta": 500.0}),
     ),
+    "neox": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        dict(
+            use_parallel_residual=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 100.0, "partial_rotary_factor": 0.5},
+        ),
+        dict(
+            use_parallel_residual=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 100.0, "partial_rotary_factor": 0.5},
+        ),
+    ),
+    "neox_sequential": (
+        "GPTNeoXConfig",
+        "GPTNeoXForCausalLM",
+        dict(
+            use_parallel_residual=False,
+            rope_parameters={
+                "rope_type": "dynamic",
+                "factor": 2.0,
+                "rope_theta": 100.0,
+                "partial_rotary_factor": 0.25,
+            },
+        ),
+        dict(
+            use_parallel_residual=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 100.0, "partial_rotary_factor": 0.25},
+        ),
+    ),
 }
 KINDS = list(FAMILIES)
 
@@ -325,6 +355,11 @@ def test_configs_say_what_they_read():
     )  # use_sliding_window off
     qwen3 = config_from_hf({"architectures": ["Qwen3ForCausalLM"], **base})
     assert qwen3.qk_norm and qwen3.head_dim_ == 128 and not qwen3.attn_bias
+    pythia = config_from_hf(
+        {"architectures": ["GPTNeoXForCausalLM"], **base, "rotary_pct": 0.25, "rotary_emb_base": 1000}
+    )
+    assert (pythia.partial_rotary_factor, pythia.rope_theta, pythia.parallel_residual) == (0.25, 1000.0, True)
+    assert pythia.rope and pythia.arch == "gpt2" and not pythia.tie_embeddings
     mistral = config_from_hf({"architectures": ["MistralForCausalLM"], **base})
     assert mistral.sliding_window == 4096 and mistral.hf_family == "mistral"
 

@@ -99,6 +99,13 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         problems.append(f"activation={cfg.activation!r}")
     if cfg.n_kv_heads not in (None, cfg.n_heads) or cfg.head_dim not in (None, cfg.d_model // cfg.n_heads):
         problems.append("grouped-query heads or a head_dim other than d_model / n_heads")
+    if cfg.rope or cfg.parallel_residual:
+        problems.append("rotary=True / parallel_residual=True (that is GPT-NeoX: set hf_family='gpt_neox')")
+    for name in ("sliding_window", "attn_softcap", "logit_softcap", "attn_scale_dim"):
+        if getattr(cfg, name) is not None:
+            problems.append(f"{name}={getattr(cfg, name)!r} (HF GPT-2 has no such option)")
+    if cfg.post_norms or not cfg.input_norms or cfg.attn_bias != cfg.out_bias:
+        problems.append("post_norms, input_norms=False or attn_out_bias (HF GPT-2 has none of them)")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face GPT-2: " + "; ".join(problems))
     arch = "GPT2LMHeadModel" if cfg.head == "lm" else "GPT2Model"

@@ -4,7 +4,7 @@ Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~ja
 :mod:`~jaxslim.convert.llama`, :mod:`~jaxslim.convert.mistral`, :mod:`~jaxslim.convert.mixtral`,
 :mod:`~jaxslim.convert.qwen2`, :mod:`~jaxslim.convert.qwen3`, :mod:`~jaxslim.convert.phi3`,
 :mod:`~jaxslim.convert.gemma`, :mod:`~jaxslim.convert.gemma2`, :mod:`~jaxslim.convert.gemma3`,
-:mod:`~jaxslim.convert.olmo2`) that provides ``ARCHITECTURES`` (HF class names, the first is the
+:mod:`~jaxslim.convert.olmo2`, :mod:`~jaxslim.convert.gpt_neox`) that provides ``ARCHITECTURES`` (HF class names, the first is the
 default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
 ``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
 weights), ``config_from_hf``, ``config_to_hf`` and ``rules(cfg)`` (the regex key map). This module
@@ -42,6 +42,7 @@ from jaxslim.convert import (
     gemma2,
     gemma3,
     gpt2,
+    gpt_neox,
     llama,
     mistral,
     mixtral,
@@ -79,6 +80,7 @@ FAMILIES: tuple[ModuleType, ...] = (
     gemma2,
     gemma3,
     olmo2,
+    gpt_neox,
 )
 SUPPORTED: tuple[str, ...] = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
 _BY_ARCH: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "llama": llama}  # ModelConfig.arch -> family

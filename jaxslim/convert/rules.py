@@ -129,6 +129,33 @@ LINEAR_QKV = Transform(
     _check_rank(_split_fused_qkv, 2),
     lambda xs, c: np.concatenate([_t(x.reshape(x.shape[0], -1)) for x in xs], axis=0),
 )
+
+
+def _split_interleaved_qkv(a: Array, cfg: ModelConfig) -> list[Array]:
+    # GPT-NeoX's query_key_value: rows grouped per head, each [q, k, v] of head_dim rows
+    hd = cfg.head_dim_
+    if a.ndim == 2:
+        per_head = a.reshape(-1, 3, hd, a.shape[1])  # [heads, 3, hd, d]
+        return [np.ascontiguousarray(per_head[:, j].transpose(2, 0, 1)) for j in range(3)]
+    per_head = a.reshape(-1, 3, hd)
+    return [np.ascontiguousarray(per_head[:, j]) for j in range(3)]
+
+
+def _fuse_interleaved_qkv(xs: list[Array], cfg: ModelConfig) -> Array:
+    if xs[0].ndim == 3:  # kernels [d, heads, hd] -> rows [heads, 3, hd, d]
+        stacked = np.stack([x.transpose(1, 2, 0) for x in xs], axis=1)
+        return stacked.reshape(-1, stacked.shape[-1])
+    return np.stack(xs, axis=1).reshape(-1)
+
+
+def _interleaved_rank(a: Array, cfg: ModelConfig) -> list[Array]:
+    if a.ndim not in (1, 2) or a.shape[0] % (3 * cfg.head_dim_):
+        raise ValueError(f"expected rows grouped as heads x 3 x {cfg.head_dim_}, got shape {a.shape}")
+    return _split_interleaved_qkv(a, cfg)
+
+
+# GPT-NeoX's query_key_value weight and bias: q, k and v interleaved per head
+INTERLEAVED_QKV = Transform("split per-head q, k, v; transpose", _interleaved_rank, _fuse_interleaved_qkv)
 # Phi-3's gate_up_proj: gate rows, then up rows, of one nn.Linear [2 d_ff, d]
 LINEAR_GATE_UP = Transform(
     "split rows into gate and up; transpose",

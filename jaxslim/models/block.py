@@ -22,6 +22,7 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int = 0, *, rngs: nnx.Rngs):
         self.pre_norm = cfg.pre_norm
+        self.parallel = cfg.parallel_residual
         self.attn = Attention(
             cfg, cfg.heads_in(layer), cfg.kv_heads_in(layer), rngs=rngs, window=cfg.window_of(layer)
         )
@@ -41,6 +42,10 @@ class Block(nnx.Module):
     def __call__(self, x, *, mask, rope=None, head_mask=None, neuron_mask=None, rng=None, window=None):
         """Returns ``(x, moe_metrics)``; the metrics are None for a dense FFN. ``window`` overrides the
         layer's sliding window (a scanned stack passes each layer's)."""
+        if self.parallel:  # GPT-NeoX: both sublayers read the block input
+            a = self.attn(self.attn_norm(x), mask=mask, rope=rope, head_mask=head_mask, window=window)
+            y, aux = self._ffn(self.mlp_norm(x), neuron_mask, rng)
+            return x + a + y, aux
         if self.pre_norm:
             a = self.attn(_norm(self.attn_norm, x), mask=mask, rope=rope, head_mask=head_mask, window=window)
             x = x + (a if self.post_attn_norm is None else self.post_attn_norm(a))
