@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 ARCHS = ("bert", "gpt2", "llama")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
-HEADS = ("none", "mlm", "lm")
+HEADS = ("none", "mlm", "lm", "cls")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -257,7 +257,13 @@ class ModelConfig:
         rope_theta: RoPE base (llama, or any decoder with ``rotary=True``).
         activation: FFN activation (for llama, the gate activation of SwiGLU).
         tie_embeddings: the output head reuses the token embedding.
-        head: ``"none"`` (hidden states only), ``"mlm"`` (BERT masked-LM head) or ``"lm"``.
+        head: ``"none"`` (hidden states only), ``"mlm"`` (BERT masked-LM head), ``"lm"``, or
+            ``"cls"``: sequence classification into ``num_labels`` classes, from BERT's pooler
+            output (with a bias) or, for a decoder, from the last token that is not
+            ``pad_token_id`` (without one), as transformers' ``*ForSequenceClassification``.
+        num_labels: classes of the ``"cls"`` head.
+        pad_positions: learned positions count the tokens that are not ``pad_token_id`` from
+            ``pad_token_id + 1``, and padding sits at ``pad_token_id`` (RoBERTa, XLM-R).
         pooler: BERT's tanh pooler over the first token.
         attn_bias: biases on q/k/v/o projections.
         mlp_bias: biases on FFN projections.
@@ -351,6 +357,8 @@ class ModelConfig:
     qk_norm_scope: Literal["head", "layer"] = "head"
     rotary: bool | None = None
     parallel_residual: bool = False
+    num_labels: int = 2
+    pad_positions: bool = False
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -468,6 +476,14 @@ class ModelConfig:
         if self.norm_offset and not self.rms_norm:
             raise ValueError(f"{o}.norm_offset needs RMSNorm (arch='llama'), got arch={self.arch!r}")
         _check_choice(o, "qk_norm_scope", self.qk_norm_scope, ("head", "layer"))
+        _check_positive(o, "num_labels", self.num_labels)
+        if self.pad_positions and (self.rope or self.pad_token_id is None):
+            raise ValueError(
+                f"{o}.pad_positions=True needs learned positions and a pad_token_id, got rope={self.rope}, "
+                f"pad_token_id={self.pad_token_id}"
+            )
+        if self.head == "cls" and self.arch == "bert" and not self.pooler:
+            raise ValueError(f"{o}.head='cls' on a BERT classifies the pooler output: it needs pooler=True")
         if self.rotary and not self.causal:
             raise ValueError(
                 f"{o}.rotary=True needs a causal decoder (gpt2 or llama), got arch={self.arch!r}"

@@ -103,7 +103,8 @@ def check(
     ours = model(tokens.astype(np.int32), attention_mask=mask.astype(np.int32))
     result = {"hidden": difference(ours.hidden, ref.hidden_states[-1].numpy(), mask)}
     if ours.logits is not None and getattr(ref, "logits", None) is not None:
-        result["logits"] = difference(ours.logits, ref.logits.numpy(), mask)
+        per_token = np.ndim(ours.logits) == 3  # LM heads; a classification head has one row per sequence
+        result["logits"] = difference(ours.logits, ref.logits.numpy(), mask if per_token else None)
     if ours.pooled is not None and getattr(ref, "pooler_output", None) is not None:
         result["pooled"] = difference(ours.pooled, ref.pooler_output.numpy())
     if verbose:

@@ -4,7 +4,8 @@ Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~ja
 :mod:`~jaxslim.convert.llama`, :mod:`~jaxslim.convert.mistral`, :mod:`~jaxslim.convert.mixtral`,
 :mod:`~jaxslim.convert.qwen2`, :mod:`~jaxslim.convert.qwen3`, :mod:`~jaxslim.convert.phi3`,
 :mod:`~jaxslim.convert.gemma`, :mod:`~jaxslim.convert.gemma2`, :mod:`~jaxslim.convert.gemma3`,
-:mod:`~jaxslim.convert.olmo2`, :mod:`~jaxslim.convert.gpt_neox`) that provides ``ARCHITECTURES`` (HF class names, the first is the
+:mod:`~jaxslim.convert.olmo2`, :mod:`~jaxslim.convert.gpt_neox`, :mod:`~jaxslim.convert.roberta`,
+:mod:`~jaxslim.convert.xlm_roberta`) that provides ``ARCHITECTURES`` (HF class names, the first is the
 default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
 ``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
 weights), ``config_from_hf``, ``config_to_hf`` and ``rules(cfg)`` (the regex key map). This module
@@ -50,6 +51,8 @@ from jaxslim.convert import (
     phi3,
     qwen2,
     qwen3,
+    roberta,
+    xlm_roberta,
 )
 from jaxslim.convert.io import (
     GENERATION_CONFIG,
@@ -81,6 +84,8 @@ FAMILIES: tuple[ModuleType, ...] = (
     gemma3,
     olmo2,
     gpt_neox,
+    roberta,
+    xlm_roberta,
 )
 SUPPORTED: tuple[str, ...] = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
 _BY_ARCH: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "llama": llama}  # ModelConfig.arch -> family

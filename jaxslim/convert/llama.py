@@ -21,12 +21,13 @@ from jaxslim.convert.rules import (
     LINEAR_FROM_HEADS,
     LINEAR_TO_HEADS,
     Rule,
+    num_labels,
     rule,
     token_fields,
     token_ids,
 )
 
-ARCHITECTURES = ("LlamaForCausalLM",)
+ARCHITECTURES = ("LlamaForCausalLM", "LlamaForSequenceClassification", "LlamaModel")
 MODEL_TYPE = "llama"
 HF_CONFIG = "LlamaConfig"
 PREFIX = "model."
@@ -37,9 +38,22 @@ L = "layers.{i}."
 
 
 def prefix_for(architecture: str) -> str:
-    """Backbone prefix that ``architecture`` writes."""
-    del architecture
-    return PREFIX
+    """Backbone prefix that ``architecture`` writes (the bare ``LlamaModel`` has none)."""
+    return "" if architecture.endswith("Model") else PREFIX
+
+
+def head_of(architecture: str, hf: dict) -> dict:
+    """The ``head`` (and ``num_labels``) :class:`ModelConfig` fields of a Llama-style class name."""
+    if architecture.endswith("ForSequenceClassification"):
+        return dict(head="cls", num_labels=num_labels(hf))
+    return dict(head="none") if architecture.endswith("Model") else dict(head="lm")
+
+
+def head_to_hf(cfg: ModelConfig, family: str) -> tuple[str, dict]:
+    """The class name of ``cfg``'s head in ``family`` (``"Llama"``) and its extra config fields."""
+    if cfg.head == "cls":
+        return f"{family}ForSequenceClassification", {"num_labels": cfg.num_labels}
+    return (f"{family}Model", {}) if cfg.head == "none" else (f"{family}ForCausalLM", {})
 
 
 _SCALING_FIELDS = {  # RopeScaling field -> Hugging Face rope_parameters key, per kind
@@ -185,10 +199,11 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         ValueError: a feature jaxslim's Llama does not have (named).
         KeyError: a required field is absent.
     """
-    del architecture, tensor_names
+    del tensor_names
     hf = {**_DEFAULTS, **hf}
     refuse_window(hf, "LlamaForCausalLM", hf["max_position_embeddings"])
     return ModelConfig.llama(
+        **head_of(architecture, hf),
         **decoder_config(hf, "Llama", max_len=2048, norm_eps=1e-6, theta=10000.0),
         attn_bias=bool(hf.get("attention_bias", False)),
         mlp_bias=bool(hf.get("mlp_bias", False)),
@@ -262,7 +277,7 @@ def expressible(cfg: ModelConfig, family: str, **allowed) -> list[str]:
     problems = []
     if cfg.arch != "llama":
         problems.append(f"arch={cfg.arch!r} ({family} is a Llama-style decoder)")
-    if cfg.head != "lm":
+    if cfg.head not in allowed.get("heads", ("lm",)):
         problems.append(f"head={cfg.head!r} ({family}'s causal LM has an LM head)")
     act = allowed.get("activation", "silu")
     if cfg.activation != act:
@@ -305,7 +320,9 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     Raises:
         ValueError: ``cfg`` uses something a HF Llama cannot express (all of it named).
     """
-    problems = expressible(cfg, "Llama", attn_bias=True, out_bias=True, mlp_bias=True)
+    problems = expressible(
+        cfg, "Llama", attn_bias=True, out_bias=True, mlp_bias=True, heads=("lm", "cls", "none")
+    )
     if cfg.attn_bias != cfg.out_bias:
         problems.append(
             f"attn_bias={cfg.attn_bias} with attn_out_bias={cfg.attn_out_bias} (Llama's attention_bias "
@@ -313,8 +330,13 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         )
     if problems:
         raise ValueError("cannot express this model as a Hugging Face Llama: " + "; ".join(problems))
-    return "LlamaForCausalLM", dict(
-        decoder_fields(cfg), attention_bias=cfg.attn_bias, mlp_bias=cfg.mlp_bias, intermediate_size=cfg.d_ff
+    arch, extra = head_to_hf(cfg, "Llama")
+    return arch, dict(
+        decoder_fields(cfg),
+        **extra,
+        attention_bias=cfg.attn_bias,
+        mlp_bias=cfg.mlp_bias,
+        intermediate_size=cfg.d_ff,
     )
 
 
@@ -368,9 +390,11 @@ def common_rules(cfg: ModelConfig) -> list[Rule]:
         rule(L + "post_attention_layernorm.weight", B + "mlp_norm.scale"),
         rule("norm.weight", "final_norm.scale"),
     ]
-    if cfg.tie_embeddings:
+    if cfg.head == "cls":  # *ForSequenceClassification's `score`, without a bias
+        out.append(rule("score.weight", "cls_w", transform=LINEAR, head=True))
+    elif cfg.head == "lm" and cfg.tie_embeddings:
         # some tied checkpoints still carry a copy of the embedding table as lm_head.weight
         out.append(rule("lm_head.weight", "embed.tokens", head=True, tied=True))
-    else:
+    elif cfg.head == "lm":
         out.append(rule("lm_head.weight", "lm_head", transform=LINEAR, head=True))
     return out

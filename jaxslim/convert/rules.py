@@ -265,6 +265,13 @@ def rule(
     return Rule(hf, tuple(jax), transform, head, tied, load_only)
 
 
+def num_labels(hf: dict) -> int:
+    """The classes of a ``*ForSequenceClassification`` config: its ``id2label`` (what
+    ``save_pretrained`` writes), else ``num_labels``, else transformers' default 2."""
+    labels = hf.get("id2label")
+    return len(labels) if labels else int(hf.get("num_labels") or 2)
+
+
 def token_ids(hf: dict) -> dict:
     """The ``pad_token_id``, ``bos_token_id`` and ``eos_token_id`` :class:`ModelConfig` fields of a
     config (a list of end tokens becomes a tuple)."""
