@@ -4,15 +4,18 @@ The checkpoints are written by ``save_hf`` from random jaxslim models (the refer
 these files equal transformers' own), so these tests need neither torch nor a download.
 """
 
+import importlib.util
 import json
 import re
 
 import numpy as np
 import pytest
+from conftest import require
+from hf_models import tiny
 from safetensors.numpy import load_file, save_file
 
 from jaxslim.config import ModelConfig
-from jaxslim.convert import ConversionError, config_from_hf, load_hf, save_hf
+from jaxslim.convert import ConversionError, config_from_hf, flat_params, load_hf, save_hf
 from jaxslim.convert.hf import model_from_flat, param_shapes
 
 BERT = ModelConfig.bert(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=24, max_len=32, pad_token_id=0)
@@ -186,8 +189,15 @@ def test_missing_files_and_fields(bert_dir, tmp_path):
     ):
         load_hf(tmp_path)
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"it has pytorch_model\.bin, which jaxslim does not read"):
-        load_hf(tmp_path)
+    if importlib.util.find_spec("torch") is None:
+        with pytest.raises(
+            FileNotFoundError, match=r"it has pytorch_model\.bin, which jaxslim reads only when"
+        ):
+            load_hf(tmp_path)
+    else:
+        with pytest.raises(ValueError, match=r"pytorch_model\.bin cannot be read as a torch state dict"):
+            load_hf(tmp_path)
+    (tmp_path / "pytorch_model.bin").unlink()
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"], "vocab_size": 4}))
     with pytest.raises(ValueError, match="config.json of a BertModel lacks the field 'hidden_size'"):
         load_hf(tmp_path)
@@ -274,3 +284,40 @@ def test_save_hf_never_overwrites_by_accident(bert_dir, tmp_path):
     # with overwrite, the old shards go: none of them can shadow the new single file later
     save_hf(model, out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+@pytest.mark.torch
+def test_pytorch_model_bin_single_and_sharded(tmp_path):
+    """Older checkpoints ship pickled torch weights: read with weights_only=True when torch is installed."""
+    torch = require("torch")
+    ref = tiny("llama_untied")
+    ref.save_pretrained(tmp_path / "safe")
+    want = flat_params(load_hf(tmp_path / "safe"))
+    state = {k: v.to(torch.bfloat16) if "norm" in k else v for k, v in ref.state_dict().items()}
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "config.json").write_text((tmp_path / "safe" / "config.json").read_text())
+    torch.save(state, single / "pytorch_model.bin")
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_text((tmp_path / "safe" / "config.json").read_text())
+    keys = sorted(state)
+    halves = {"pytorch_model-00001-of-00002.bin": keys[::2], "pytorch_model-00002-of-00002.bin": keys[1::2]}
+    for name, part in halves.items():
+        torch.save({k: state[k] for k in part}, sharded / name)
+    index = {"weight_map": {k: name for name, part in halves.items() for k in part}}
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    for d in (single, sharded):
+        got = flat_params(load_hf(d))
+        assert got.keys() == want.keys()
+        for key in got:  # norms went through bfloat16, the rest is bit-exact
+            tol = 1e-2 if "norm" in key else 0
+            np.testing.assert_allclose(got[key], want[key], rtol=tol, atol=0, err_msg=key)
+    (sharded / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"pytorch_model-00002-of-00002\.bin, listed in .*index\.json"
+    ):
+        load_hf(sharded)
+    torch.save({"w": [1, 2]}, single / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"w is a list, not a tensor"):
+        load_hf(single)
