@@ -1,5 +1,5 @@
 """Hugging Face PyTorch parity, both ways, of RoBERTa / XLM-R (positions counted after the padding
-id) and of the task-head and bare classes: BertForSequenceClassification,
+id), DistilBERT, and of the task-head and bare classes: BertForSequenceClassification,
 LlamaForSequenceClassification (the last token that is not padding), LlamaModel."""
 
 import json
@@ -33,6 +33,16 @@ KINDS = {
     "roberta": ("RobertaConfig", "RobertaModel", dict(_BERT, max_position_embeddings=40, type_vocab_size=1)),
     "roberta_mlm": ("RobertaConfig", "RobertaForMaskedLM", dict(_BERT, max_position_embeddings=40)),
     "xlmr_mlm": ("XLMRobertaConfig", "XLMRobertaForMaskedLM", dict(_BERT, max_position_embeddings=40)),
+    "distilbert": (
+        "DistilBertConfig",
+        "DistilBertModel",
+        dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40),
+    ),
+    "distilbert_mlm": (
+        "DistilBertConfig",
+        "DistilBertForMaskedLM",
+        dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40),
+    ),
     "bert_cls": ("BertConfig", "BertForSequenceClassification", dict(_BERT, num_labels=3, pad_token_id=PAD)),
     "llama_cls": ("LlamaConfig", "LlamaForSequenceClassification", dict(_LLAMA, num_labels=5)),
     "llama_model": ("LlamaConfig", "LlamaModel", _LLAMA),

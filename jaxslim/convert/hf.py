@@ -5,7 +5,7 @@ Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~ja
 :mod:`~jaxslim.convert.qwen2`, :mod:`~jaxslim.convert.qwen3`, :mod:`~jaxslim.convert.phi3`,
 :mod:`~jaxslim.convert.gemma`, :mod:`~jaxslim.convert.gemma2`, :mod:`~jaxslim.convert.gemma3`,
 :mod:`~jaxslim.convert.olmo2`, :mod:`~jaxslim.convert.gpt_neox`, :mod:`~jaxslim.convert.roberta`,
-:mod:`~jaxslim.convert.xlm_roberta`) that provides ``ARCHITECTURES`` (HF class names, the first is the
+:mod:`~jaxslim.convert.xlm_roberta`, :mod:`~jaxslim.convert.distilbert`) that provides ``ARCHITECTURES`` (HF class names, the first is the
 default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
 ``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
 weights), ``config_from_hf``, ``config_to_hf`` and ``rules(cfg)`` (the regex key map). This module
@@ -39,6 +39,7 @@ from flax import nnx
 from jaxslim.config import DTYPES, ModelConfig
 from jaxslim.convert import (
     bert,
+    distilbert,
     gemma,
     gemma2,
     gemma3,
@@ -86,6 +87,7 @@ FAMILIES: tuple[ModuleType, ...] = (
     gpt_neox,
     roberta,
     xlm_roberta,
+    distilbert,
 )
 SUPPORTED: tuple[str, ...] = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
 _BY_ARCH: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "llama": llama}  # ModelConfig.arch -> family
