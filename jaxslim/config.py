@@ -242,6 +242,10 @@ class ModelConfig:
     llama     causal      RMSNorm, pre        RoPE        SwiGLU      lm
     ========  ==========  ==================  ==========  ==========  ========
 
+    The fields after ``moe`` are feature flags on that recipe, off by default, which express the
+    other families jaxslim converts (RoBERTa, DistilBERT, GPT-NeoX, Mistral, Qwen, Phi-3, Gemma,
+    OLMo 2): one model class, so pruning, slimming, growth and sharding work on all of them.
+
     Attributes:
         arch: one of ``ARCHS``.
         vocab_size: token vocabulary size.
