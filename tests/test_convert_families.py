@@ -213,6 +213,24 @@ FAMILIES = {
             rope_parameters={"rope_type": "default", "rope_theta": 100.0, "partial_rotary_factor": 0.25},
         ),
     ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=12,
+            norm_topk_prob=True,
+            decoder_sparse_step=2,
+        ),
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=12,
+            norm_topk_prob=False,
+            decoder_sparse_step=2,
+        ),
+    ),
 }
 KINDS = list(FAMILIES)
 
