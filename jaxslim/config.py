@@ -266,6 +266,9 @@ class ModelConfig:
             output (with a bias) or, for a decoder, from the last token that is not
             ``pad_token_id`` (without one), as transformers' ``*ForSequenceClassification``.
         num_labels: classes of the ``"cls"`` head.
+        shared_expert_ffn: width of a dense "shared expert" FFN that every expert layer adds to its
+            experts' output (Qwen2-MoE); None: none.
+        shared_expert_gate: the shared expert's output is scaled by ``sigmoid(x @ shared_gate)``.
         pad_positions: learned positions count the tokens that are not ``pad_token_id`` from
             ``pad_token_id + 1``, and padding sits at ``pad_token_id`` (RoBERTa, XLM-R).
         pooler: BERT's tanh pooler over the first token.
@@ -363,6 +366,8 @@ class ModelConfig:
     parallel_residual: bool = False
     num_labels: int = 2
     pad_positions: bool = False
+    shared_expert_ffn: int | None = None
+    shared_expert_gate: bool = True
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -481,6 +486,12 @@ class ModelConfig:
             raise ValueError(f"{o}.norm_offset needs RMSNorm (arch='llama'), got arch={self.arch!r}")
         _check_choice(o, "qk_norm_scope", self.qk_norm_scope, ("head", "layer"))
         _check_positive(o, "num_labels", self.num_labels)
+        if self.shared_expert_ffn is not None:
+            _check_positive(o, "shared_expert_ffn", self.shared_expert_ffn)
+            if self.moe is None:
+                raise ValueError(
+                    f"{o}.shared_expert_ffn needs moe (it is added to expert layers), got moe=None"
+                )
         if self.pad_positions and (self.rope or self.pad_token_id is None):
             raise ValueError(
                 f"{o}.pad_positions=True needs learned positions and a pad_token_id, got rope={self.rope}, "

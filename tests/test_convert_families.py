@@ -4,7 +4,8 @@ window, Qwen2's q/k/v biases with a window on some layers, Qwen3's q/k norms, Ph
 projections with a window or partial rotary embeddings, Gemma's 1 + w norms and embedding scale,
 Gemma 2's soft-capping and alternating local/global layers, Gemma 3's q/k norms and RoPE per
 layer type, OLMo 2's output norms and q/k norms over all heads,
-GPT-NeoX's parallel residual and partial rotary embeddings.
+GPT-NeoX's parallel residual and partial rotary embeddings, Qwen3-MoE's routed experts between
+dense layers, Qwen2-MoE's gated shared expert.
 
 Every model is tiny and random with every 1-D parameter perturbed, and every input long enough that
 the feature under test changes the reference's output (asserted against the same weights with the
@@ -231,6 +232,24 @@ FAMILIES = {
             decoder_sparse_step=2,
         ),
     ),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=12,
+            shared_expert_intermediate_size=20,
+            decoder_sparse_step=2,
+        ),
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=12,
+            shared_expert_intermediate_size=20,
+            decoder_sparse_step=2,
+        ),
+    ),
 }
 KINDS = list(FAMILIES)
 
@@ -253,7 +272,10 @@ def build(kind: str, *, feature: bool = True, seed: int = 0):
 def feature_off(kind: str, model):
     """The same weights in the same family with the feature under test switched off."""
     off = build(kind, feature=False)
-    off.load_state_dict(model.state_dict())
+    state = model.state_dict()
+    if kind == "qwen2_moe":  # no config switch removes the shared expert: silence it instead
+        state = {k: v * 0 if "shared_expert.down_proj" in k else v for k, v in state.items()}
+    off.load_state_dict(state)
     return off.eval()
 
 

@@ -5,7 +5,8 @@ Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~ja
 :mod:`~jaxslim.convert.qwen2`, :mod:`~jaxslim.convert.qwen3`, :mod:`~jaxslim.convert.phi3`,
 :mod:`~jaxslim.convert.gemma`, :mod:`~jaxslim.convert.gemma2`, :mod:`~jaxslim.convert.gemma3`,
 :mod:`~jaxslim.convert.olmo2`, :mod:`~jaxslim.convert.gpt_neox`, :mod:`~jaxslim.convert.roberta`,
-:mod:`~jaxslim.convert.xlm_roberta`, :mod:`~jaxslim.convert.distilbert`, :mod:`~jaxslim.convert.qwen3_moe`) that provides ``ARCHITECTURES`` (HF class names, the first is the
+:mod:`~jaxslim.convert.xlm_roberta`, :mod:`~jaxslim.convert.distilbert`, :mod:`~jaxslim.convert.qwen3_moe`,
+:mod:`~jaxslim.convert.qwen2_moe`) that provides ``ARCHITECTURES`` (HF class names, the first is the
 default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
 ``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
 weights), ``config_from_hf``, ``config_to_hf`` and ``rules(cfg)`` (the regex key map). This module
@@ -51,6 +52,7 @@ from jaxslim.convert import (
     olmo2,
     phi3,
     qwen2,
+    qwen2_moe,
     qwen3,
     qwen3_moe,
     roberta,
@@ -90,6 +92,7 @@ FAMILIES: tuple[ModuleType, ...] = (
     xlm_roberta,
     distilbert,
     qwen3_moe,
+    qwen2_moe,
 )
 SUPPORTED: tuple[str, ...] = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
 _BY_ARCH: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "llama": llama}  # ModelConfig.arch -> family

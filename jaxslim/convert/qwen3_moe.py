@@ -46,6 +46,83 @@ def prefix_for(architecture: str) -> str:
     return PREFIX
 
 
+def moe_from_hf(hf: dict, family: str) -> MoeConfig:
+    """The :class:`MoeConfig` of a Qwen-MoE config (Qwen2-MoE, Qwen3-MoE), defaults filled in.
+
+    Raises:
+        ValueError: ``mlp_only_layers`` that make an expert layer of the ``decoder_sparse_step``
+            pattern dense (named).
+    """
+    hf = {**_DEFAULTS, **hf}
+    # transformers 5 writes num_local_experts (its attribute map); the hub's files say num_experts
+    experts = hf.get("num_experts") or hf.get("num_local_experts") or 128
+    step = int(hf["decoder_sparse_step"])
+    dense = sorted(set(hf.get("mlp_only_layers") or []))
+    pattern = [i for i in range(hf["num_hidden_layers"]) if (i + 1) % step]  # without experts anyway
+    if any(i not in pattern for i in dense):
+        raise ValueError(
+            f"{family} mlp_only_layers={dense} is not supported: jaxslim puts experts in every "
+            f"decoder_sparse_step={step}-th layer, so only layers {pattern} may be dense"
+        )
+    return MoeConfig(
+        num_experts=experts,
+        top_k=hf["num_experts_per_tok"],
+        router="topk",
+        dispatch="dropless",
+        every=step,
+        offset=step - 1,
+        d_ff=hf["moe_intermediate_size"],
+        renormalize=bool(hf["norm_topk_prob"]),
+        aux_loss_coef=float(hf["router_aux_loss_coef"]),
+        z_loss_coef=0.0,
+    )
+
+
+def moe_problems(cfg: ModelConfig, family: str) -> list[str]:
+    """What a Qwen-MoE cannot express about ``cfg.moe``."""
+    m = cfg.moe
+    if m is None:
+        return ["moe=None (a dense model converts as its dense family)"]
+    problems = []
+    if m.router != "topk" or m.dispatch != "dropless":
+        problems.append(
+            f"moe.router={m.router!r}, moe.dispatch={m.dispatch!r} ({family} routes every token to its "
+            "top-k experts and drops none)"
+        )
+    if m.offset != m.every - 1:
+        problems.append(
+            f"moe.offset={m.offset} ({family}'s experts sit in layers every - 1, 2 every - 1, ...)"
+        )
+    return problems
+
+
+def moe_fields(cfg: ModelConfig) -> dict:
+    """The expert fields of a Qwen-MoE config for ``cfg``."""
+    m = cfg.moe
+    return dict(
+        intermediate_size=cfg.d_ff,
+        decoder_sparse_step=m.every,
+        mlp_only_layers=[],
+        moe_intermediate_size=cfg.expert_ffn,
+        num_experts=m.num_experts,
+        num_experts_per_tok=m.top_k,
+        norm_topk_prob=m.renormalize,
+        router_aux_loss_coef=float(m.aux_loss_coef),
+    )
+
+
+def expert_rules() -> list[Rule]:
+    """The router and experts of a Qwen-MoE layer, in both layouts (the per-expert one is written)."""
+    return [
+        rule(L + "gate.weight", B + "router", transform=LINEAR),
+        rule(L + "experts.{e}.gate_proj.weight", B + "wi", transform=LINEAR),
+        rule(L + "experts.{e}.up_proj.weight", B + "wu", transform=LINEAR),
+        rule(L + "experts.{e}.down_proj.weight", B + "wo", transform=LINEAR),
+        rule(L + "experts.gate_up_proj", B + "wi", B + "wu", transform=STACKED_GATE_UP, load_only=True),
+        rule(L + "experts.down_proj", B + "wo", transform=STACKED_LINEAR, load_only=True),
+    ]
+
+
 def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | None = None) -> ModelConfig:
     """The :class:`ModelConfig` of a Qwen3-MoE ``config.json``.
 
@@ -54,40 +131,11 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
             ``decoder_sparse_step`` pattern.
         KeyError: a required field is absent.
     """
-    hf = {**_DEFAULTS, **hf}
-    # transformers 5 writes num_local_experts (its attribute map); the hub's files say num_experts
-    experts = hf.get("num_experts") or hf.get("num_local_experts") or 128
-    step = int(hf["decoder_sparse_step"])
-    n = hf["num_hidden_layers"]
-    dense = sorted(set(hf.get("mlp_only_layers") or []))
-    pattern = [i for i in range(n) if (i + 1) % step]  # the layers without experts anyway
-    if any(i not in pattern for i in dense):
-        raise ValueError(
-            f"Qwen3-MoE mlp_only_layers={dense} is not supported: jaxslim puts experts in every "
-            f"decoder_sparse_step={step}-th layer, so only layers {pattern} may be dense"
-        )
+    moe = moe_from_hf(hf, "Qwen3-MoE")
     # Qwen3MoeConfig has no head_dim default of its own: d_model / n_heads unless the file says
-    head_dim = hf.pop("head_dim", None)
-    base = qwen3.config_from_hf(
-        {**hf, "head_dim": head_dim or hf["hidden_size"] // hf["num_attention_heads"]},
-        architecture,
-        tensor_names,
-    )
-    return base.replace(
-        hf_family=MODEL_TYPE,
-        moe=MoeConfig(
-            num_experts=experts,
-            top_k=hf["num_experts_per_tok"],
-            router="topk",
-            dispatch="dropless",
-            every=step,
-            offset=step - 1,
-            d_ff=hf["moe_intermediate_size"],
-            renormalize=bool(hf["norm_topk_prob"]),
-            aux_loss_coef=float(hf["router_aux_loss_coef"]),
-            z_loss_coef=0.0,
-        ),
-    )
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    base = qwen3.config_from_hf({**hf, "head_dim": head_dim}, architecture, tensor_names)
+    return base.replace(hf_family=MODEL_TYPE, moe=moe)
 
 
 def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
@@ -106,47 +154,21 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         out_bias=True,
         moe=True,
     )
-    m = cfg.moe
     if not cfg.qk_norm:
         problems.append("qk_norm=False (Qwen3-MoE always normalises queries and keys)")
-    if m is None:
-        problems.append("moe=None (a dense model converts as a Qwen3)")
-    else:
-        if m.router != "topk" or m.dispatch != "dropless":
-            problems.append(
-                f"moe.router={m.router!r}, moe.dispatch={m.dispatch!r} (Qwen3-MoE routes every token to its "
-                "top-k experts and drops none)"
-            )
-        if m.offset != m.every - 1:
-            problems.append(
-                f"moe.offset={m.offset} (Qwen3-MoE's experts sit in layers every - 1, 2 every - 1, ...)"
-            )
+    problems += moe_problems(cfg, "Qwen3-MoE")
+    if cfg.shared_expert_ffn is not None:
+        problems.append(
+            f"shared_expert_ffn={cfg.shared_expert_ffn} (Qwen3-MoE has no shared expert; Qwen2-MoE has)"
+        )
     if problems:
         raise ValueError("cannot express this model as a Hugging Face Qwen3-MoE: " + "; ".join(problems))
-    fields = llama.decoder_fields(cfg)
     return ARCHITECTURES[0], dict(
-        fields,
-        **qwen2.window_to_hf(cfg),
-        intermediate_size=cfg.d_ff,
-        attention_bias=cfg.attn_bias,
-        decoder_sparse_step=m.every,
-        mlp_only_layers=[],
-        moe_intermediate_size=cfg.expert_ffn,
-        num_experts=m.num_experts,
-        num_experts_per_tok=m.top_k,
-        norm_topk_prob=m.renormalize,
-        router_aux_loss_coef=float(m.aux_loss_coef),
+        llama.decoder_fields(cfg), **qwen2.window_to_hf(cfg), **moe_fields(cfg), attention_bias=cfg.attn_bias
     )
 
 
 def rules(cfg: ModelConfig) -> list[Rule]:
     """The key map of a Qwen3-MoE model described by ``cfg``: Qwen3's (dense layers included) and
     the experts in both layouts (the per-expert one is written)."""
-    return qwen3.rules(cfg) + [
-        rule(L + "gate.weight", B + "router", transform=LINEAR),
-        rule(L + "experts.{e}.gate_proj.weight", B + "wi", transform=LINEAR),
-        rule(L + "experts.{e}.up_proj.weight", B + "wu", transform=LINEAR),
-        rule(L + "experts.{e}.down_proj.weight", B + "wo", transform=LINEAR),
-        rule(L + "experts.gate_up_proj", B + "wi", B + "wu", transform=STACKED_GATE_UP, load_only=True),
-        rule(L + "experts.down_proj", B + "wo", transform=STACKED_LINEAR, load_only=True),
-    ]
+    return qwen3.rules(cfg) + expert_rules()

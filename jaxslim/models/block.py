@@ -8,7 +8,7 @@ from flax import nnx
 
 from jaxslim.config import ModelConfig
 from jaxslim.models.attention import Attention
-from jaxslim.models.layers import Norm
+from jaxslim.models.layers import Norm, dtypes, param
 from jaxslim.models.mlp import Mlp
 
 
@@ -32,6 +32,11 @@ class Block(nnx.Module):
             self.mlp, self.moe = None, MoeLayer(cfg, rngs=rngs)
         else:
             self.mlp, self.moe = Mlp(cfg, cfg.ffn_in(layer), rngs=rngs), None
+        # Qwen2-MoE: a dense shared expert beside the routed ones, behind a sigmoid gate
+        shared = self.moe is not None and cfg.shared_expert_ffn is not None
+        self.shared = Mlp(cfg, cfg.shared_expert_ffn, rngs=rngs) if shared else None
+        gated = shared and cfg.shared_expert_gate
+        self.shared_gate = param(rngs, (cfg.d_model, 1), ("embed", None), dtypes(cfg)[1]) if gated else None
         # OLMo 2 has no input norms: its sublayers read the residual stream as it is
         self.attn_norm = Norm(cfg) if cfg.input_norms else None
         self.mlp_norm = Norm(cfg) if cfg.input_norms else None
@@ -57,7 +62,13 @@ class Block(nnx.Module):
 
     def _ffn(self, x, neuron_mask, rng) -> tuple[jax.Array, dict | None]:
         if self.moe is not None:
-            return self.moe(x, rng=rng)
+            y, aux = self.moe(x, rng=rng)
+            if self.shared is not None:
+                s = self.shared(x)
+                if self.shared_gate is not None:
+                    s = s * jax.nn.sigmoid(x @ self.shared_gate[...].astype(x.dtype))
+                y = y + s
+            return y, aux
         return self.mlp(x, neuron_mask=neuron_mask), None
 
 
