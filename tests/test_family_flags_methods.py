@@ -10,6 +10,7 @@ import pytest
 from jaxslim.convert import config_from_hf
 from jaxslim.convert.hf import model_from_flat, param_shapes
 from jaxslim.prune.slim import slim
+from jaxslim.prune.tune import tune_masks
 
 pytestmark = pytest.mark.slow  # one compile per family: several seconds each
 
@@ -92,6 +93,9 @@ def test_train_fisher_and_slim(kind):
             slim(model, hm, nm)
         hm[:] = 1
         group = 0
+    if cfg.post_norms or not cfg.input_norms or cfg.parallel_residual:
+        with pytest.raises(ValueError, match="jaxslim-prune --no-tune"):
+            tune_masks(model, [{"tokens": np.asarray(tokens)}], hm, nm)
     small = slim(model, hm, nm)
     assert small.cfg.layer_heads == (cfg.n_heads - group, cfg.n_heads)
     want = model(tokens, head_mask=jnp.asarray(hm), neuron_mask=jnp.asarray(nm)).logits
