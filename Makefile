@@ -19,9 +19,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# the main job: a ~10M-parameter GPT on the embedded Shakespeare corpus; a second run resumes
+# the main job: a ~10M-parameter GPT on the embedded Shakespeare corpus; a second run resumes.
+# DEMO_ARGS adds overrides (CI: `make demo DEMO_ARGS="--steps 110"`, a run that crosses a save).
+DEMO_ARGS ?=
 demo: install
-	$(BIN)/jaxslim-train shakespeare_gpt --workdir runs/demo
+	$(BIN)/jaxslim-train shakespeare_gpt --workdir runs/demo $(DEMO_ARGS)
 
 # the real all-MiniLM-L6-v2 through the converter, checked against PyTorch
 convert-demo: install

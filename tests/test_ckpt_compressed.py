@@ -254,26 +254,27 @@ def test_sharded_save_restores_onto_another_mesh(tmp_path, devices):
         assert got.sharding == want.sharding
 
 
-def test_cli_compress_inspect_decompress(tmp_path, single, capsys):
+def test_cli_compress_inspect_decompress(tmp_path, single, capsys, monkeypatch):
     import orbax.checkpoint as ocp
 
     from jaxslim.cli.ckpt import _fill, main
 
     states, setup = single
+    monkeypatch.chdir(tmp_path)  # the CLI gets relative paths, as a user types them
     plain = tmp_path / "run" / "checkpoints"
     with Checkpointer(
         plain, max_to_keep=None, config_json={"model": {"scan_layers": True, "n_layers": 2}}
     ) as ck:
         for step, s in enumerate(states[:3], 1):
             ck.save(step, s, extra={"data": {"index": step}})
-    assert main(["compress", str(plain), str(tmp_path / "small"), "--weight-bits", "3", "-v"]) == 0
+    assert main(["compress", "run/checkpoints", "small", "--weight-bits", "3", "-v"]) == 0
     out = capsys.readouterr().out
     assert "keyframe" in out and "delta" in out and "total" in out and "x" in out
     assert "['params']['stack']['blocks']['mlp']['wi']['value']" in out
-    assert main(["inspect", str(tmp_path / "small")]) == 0
+    assert main(["inspect", "small"]) == 0
     out = capsys.readouterr().out
     assert "restore chain [1, 2, 3]" in out and "m kept" in out
-    assert main(["decompress", str(tmp_path / "small"), str(tmp_path / "back")]) == 0
+    assert main(["decompress", "small", "back"]) == 0
     # the decompressed checkpoint restores into the training state like any plain one
     with Checkpointer(tmp_path / "back", read_only=True) as ck:
         got, extra = ck.restore(abstract_train_state(states[0]), 3)
@@ -290,7 +291,7 @@ def test_cli_compress_inspect_decompress(tmp_path, single, capsys):
 
 
 @pytest.mark.slow
-def test_training_resumes_from_compressed_checkpoints(tmp_path):
+def test_training_resumes_from_compressed_checkpoints(tmp_path, monkeypatch):
     """A run whose last checkpoint is lost resumes from the previous compressed one: bit-exactly
     in the lossless mode (same final state as the run that never stopped), and from the lossy
     reconstruction with ExCP."""
@@ -309,16 +310,17 @@ def test_training_resumes_from_compressed_checkpoints(tmp_path):
         ck = dataclasses.replace(
             base.checkpoint, every=4, keep=3, compression=compression, keyframe_every=2, async_save=False
         )
-        cfg = dataclasses.replace(base, workdir=str(workdir), steps=12, checkpoint=ck, sample_tokens=0)
+        cfg = dataclasses.replace(base, workdir=workdir, steps=12, checkpoint=ck, sample_tokens=0)
         return train(dataclasses.replace(cfg, tensorboard=False), progress=False)
 
+    monkeypatch.chdir(tmp_path)  # relative run directories, as the README's commands use
     for compression in ("lossless", "excp"):
-        workdir = tmp_path / compression
+        workdir = f"runs/{compression}"
         first = run(workdir, compression)
         assert first.resumed_from is None
-        meta = json.loads((workdir / "checkpoints" / "8" / "codec" / "metadata").read_text())
+        meta = json.loads((tmp_path / workdir / "checkpoints" / "8" / "codec" / "metadata").read_text())
         assert meta["mode"] == compression and meta["reference_step"] == 4 and not meta["keyframe"]
-        shutil.rmtree(workdir / "checkpoints" / "12")  # as if killed before step 12 committed
+        shutil.rmtree(tmp_path / workdir / "checkpoints" / "12")  # as if killed before step 12 committed
         again = run(workdir, compression)
         assert again.resumed_from == 8 and int(again.state.step) == 12
         if compression == "lossless":

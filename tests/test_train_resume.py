@@ -36,7 +36,8 @@ def _env() -> dict:
 
 
 def _cmd(workdir: pathlib.Path) -> list[str]:
-    return [sys.executable, "-m", "train.lm", *ARGS, f"--workdir={workdir}"]
+    # run from the run's parent with a relative --workdir, as the README's commands do
+    return [sys.executable, "-m", "train.lm", *ARGS, f"--workdir=runs/{workdir.name}"]
 
 
 def _steps_logged(workdir: pathlib.Path) -> int:
@@ -50,7 +51,9 @@ def _steps_logged(workdir: pathlib.Path) -> int:
 def _run_and_kill(workdir: pathlib.Path, after_step: int) -> None:
     log = workdir.parent / f"{workdir.name}-killed-at-{after_step}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(_cmd(workdir), cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            _cmd(workdir), cwd=workdir.parents[1], env=_env(), stdout=out, stderr=subprocess.STDOUT
+        )
         try:
             deadline = time.time() + 120
             while _steps_logged(workdir) < after_step:
@@ -65,7 +68,9 @@ def _run_and_kill(workdir: pathlib.Path, after_step: int) -> None:
 
 
 def _run(workdir: pathlib.Path) -> str:
-    done = subprocess.run(_cmd(workdir), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _cmd(workdir), cwd=workdir.parents[1], env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -90,7 +95,7 @@ def _final_state(workdir: pathlib.Path):
 
 @pytest.mark.slow
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path):
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    ref, killed = tmp_path / "runs" / "ref", tmp_path / "runs" / "killed"
     _run(ref)
     _run_and_kill(killed, after_step=4)
     _run_and_kill(killed, after_step=9)

@@ -26,6 +26,7 @@ from jaxslim.checkpoint.compressed import (
 )
 from jaxslim.checkpoint.manager import (
     Checkpointer,
+    CheckpointSaveError,
     CorruptCheckpointError,
     IncompatibleCheckpointError,
     NoCheckpointError,
@@ -35,6 +36,7 @@ from jaxslim.checkpoint.manager import (
 )
 
 __all__ = [
+    "CheckpointSaveError",
     "Checkpointer",
     "Codec",
     "CodecConfig",

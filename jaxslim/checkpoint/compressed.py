@@ -110,6 +110,7 @@ class CompressedCheckpointer:
     ) -> None:
         self.codec = Codec(codec)
         self._stacked = stacked
+        self._read_only = read_only
         self._refs: dict[int, int | None] = {}
         self._inner = Checkpointer(
             directory,
@@ -150,11 +151,15 @@ class CompressedCheckpointer:
         return self._inner.directory
 
     def wait(self) -> None:
-        """Blocks until pending saves have committed."""
+        """Blocks until pending saves have committed (raises ``CheckpointSaveError`` if one failed)."""
         self._inner.wait()
 
+    def check(self) -> None:
+        """Raises ``CheckpointSaveError`` if a background save has failed; never blocks."""
+        self._inner.check()
+
     def close(self) -> None:
-        """Waits for pending saves and releases Orbax's threads."""
+        """Waits for pending saves and releases Orbax's threads (raises if the last save failed)."""
         self._inner.close()
 
     def all_steps(self) -> list[int]:
@@ -224,6 +229,7 @@ class CompressedCheckpointer:
         Raises:
             NonFiniteStateError: the state holds NaN or Inf (nothing is written).
         """
+        self._inner.check()  # a failed earlier save stops here, before any encoding
         if not force and not self._inner.should_save(step):
             return False
         if check_finite:
@@ -294,7 +300,12 @@ class CompressedCheckpointer:
     # -- restore ------------------------------------------------------------------------------------
 
     def restore(
-        self, abstract_state: Any, step: int | None = None, *, fallback: bool = False
+        self,
+        abstract_state: Any,
+        step: int | None = None,
+        *,
+        fallback: bool = False,
+        quarantine: bool = False,
     ) -> tuple[Any, dict[str, Any]]:
         """Restores ``step`` (latest by default) by walking its keyframe and deltas.
 
@@ -303,6 +314,8 @@ class CompressedCheckpointer:
             step: the step; the latest by default.
             fallback: if the step (or a step it depends on) is unreadable or missing, try older
                 steps instead of raising. Incompatible shapes never fall back.
+            quarantine: with ``fallback``, move each unreadable step skipped aside, so that a run
+                going on from an older step saves it anew.
 
         Returns:
             ``(state, extra)``; the state has ``abstract_state``'s structure and shardings.
@@ -319,7 +332,14 @@ class CompressedCheckpointer:
             steps=self.all_steps(),
             fallback=fallback,
             directory=self.directory,
+            quarantine=self.quarantine if quarantine else None,
         )
+
+    def quarantine(self, step: int):
+        """Moves the unreadable ``step`` aside (see :meth:`Checkpointer.quarantine`) and forgets it."""
+        self._refs.pop(step, None)
+        self._meta.pop(step, None)
+        return self._inner.quarantine(step)
 
     def chain(self, step: int) -> list[int]:
         """The steps restored to rebuild ``step``: its keyframe first, ``step`` last.

@@ -53,10 +53,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxslim.paths import absolute_uri
+
+StepAlreadyExistsError = ocp.checkpoint_manager.StepAlreadyExistsError
+
 log = logging.getLogger(__name__)
 
 STATE, EXTRA, CONFIG, CODEC = "state", "extra", "config", "codec"
 CONFIG_FILE = "config.json"
+# unreadable steps skipped by a fallback restore are moved here (never deleted)
+QUARANTINE = "quarantine"
 # Mismatch listings longer than this are cut, with a count of what was left out.
 _MAX_LISTED = 40
 
@@ -75,6 +81,15 @@ class NoCheckpointError(FileNotFoundError):
 
 class NonFiniteStateError(ValueError):
     """A save was refused because the state holds NaN or Inf values."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """A save failed (in any phase: serialisation, commit, metadata), in the caller's thread or in
+    Orbax's background threads. The step was not committed; earlier checkpoints are untouched.
+
+    Once raised, the checkpointer refuses further saves with the same error: a run must not go on
+    believing it is checkpointed.
+    """
 
 
 # -- abstract targets -----------------------------------------------------------------------------
@@ -300,9 +315,12 @@ def restore_with_fallback(
     steps: Sequence[int],
     fallback: bool,
     directory: Any,
+    quarantine: Callable[[int], Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """``restore_step(target, s)`` for ``step`` (the latest of ``steps`` by default) and, with
-    ``fallback``, for each older step in turn while they raise :class:`CorruptCheckpointError`.
+    ``fallback``, for each older step in turn while they raise :class:`CorruptCheckpointError`;
+    each step skipped so is passed to ``quarantine`` (which moves it aside), so that training
+    saves that step again instead of finding it taken.
 
     Raises:
         NoCheckpointError: ``steps`` is empty or lacks ``step``.
@@ -326,7 +344,9 @@ def restore_with_fallback(
         except CorruptCheckpointError as e:
             if not fallback:
                 raise
-            log.warning("skipping unreadable checkpoint step %d in %s: %s", s, directory, e)
+            moved = quarantine(s) if quarantine is not None else None
+            where = f"; moved to {moved}" if moved is not None else ""
+            log.warning("skipping unreadable checkpoint step %d in %s%s: %s", s, directory, where, e)
             failures.append(f"step {s}: {e}")
     raise CorruptCheckpointError(
         f"no readable checkpoint at or before step {step} in {directory}:\n" + "\n".join(failures)
@@ -381,7 +401,8 @@ class Checkpointer:
         _check_count("max_to_keep", max_to_keep, allow_none=True)
         _check_count("keep_every", keep_every, allow_none=True)
         _check_count("save_every", save_every, allow_none=False)
-        self._dir = epath.Path(directory)
+        # Orbax requires absolute directories (and says so only from a background thread).
+        self._dir = absolute_uri(directory)
         self._config = _parse_config(config_json)
         if read_only and not self._dir.exists():
             raise NoCheckpointError(f"checkpoint directory {self._dir} does not exist")
@@ -406,6 +427,10 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self._dir, options=options, handler_registry=_registry())
         # written with the first save, so a run refused at restore (other shapes) changes nothing
         self._config_written = read_only
+        self._read_only = read_only
+        # the step of the newest save started, and the failure of a save once seen (sticky)
+        self._pending_step: int | None = None
+        self._save_error: CheckpointSaveError | None = None
 
     # -- context manager and lifecycle ------------------------------------------------------------
 
@@ -421,18 +446,74 @@ class Checkpointer:
         return self._dir
 
     def wait(self) -> None:
-        """Blocks until every pending async save has committed (re-raising a background failure)."""
+        """Blocks until every pending async save has committed.
+
+        Raises:
+            CheckpointSaveError: a save failed (now or earlier); the message names the step, the
+                directory, the cause and the checkpoints that are kept.
+        """
+        if self._save_error is not None:
+            raise self._save_error
         try:
             self._manager.wait_until_finished()
-        except Exception:
-            # A failed save may still be listed in the manager's memory; re-read the disk so
-            # retention never counts a step that was not committed.
-            self._manager.reload()
-            raise
+        except Exception as e:
+            self._failed(e)
+
+    def check(self) -> None:
+        """Raises if a background save has failed; never blocks for a save still in progress.
+
+        Cheap enough to call after every training step, so a failed save stops a run at the next
+        step rather than at the next save point.
+
+        Raises:
+            CheckpointSaveError: as for :meth:`wait`.
+        """
+        if self._save_error is not None:
+            raise self._save_error
+        if not self._manager.is_saving_in_progress():
+            self.wait()  # the finished save's thread: joins at once, re-raising its failure
 
     def close(self) -> None:
-        """Waits for pending saves and releases Orbax's threads."""
-        self._manager.close()
+        """Waits for pending saves and releases Orbax's threads.
+
+        Raises:
+            CheckpointSaveError: the last save failed (the threads are released all the same).
+        """
+        error = None
+        try:
+            self.wait()
+        except CheckpointSaveError as e:
+            error = e
+        try:
+            self._manager.close()
+        except Exception as e:  # a failure already reported above is not reported twice
+            if error is None:
+                error = self._failed(e, raise_=False)
+        if error is not None:
+            raise error
+
+    def _failed(self, cause: BaseException, *, raise_: bool = True) -> CheckpointSaveError:
+        """Records a failed save and raises (or returns) the error naming it."""
+        # A failed save may still be listed in the manager's memory; re-read the disk so retention
+        # and latest_step never count a step that was not committed.
+        try:
+            self._manager.reload()
+        except Exception:  # the directory itself may be what failed; the listing stays as it was
+            log.debug("could not re-read %s after a failed save", self._dir, exc_info=True)
+        _join_background_threads(timeout=10.0)
+        step = "" if self._pending_step is None else f" step {self._pending_step}"
+        try:
+            kept = f"the checkpoints {self.all_steps()} already saved are kept"
+        except Exception:
+            kept = "the checkpoints already saved are kept"
+        self._save_error = CheckpointSaveError(
+            f"saving checkpoint{step} to {self._dir} failed: {type(cause).__name__}: "
+            f"{_first_line(cause)}; {kept}"
+        )
+        self._save_error.__cause__ = cause
+        if raise_:
+            raise self._save_error from cause
+        return self._save_error
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -486,8 +567,10 @@ class Checkpointer:
             NonFiniteStateError: ``check_finite`` and a leaf holds NaN or Inf.
             TypeError: ``extra`` is not JSON-serialisable.
             ValueError: ``force`` and ``step`` already exists (nothing is overwritten).
+            CheckpointSaveError: this save, or an earlier one still pending, failed.
         """
         extra_json = _parse_json(dict(extra or {}), "extra")
+        self.check()
         if not force and not self.should_save(step):
             return False
         if check_finite:
@@ -498,15 +581,23 @@ class Checkpointer:
                     f"{len(bad)} leaves ({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}); "
                     f"the existing checkpoints {self.all_steps()} are kept"
                 )
-        if self._config is not None and not self._config_written and jax.process_index() == 0:
-            self._write_root_config(self._config)
-        self._config_written = True
         items = {STATE: ocp.args.StandardSave(state), EXTRA: ocp.args.JsonSave(extra_json)}
         if self._config is not None:
             items[CONFIG] = ocp.args.JsonSave(self._config)
         if codec is not None:
             items[CODEC] = ocp.args.JsonSave(_parse_json(dict(codec), "codec"))
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        # the previous save first, so its failure is reported as its own and not as this one's
+        self.wait()
+        self._pending_step = step
+        try:
+            if self._config is not None and not self._config_written and jax.process_index() == 0:
+                self._write_root_config(self._config)
+            self._config_written = True
+            return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except StepAlreadyExistsError:
+            raise  # a ValueError: the caller asked to overwrite a step; nothing was written
+        except Exception as e:  # the synchronous part: directories, device-to-host copies, ...
+            self._failed(e)
 
     # -- restore ----------------------------------------------------------------------------------
 
@@ -516,6 +607,7 @@ class Checkpointer:
         step: int | None = None,
         *,
         fallback: bool = False,
+        quarantine: bool = False,
     ) -> tuple[Any, dict[str, Any]]:
         """Restores a step into the structure, shapes and shardings of ``abstract_state``.
 
@@ -527,6 +619,8 @@ class Checkpointer:
             step: the step to restore; the latest one by default.
             fallback: if the chosen step cannot be read (damaged files), try the next older
                 steps in turn instead of raising. Incompatible shapes never fall back.
+            quarantine: with ``fallback``, move each unreadable step skipped aside (see
+                :meth:`quarantine`), so that a run going on from the older step saves it anew.
 
         Returns:
             ``(state, extra)``: the restored pytree (same structure as ``abstract_state``) and the
@@ -546,7 +640,30 @@ class Checkpointer:
             steps=self.all_steps(),
             fallback=fallback,
             directory=self._dir,
+            quarantine=self.quarantine if quarantine else None,
         )
+
+    def quarantine(self, step: int) -> epath.Path | None:
+        """Moves the (unreadable) ``step`` aside to ``<directory>/quarantine/<step>-<UTC time>``, so
+        the step can be saved again; nothing is deleted. Returns the new place (``None`` when the
+        step directory is absent).
+
+        Raises:
+            ValueError: the checkpointer is read-only.
+        """
+        if self._read_only:
+            raise ValueError(f"Checkpointer: {self._dir} is open read-only; cannot move step {step} aside")
+        src = self._step_dir(step)
+        if not src.exists():
+            return None
+        import datetime
+
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        dst = self._dir / QUARANTINE / f"{step}-{stamp}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.rename(dst)
+        self._manager.reload()  # the step is no longer listed
+        return dst
 
     def _restore_step(self, target: Any, step: int) -> tuple[Any, dict[str, Any]]:
         self._check_compatible(target, step)
@@ -601,6 +718,13 @@ class Checkpointer:
         problems = _tree_mismatches(saved, _flat(target))
         if not problems:
             return
+        codec = self.codec(step)
+        if codec is not None:  # the records of a compressed state, read as if they were the state
+            mode = codec.get("mode", "?")
+            raise IncompatibleCheckpointError(
+                f"checkpoint step {step} in {self._dir} is a compressed checkpoint (mode {mode!r}); "
+                f"restore it with CompressedCheckpointer (jaxslim-train: --checkpoint.compression {mode})"
+            )
         lines = [
             f"checkpoint {self._dir} step {step} does not match the restore target:",
             *problems,
@@ -686,6 +810,36 @@ class Checkpointer:
         _atomic_write(path, text)
 
 
+def _join_background_threads(timeout: float) -> None:
+    """Ends the background threads of a failed Orbax save, waiting up to ``timeout`` seconds.
+
+    When one part of an Orbax save fails, its sibling threads (other items, the metadata writer)
+    are still running, some waiting for signals the failed part will never send. They are given a
+    moment to end, then cancelled, so they log before the caller reports the failure instead of
+    failing again, mid-shutdown, after the process has said why it stops.
+    """
+    import threading
+    import time
+
+    def commit_threads() -> list[threading.Thread]:
+        # Orbax runs each commit future in a thread of this class (and cancels it by ``cancel()``).
+        return [
+            t
+            for t in threading.enumerate()
+            if type(t).__name__ == "_SignalingThread" and t.is_alive() and hasattr(t, "cancel")
+        ]
+
+    deadline = time.monotonic() + timeout / 2
+    for t in commit_threads():
+        threading.Thread.join(t, max(0.0, deadline - time.monotonic()))
+    left = commit_threads()
+    for t in left:
+        t.cancel()
+    deadline = time.monotonic() + timeout / 2
+    for t in left:
+        threading.Thread.join(t, max(0.0, deadline - time.monotonic()))
+
+
 def _atomic_write(path: epath.Path, text: str) -> None:
     """Writes through a temporary file and a rename, so readers see the old or the new file, never half."""
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
@@ -723,6 +877,7 @@ def _first_line(e: BaseException) -> str:
 
 
 __all__: Sequence[str] = (
+    "CheckpointSaveError",
     "Checkpointer",
     "CorruptCheckpointError",
     "IncompatibleCheckpointError",

@@ -20,6 +20,9 @@ import pathlib
 import sys
 from typing import Any
 
+from jaxslim.cli.errors import debug_requested, positive_int, run_command
+from jaxslim.paths import absolute, output_dir
+
 
 def _bytes(path: pathlib.Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -74,30 +77,32 @@ def _codec_args(args):
 
 
 def compress(args) -> int:
-    from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer
+    from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer, NoCheckpointError
 
-    src, dst = pathlib.Path(args.src), pathlib.Path(args.dst)
+    src, dst = absolute(args.src), absolute(args.dst)
     codec = _codec_args(args)
-    if dst.exists() and any(dst.iterdir()):
-        raise SystemExit(f"error: {dst} is not empty; compress writes into a new directory")
     plain = Checkpointer(src, read_only=True)
     steps = plain.all_steps()
     if not steps:
-        raise SystemExit(f"error: {src} holds no checkpoint steps")
+        raise NoCheckpointError(f"{src} holds no checkpoint steps")
     print(
         f"compressing {len(steps)} steps of {src} -> {dst} ({codec.mode}, weights {codec.weight_bits} bits, "
         f"moments {codec.moment_bits} bits, keyframe every {codec.keyframe_every})"
     )
     print(f"{'step':>8} {'kind':>8} {'plain':>10} {'compressed':>11} {'ratio':>7} {'kept':>6} {'rel.err':>8}")
     total_plain = total_comp = 0
-    with CompressedCheckpointer(
-        dst, codec, max_to_keep=None, async_save=False, stacked=_stacked_from_config(src)
-    ) as out:
+    # written beside dst and renamed into place when complete; a non-empty dst is refused
+    with (
+        output_dir(dst) as tmp,
+        CompressedCheckpointer(
+            tmp, codec, max_to_keep=None, async_save=False, stacked=_stacked_from_config(src)
+        ) as out,
+    ):
         for step in steps:
             state, extra = plain.restore_as_saved(step)
             out.save(step, state, extra=extra, force=True)
             meta = out.metadata(step)
-            pb, cb = _bytes(src / str(step)), _bytes(dst / str(step))
+            pb, cb = _bytes(src / str(step)), _bytes(tmp / str(step))
             total_plain, total_comp = total_plain + pb, total_comp + cb
             w = [e["stats"] for e in meta["leaves"] if e["kind"] == "weight"]
             kept = f"{sum(s['kept'] for s in w) / len(w):.1%}" if w else "-"
@@ -114,22 +119,28 @@ def compress(args) -> int:
 
 
 def decompress(args) -> int:
-    from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer
+    from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer, NoCheckpointError
 
-    src, dst = pathlib.Path(args.src), pathlib.Path(args.dst)
-    if dst.exists() and any(dst.iterdir()):
-        raise SystemExit(f"error: {dst} is not empty; decompress writes into a new directory")
+    src, dst = absolute(args.src), absolute(args.dst)
     from jaxslim.checkpoint.codec import CodecConfig
 
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
-    steps = comp.all_steps() if args.step is None else [args.step]
-    config = comp.config(steps[-1]) if steps else None
-    with Checkpointer(dst, max_to_keep=None, async_save=False, config_json=config) as out:
+    have = comp.all_steps()
+    if not have:
+        raise NoCheckpointError(f"{src} holds no checkpoint steps; nothing was written")
+    if args.step is not None and args.step not in have:
+        raise NoCheckpointError(f"no checkpoint for step {args.step} in {src}; available steps: {have}")
+    steps = have if args.step is None else [args.step]
+    config = comp.config(steps[-1])
+    with (
+        output_dir(dst) as tmp,
+        Checkpointer(tmp, max_to_keep=None, async_save=False, config_json=config) as out,
+    ):
         for step in steps:
             leaves, extra, meta = comp.restore_leaves(step)
             state = _fill(meta["tree"], leaves)
             out.save(step, state, extra=extra, force=True)
-            print(f"step {step}: {_human(_bytes(src / str(step)))} -> {_human(_bytes(dst / str(step)))}")
+            print(f"step {step}: {_human(_bytes(src / str(step)))} -> {_human(_bytes(tmp / str(step)))}")
     comp.close()
     return 0
 
@@ -152,14 +163,14 @@ def _tensor_table(meta: dict) -> None:
 
 
 def inspect(args) -> int:
-    from jaxslim.checkpoint import CompressedCheckpointer
+    from jaxslim.checkpoint import CompressedCheckpointer, NoCheckpointError
     from jaxslim.checkpoint.codec import CodecConfig
 
-    src = pathlib.Path(args.src)
+    src = absolute(args.src)
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
     steps = comp.all_steps()
     if not steps:
-        raise SystemExit(f"error: {src} holds no checkpoint steps")
+        raise NoCheckpointError(f"{src} holds no checkpoint steps")
     print(
         f"{'step':>8} {'kind':>8} {'reference':>9} {'keyframe':>8} {'mode':>8} {'bits w/m':>8} {'size':>10}"
     )
@@ -188,29 +199,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jaxslim-ckpt", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compress", help="compress a plain checkpoint directory into a new one")
-    c.add_argument("src")
-    c.add_argument("dst")
+    c.add_argument("src", type=absolute)
+    c.add_argument("dst", type=absolute)
     c.add_argument("--mode", choices=["excp", "lossless"], default="excp")
     c.add_argument("--weight-bits", type=int, default=4)
     c.add_argument("--moment-bits", type=int, default=4)
     c.add_argument("--keyframe-bits", type=int, default=8)
-    c.add_argument("--keyframe-every", type=int, default=5)
+    c.add_argument("--keyframe-every", type=positive_int, default=5)
     c.add_argument("--alpha", type=float, default=5e-5)
     c.add_argument("--beta", type=float, default=2.0)
     c.add_argument("-v", "--verbose", action="store_true", help="per-tensor table of the last step")
     d = sub.add_parser("decompress", help="write plain Orbax checkpoints from a compressed directory")
-    d.add_argument("src")
-    d.add_argument("dst")
+    d.add_argument("src", type=absolute)
+    d.add_argument("dst", type=absolute)
     d.add_argument("--step", type=int, default=None, help="only this step (default: all)")
     i = sub.add_parser("inspect", help="steps, sizes and per-tensor statistics of a compressed directory")
-    i.add_argument("src")
+    i.add_argument("src", type=absolute)
     i.add_argument("--step", type=int, default=None, help="the step to detail (default: the latest)")
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
-    try:
-        return {"compress": compress, "decompress": decompress, "inspect": inspect}[args.command](args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:  # jaxslim's checkpoint errors included
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    command = {"compress": compress, "decompress": decompress, "inspect": inspect}[args.command]
+    return run_command("jaxslim-ckpt", lambda: command(args), debug=debug)
 
 
 if __name__ == "__main__":

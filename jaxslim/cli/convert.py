@@ -13,8 +13,10 @@ differences between the PyTorch model and jaxslim (it needs torch and transforme
 one is the max absolute difference over the largest reference magnitude, so the default ``--rtol``
 holds for real models whose logits reach ~40 and still catches a dropped bias or norm. ``to-hf``
 copies the tokenizer files and ``generation_config.json`` along (from where the model was loaded,
-or ``--tokenizer-from``). Existing outputs are only replaced with ``--overwrite``. Exit status: 0
-on success, 1 when ``check`` exceeds ``--rtol`` (or ``--atol``), 2 on bad input.
+or ``--tokenizer-from``). An existing output folder is only replaced with ``--overwrite``, and only
+once the new one is complete (it is written next to it and renamed into place). Exit status
+(:mod:`jaxslim.cli.errors`): 0 on success, 1 when ``check`` exceeds ``--rtol`` (or ``--atol``), 2 on
+bad input, with a one-line message (``--debug``: the traceback).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from jaxslim.cli.errors import JobFailed, debug_requested, positive_float, run_command
 from jaxslim.config import DTYPES
 from jaxslim.convert import check, failures, format_report, load_hf, load_jaxslim, save_hf, save_jaxslim
 from jaxslim.convert.check import DEFAULT_RTOL
+from jaxslim.paths import absolute, output_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,25 +39,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("to-jax", help="Hugging Face directory -> jaxslim directory")
-    p.add_argument("src", help="Hugging Face directory (config.json + safetensors)")
-    p.add_argument("dst", help="output directory")
+    p.add_argument("src", type=absolute, help="Hugging Face directory (config.json + safetensors)")
+    p.add_argument("dst", type=absolute, help="output directory")
     p.add_argument("--unscanned", action="store_true", help="keep one block per layer (no layers axis)")
     p.add_argument("--param-dtype", choices=DTYPES, default="float32", help="storage dtype of the weights")
-    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in dst")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the folder dst (the old one is kept until the new one is complete)",
+    )
     p = sub.add_parser("to-hf", help="jaxslim directory -> Hugging Face directory")
-    p.add_argument("src", help="jaxslim directory (written by to-jax)")
-    p.add_argument("dst", help="output directory")
+    p.add_argument("src", type=absolute, help="jaxslim directory (written by to-jax)")
+    p.add_argument("dst", type=absolute, help="output directory")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="dtype of the written tensors")
-    p.add_argument("--max-shard-gb", type=float, default=5.0, help="largest safetensors shard, in GiB")
+    p.add_argument(
+        "--max-shard-gb", type=positive_float, default=5.0, help="largest safetensors shard, in GiB"
+    )
     p.add_argument(
         "--tokenizer-from",
         default=None,
         help="directory whose tokenizer files and generation_config.json are copied (default: those "
         "saved with the jaxslim checkpoint)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in dst")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the folder dst (the old one is kept until the new one is complete)",
+    )
     p = sub.add_parser("check", help="compare the PyTorch model and jaxslim on the same random tokens")
-    p.add_argument("src", help="Hugging Face directory")
+    p.add_argument("src", type=absolute, help="Hugging Face directory")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--length", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -76,34 +90,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         >>> main(["to-jax", "all-MiniLM-L6-v2/", "minilm-jax/"])  # doctest: +SKIP
         0
     """
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "to-jax":
-            model = load_hf(args.src, scan_layers=not args.unscanned, param_dtype=args.param_dtype)
-            out = save_jaxslim(model, args.dst, overwrite=args.overwrite)
-            cfg = model.cfg
-            print(f"wrote {out} ({cfg.arch}, {cfg.n_layers} layers, {cfg.param_dtype})")
-        elif args.command == "to-hf":
-            max_bytes = int(args.max_shard_gb * 1024**3)
-            out = save_hf(
-                load_jaxslim(args.src),
-                args.dst,
+    return run_command("jaxslim-convert", lambda: _run(args), debug=debug)
+
+
+def _run(args) -> int:
+    if args.command == "to-jax":
+        model = load_hf(args.src, scan_layers=not args.unscanned, param_dtype=args.param_dtype)
+        # written next to dst and renamed into place: an interrupted run leaves the old output whole
+        with output_dir(args.dst, overwrite=args.overwrite) as tmp:
+            save_jaxslim(model, tmp)
+        cfg = model.cfg
+        print(f"wrote {args.dst} ({cfg.arch}, {cfg.n_layers} layers, {cfg.param_dtype})")
+    elif args.command == "to-hf":
+        model = load_jaxslim(args.src)
+        with output_dir(args.dst, overwrite=args.overwrite) as tmp:
+            save_hf(
+                model,
+                tmp,
                 dtype=args.dtype,
-                max_shard_bytes=max_bytes,
-                overwrite=args.overwrite,
+                max_shard_bytes=int(args.max_shard_gb * 1024**3),
                 source=args.tokenizer_from,
             )
-            print(f"wrote {out}")
-        else:
-            result = check(args.src, batch=args.batch, length=args.length, seed=args.seed, fp64=args.fp64)
-            print(format_report(result))
-            failed = failures(result, rtol=args.rtol or None, atol=args.atol)
-            if failed:
-                print("jaxslim-convert: " + "; ".join(failed), file=sys.stderr)
-                return 1
-    except (ValueError, OSError) as e:  # bad input: a clear message, no traceback
-        print(f"jaxslim-convert: error: {e}", file=sys.stderr)
-        return 2
+        print(f"wrote {args.dst}")
+    else:
+        result = check(args.src, batch=args.batch, length=args.length, seed=args.seed, fp64=args.fp64)
+        print(format_report(result))
+        failed = failures(result, rtol=args.rtol or None, atol=args.atol)
+        if failed:
+            raise JobFailed("; ".join(failed))
     return 0
 
 

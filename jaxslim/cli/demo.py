@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from jaxslim.paths import absolute
+
 SENTENCES = (
     "A man is playing a guitar on stage.",
     "Someone performs music with a guitar in front of an audience.",
@@ -103,7 +105,7 @@ def run_torch(model_dir, ids, mask):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jaxslim-demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--model-dir", type=pathlib.Path, default=None, help="HF checkpoint directory")
+    parser.add_argument("--model-dir", type=absolute, default=None, help="HF checkpoint directory")
     parser.add_argument("--sentences", nargs="+", default=list(SENTENCES))
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

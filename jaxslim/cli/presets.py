@@ -1,9 +1,14 @@
 """Finds and loads training presets: ``configs/<name>.py`` files with ``get_config(arg) -> TrainConfig``.
 
 A preset is named ``name`` or ``name:arg`` (``shakespeare_gpt:tiny``), or given as a path to a
-Python file (``my/presets/run.py:arg``). Names are looked up, in order, in the folders of
-``$JAXSLIM_CONFIGS`` (``os.pathsep``-separated), ``./configs``, the ``configs/`` folder of a source
-checkout, and the copy of ``configs/`` shipped inside the wheel (``jaxslim/_configs``).
+Python file (``my/presets/run.py:arg``, ``./configs/x.py``). Names are looked up, in order, in the
+folders of ``$JAXSLIM_CONFIGS`` (``os.pathsep``-separated, set by the user), the ``configs/`` folder
+of a source checkout, and the copy of ``configs/`` shipped inside the wheel (``jaxslim/_configs``).
+
+A preset is Python code, so a file is executed only when the user names it: the current
+directory's ``./configs`` is never searched for a name (a folder someone else wrote could shadow a
+packaged preset there). When it holds a file of the same name, a warning names both files and the
+packaged one is used; pass the path to run the local one.
 
 Example:
     >>> cfg = load_preset("shakespeare_gpt:tiny")  # doctest: +SKIP
@@ -14,11 +19,14 @@ Example:
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import pathlib
 import sys
 
 from jaxslim.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class PresetError(ValueError):
@@ -29,7 +37,7 @@ def preset_dirs() -> list[pathlib.Path]:
     """The folders searched for preset names, in order (only those that exist)."""
     package = pathlib.Path(__file__).resolve().parents[1]
     dirs = [pathlib.Path(p) for p in os.environ.get("JAXSLIM_CONFIGS", "").split(os.pathsep) if p]
-    dirs += [pathlib.Path.cwd() / "configs", package.parent / "configs", package / "_configs"]
+    dirs += [package.parent / "configs", package / "_configs"]
     seen: list[pathlib.Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [s.resolve() for s in seen]:
@@ -52,6 +60,14 @@ def _find(name: str) -> pathlib.Path:
     for d in preset_dirs():
         path = d / f"{name}.py"
         if path.is_file():
+            local = pathlib.Path.cwd() / "configs" / f"{name}.py"
+            if local.is_file() and local.resolve() != path.resolve():
+                log.warning(
+                    "preset %r is %s; the file %s of the same name is not run (give its path to run it)",
+                    name,
+                    path,
+                    local,
+                )
             return path
     raise PresetError(
         f"unknown preset {name!r}; available presets: {', '.join(available_presets()) or 'none'} "

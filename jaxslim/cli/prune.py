@@ -20,6 +20,9 @@ import time
 
 import numpy as np
 
+from jaxslim.cli.errors import debug_requested, positive_int, run_command
+from jaxslim.paths import absolute, output_dir
+
 
 def _load_model(spec: str):
     from jaxslim.convert import load_hf, load_jaxslim
@@ -30,7 +33,7 @@ def _load_model(spec: str):
 
         path = find_minilm()
     else:
-        path = pathlib.Path(spec)
+        path = absolute(spec)
         if not path.is_dir():
             raise FileNotFoundError(f"--model {spec!r} is neither 'minilm' nor a model directory")
     model = load_jaxslim(path) if (path / JAXSLIM_CONFIG).is_file() else load_hf(path)
@@ -111,16 +114,20 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--samples", default="kjv", help="embedded corpus (kjv, shakespeare, vader), .txt file or hf:name"
     )
-    p.add_argument("--num-samples", type=int, default=2048)
-    p.add_argument("--held-out", type=int, default=512, help="held-out sentences for the quality metric")
-    p.add_argument("--max-len", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--round-to", type=int, default=1, help="FFN widths a multiple of this (FLOPs budgets)")
+    p.add_argument("--num-samples", type=positive_int, default=2048)
+    p.add_argument(
+        "--held-out", type=positive_int, default=512, help="held-out sentences for the quality metric"
+    )
+    p.add_argument("--max-len", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument(
+        "--round-to", type=positive_int, default=1, help="FFN widths a multiple of this (FLOPs budgets)"
+    )
     p.add_argument("--no-rearrange", action="store_true")
     p.add_argument("--no-tune", action="store_true")
     p.add_argument("--teacher", choices=("assistant", "dense"), default="assistant")
-    p.add_argument("--latency-batch", type=int, default=32)
-    p.add_argument("--latency-seq", type=int, default=128)
+    p.add_argument("--latency-batch", type=positive_int, default=32)
+    p.add_argument("--latency-seq", type=positive_int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--export-hf",
@@ -128,7 +135,7 @@ def parse(argv=None) -> argparse.Namespace:
         help="also write a Hugging Face checkpoint per budget (slim where the format can express it, "
         "else the masked dense weights; see <budget>/hf/jaxslim_export.json)",
     )
-    p.add_argument("--out", type=pathlib.Path, required=True)
+    p.add_argument("--out", type=absolute, required=True)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     return p.parse_args(argv)
 
@@ -207,38 +214,45 @@ def run(args: argparse.Namespace) -> list[dict]:
         small = slim(model, result.head_mask, result.neuron_mask)
         emb = _embed(small, held)
         slim_latency = _latency(small, args.latency_batch, args.latency_seq)
-        target = out / f"{metric}-{budget:g}"
-        save_jaxslim(small, target / "model", overwrite=True)
-        np.savez(target / "masks.npz", head_mask=result.head_mask, neuron_mask=result.neuron_mask)
-        hf_export = None
-        if args.export_hf:
-            from jaxslim.prune.export import export_hf
+        # written next to its final place and renamed there once complete (old output kept until then)
+        with output_dir(out / f"{metric}-{budget:g}", overwrite=args.overwrite) as target:
+            save_jaxslim(small, target / "model")
+            np.savez(target / "masks.npz", head_mask=result.head_mask, neuron_mask=result.neuron_mask)
+            hf_export = None
+            if args.export_hf:
+                from jaxslim.prune.export import export_hf
 
-            hf_export = export_hf(model, result.head_mask, result.neuron_mask, target / "hf", overwrite=True)
-        row = {
-            "budget": budget,
-            "metric": metric,
-            "flops": result.flops,
-            "predicted_latency": result.latency,
-            "params_dense": _count(model),
-            "params_slim": _count(small),
-            "layer_heads": list(small.cfg.layer_heads),
-            "layer_ffn": list(small.cfg.layer_ffn),
-            "cosine": float(np.mean(np.sum(emb * dense_emb, -1))),
-            "latency_dense_s": dense_latency,
-            "latency_slim_s": slim_latency,
-            "speedup": dense_latency / slim_latency,
-            "seconds": {**seconds, **result.seconds},
-            "seq_len": result.seq_len,
-            "tune_skipped": [] if result.tune_report is None else result.tune_report.skipped(),
-            "hf_export": None if hf_export is None else hf_export["format"],
-        }
-        (target / "report.json").write_text(json.dumps(row, indent=1))
+                hf_export = export_hf(model, result.head_mask, result.neuron_mask, target / "hf")
+            row = {
+                "budget": budget,
+                "metric": metric,
+                "flops": result.flops,
+                "predicted_latency": result.latency,
+                "params_dense": _count(model),
+                "params_slim": _count(small),
+                "layer_heads": list(small.cfg.layer_heads),
+                "layer_ffn": list(small.cfg.layer_ffn),
+                "cosine": float(np.mean(np.sum(emb * dense_emb, -1))),
+                "latency_dense_s": dense_latency,
+                "latency_slim_s": slim_latency,
+                "speedup": dense_latency / slim_latency,
+                "seconds": {**seconds, **result.seconds},
+                "seq_len": result.seq_len,
+                "tune_skipped": [] if result.tune_report is None else result.tune_report.skipped(),
+                "hf_export": None if hf_export is None else hf_export["format"],
+            }
+            (target / "report.json").write_text(json.dumps(row, indent=1))
         rows.append(row)
-    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    _write_atomic(out / "summary.json", json.dumps(rows, indent=1))
     if len(rows) > 1:
         _plot(rows, out / "quality_vs_flops.png")
     return rows
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def table(rows: list[dict]) -> str:
@@ -256,15 +270,17 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    """Runs ``jaxslim-prune``; the exit status follows :mod:`jaxslim.cli.errors`."""
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     args = parse(argv)
-    try:
+
+    def body() -> int:
         rows = run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"jaxslim-prune: error: {e}", file=sys.stderr)
-        return 2
-    print(table(rows))
-    print(f"\nwritten to {args.out}/")
-    return 0
+        print(table(rows))
+        print(f"\nwritten to {args.out}/")
+        return 0
+
+    return run_command("jaxslim-prune", body, debug=debug)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ Usage::
 
 ``PRESET`` is a name in ``configs/`` (default ``shakespeare_gpt``) or a path to a preset file; see
 :mod:`jaxslim.cli.presets`. Running the same command again resumes from the run directory's
-latest checkpoint. Exit status: 0 on success, 1 when training fails (non-finite loss), 2 on bad
-input (unknown preset, a bad override, an incompatible checkpoint, a missing corpus).
+latest checkpoint. Exit status (:mod:`jaxslim.cli.errors`): 0 on success, 1 when training fails
+(non-finite loss), 2 on bad input or environment (unknown preset, a bad override, an incompatible
+checkpoint, a missing corpus, a run directory in use or not a run, a checkpoint that could not be
+saved, a filesystem error), with a one-line message; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from jaxslim.cli.presets import PresetError, load_preset
+from jaxslim.cli.errors import debug_requested, run_command
+from jaxslim.cli.presets import load_preset
 from jaxslim.config import TrainConfig
 
 DEFAULT_PRESET = "shakespeare_gpt"
@@ -47,35 +50,27 @@ def parse(argv: Sequence[str]) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from jaxslim.checkpoint import CorruptCheckpointError, IncompatibleCheckpointError
-    from jaxslim.data import CorpusError
+    """Runs ``jaxslim-train`` with ``argv`` (``sys.argv[1:]`` by default); returns the exit status
+    of :mod:`jaxslim.cli.errors` (0 done, 1 non-finite loss, 2 bad input or environment)."""
     from jaxslim.training import NonFiniteLossError, train
 
-    logging.basicConfig(
-        level=os.environ.get("JAXSLIM_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        cfg = parse(sys.argv[1:] if argv is None else argv)
-    except (PresetError, ValueError) as e:
-        print(f"jaxslim-train: error: {e}", file=sys.stderr)
-        return 2
-    except SystemExit as e:  # tyro printed the help, or which override is wrong and why
-        return e.code if isinstance(e.code, int) else 2
-    try:
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    level = os.environ.get("JAXSLIM_LOG", "DEBUG" if debug else "WARNING")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if logging.getLevelName(level) != logging.DEBUG:
+        # Orbax logs a failed background save with tracebacks from each of its threads; the run
+        # reports the failure itself, in one line (--debug shows Orbax's account).
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
+
+    def body() -> int:
+        try:
+            cfg = parse(argv)
+        except SystemExit as e:  # tyro printed the help, or which override is wrong and why
+            return e.code if isinstance(e.code, int) else 2
         train(cfg)
-    except (
-        IncompatibleCheckpointError,
-        CorruptCheckpointError,
-        CorpusError,
-        FileNotFoundError,
-        ValueError,
-    ) as e:
-        print(f"jaxslim-train: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"jaxslim-train: training stopped: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_command("jaxslim-train", body, debug=debug, failures=(NonFiniteLossError,))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ Example:
 from __future__ import annotations
 
 import os
-import pathlib
 
 import numpy as np
 
 from jaxslim.convert.hf import CONFIG, family_of, load_hf
 from jaxslim.convert.io import read_json
+from jaxslim.paths import absolute
 
 
 def difference(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
@@ -76,9 +76,11 @@ def check(
     Raises:
         ValueError: the architecture is unsupported (before torch is imported).
     """
-    d = pathlib.Path(path)
+    d = absolute(path)
     hf_config = read_json(d / CONFIG)
     _, arch = family_of(hf_config)
+    # ours first: a corrupt or non-finite checkpoint is reported by name before torch reads it
+    model = load_hf(d)
     import torch
     import transformers
 
@@ -98,7 +100,6 @@ def check(
             attention_mask=torch.from_numpy(mask),
             output_hidden_states=True,
         )
-    model = load_hf(d)
     model.eval()  # inference behaviour, as the reference's: no router jitter, eval capacity
     ours = model(tokens.astype(np.int32), attention_mask=mask.astype(np.int32))
     result = {"hidden": difference(ours.hidden, ref.hidden_states[-1].numpy(), mask)}

@@ -73,6 +73,7 @@ from jaxslim.convert.io import (
 )
 from jaxslim.convert.rules import flat_to_hf, hf_to_flat
 from jaxslim.models import Transformer
+from jaxslim.paths import absolute
 
 FAMILIES: tuple[ModuleType, ...] = (
     bert,
@@ -311,7 +312,7 @@ def load_hf(
         >>> model(tokens, attention_mask=mask).hidden.shape          # doctest: +SKIP
         (2, 16, 384)
     """
-    d = pathlib.Path(path)
+    d = absolute(path)
     hf_config = read_json(d / CONFIG)
     fam, arch = family_of(hf_config)
     _config(fam, arch, hf_config, None)  # unsupported features fail before the weights are read
@@ -401,7 +402,7 @@ def save_hf(
     tensors = flat_to_hf(flat, fam.rules(cfg), cfg, prefix=fam.prefix_for(hf_config["architectures"][0]))
     np_dtype = np.dtype(jnp.dtype(dtype))
     tensors = {k: v.astype(np_dtype, copy=False) for k, v in tensors.items()}
-    d = pathlib.Path(path)
+    d = absolute(path)
     source = getattr(model, "hf_source", None) if source is None else source
     carried = [f.name for f in side_files(source)]
     write_generation = cfg.head == "lm" and GENERATION_CONFIG not in carried

@@ -26,6 +26,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from jaxslim.paths import absolute
+
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 SHARD_GLOB = "model-*-of-*.safetensors"
@@ -83,11 +85,11 @@ def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: neither file exists, or a listed shard is missing.
-        ValueError: a file is corrupt, or the index is malformed.
+        ValueError: a file is corrupt, the index is malformed, or a tensor holds NaN or Inf.
     """
-    d = pathlib.Path(directory)
+    d = absolute(directory)
     if (d / WEIGHTS).exists():
-        return read_file(d / WEIGHTS)
+        return check_finite(read_file(d / WEIGHTS), d)
     if (d / INDEX).exists():
         weight_map = read_json(d / INDEX).get("weight_map")
         if not isinstance(weight_map, dict):
@@ -100,7 +102,7 @@ def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
             if not (d / fname).exists():
                 raise FileNotFoundError(f"{d / fname}, listed in {d / INDEX}, is missing")
             out.update(read_file(d / fname, keys))
-        return out
+        return check_finite(out, d)
     hint = ""
     if any((d / n).exists() for n in (TORCH_WEIGHTS, TORCH_INDEX)):
         try:
@@ -113,7 +115,7 @@ def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
                 "save_pretrained, whose default is safetensors)"
             )
         else:
-            return read_torch_tensors(d, torch)
+            return check_finite(read_torch_tensors(d, torch), d)
     raise FileNotFoundError(f"{d} has neither {WEIGHTS} nor {INDEX}{hint}")
 
 
@@ -195,6 +197,24 @@ def copy_side_files(source: str | os.PathLike | None, directory: pathlib.Path) -
     return [f.name for f in files]
 
 
+def check_finite(tensors: dict[str, np.ndarray], where: object) -> dict[str, np.ndarray]:
+    """``tensors``, after checking that no floating-point tensor holds a NaN or an Inf.
+
+    Raises:
+        ValueError: naming every such tensor (and its count of non-finite values) in ``where``.
+    """
+    bad = []
+    for name, x in tensors.items():
+        if np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16":
+            n = int(np.size(x) - np.count_nonzero(np.isfinite(x.astype(np.float32, copy=False))))
+            if n:
+                bad.append(f"{name} ({n} of {x.size})")
+    if bad:
+        shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
+        raise ValueError(f"{where}: {len(bad)} tensors hold NaN or Inf values: {shown}")
+    return tensors
+
+
 def clear_outputs(directory: pathlib.Path, names: Iterable[str], *, overwrite: bool) -> None:
     """Makes sure writing ``names`` (file names or globs) into ``directory`` loses nothing by accident.
 
@@ -244,7 +264,7 @@ def write_tensors(
     Returns:
         The weight files written.
     """
-    d = pathlib.Path(directory)
+    d = absolute(directory)
     d.mkdir(parents=True, exist_ok=True)
     meta = HF_METADATA if metadata is None else metadata
     shards: list[dict[str, np.ndarray]] = [{}]

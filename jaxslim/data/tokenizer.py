@@ -32,6 +32,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from jaxslim.data.corpora import cache_root, documents_fingerprint
+from jaxslim.paths import absolute
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<pad>"
@@ -131,7 +132,7 @@ class Tokenizer:
             FileExistsError: ``directory`` already holds a different ``tokenizer.json`` (the run was
                 made with another tokenizer).
         """
-        directory = pathlib.Path(directory)
+        directory = absolute(directory)
         path = directory / TOKENIZER_FILE
         text = self.to_json()
         if path.exists():
@@ -182,7 +183,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     Example:
         >>> tok = load_tokenizer("runs/shakespeare")  # doctest: +SKIP
     """
-    p = pathlib.Path(path).expanduser()
+    p = absolute(path)
     if p.is_dir():
         p = p / TOKENIZER_FILE
     if not p.is_file():

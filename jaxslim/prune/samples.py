@@ -8,10 +8,11 @@ fraction of padding everything to ``max_len`` (and compiles one shape per bucket
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Sequence
 
 import numpy as np
+
+from jaxslim.paths import absolute
 
 
 def load_sentences(
@@ -36,9 +37,14 @@ def load_sentences(
     """
     from jaxslim.data.corpora import corpus_text
 
-    path = pathlib.Path(source)
+    path = absolute(source)
     if path.is_file() and path.suffix == ".txt":
-        docs = [path.read_text(encoding="utf-8")]
+        try:
+            docs = [path.read_text(encoding="utf-8")]
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8"
+            ) from None
     else:
         docs = corpus_text(source, cache_dir)
     lines = [ln.strip() for doc in docs for ln in doc.splitlines()]

@@ -6,6 +6,7 @@
 from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.loop import NonFiniteLossError, TrainResult, config_to_json, evaluate, report, train
 from jaxslim.training.losses import IGNORE, causal_lm_loss, classification_loss, mlm_loss
+from jaxslim.training.rundir import RunDirectory, RunDirectoryError
 from jaxslim.training.state import (
     TrainSetup,
     TrainState,
@@ -19,6 +20,8 @@ from jaxslim.training.step import lm_objective, make_eval_step, make_train_step,
 __all__ = [
     "IGNORE",
     "NonFiniteLossError",
+    "RunDirectory",
+    "RunDirectoryError",
     "TrainResult",
     "TrainSetup",
     "TrainState",

@@ -34,11 +34,13 @@ from jaxslim.grow.stages import Staging
 from jaxslim.models import Transformer, stack_layers, unstack_layers
 from jaxslim.moe import check_expert_mesh, consistency_objective, lm_positions, mlm_positions, moe_loss_term
 from jaxslim.optim import build_optimizer, optimizer_metric_fns
+from jaxslim.paths import absolute
 from jaxslim.prune.transform import from_config as prune_from_config
 from jaxslim.prune.transform import masked_params, sparsity_metrics, straight_through_params
 from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
 from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.metrics import default_writers
+from jaxslim.training.rundir import RunDirectory, check_run_directory
 from jaxslim.training.state import (
     TrainSetup,
     TrainState,
@@ -135,7 +137,8 @@ def _restore(checkpointer, state: TrainState, train_iter):
     if checkpointer is None or checkpointer.latest_step() is None:
         return state, None, {}
     step = checkpointer.latest_step()
-    state, extra = checkpointer.restore(abstract_train_state(state), fallback=True)
+    # an unreadable newest step is moved aside, so this run saves that step again
+    state, extra = checkpointer.restore(abstract_train_state(state), fallback=True, quarantine=True)
     if "data" not in extra:
         raise ValueError(f"checkpoint step {step} in {checkpointer.directory} has no data iterator position")
     train_iter.set_state(extra["data"])
@@ -154,7 +157,7 @@ def initial_params(cfg, setup: TrainSetup, state: TrainState):
     from jaxslim.convert.native import JAXSLIM_CONFIG
     from jaxslim.moe import upcycle
 
-    path = pathlib.Path(cfg.init_from)
+    path = absolute(cfg.init_from)
     if not path.is_dir():
         raise FileNotFoundError(f"TrainConfig.init_from={cfg.init_from!r} is not a model directory")
     model = load_jaxslim(path) if (path / JAXSLIM_CONFIG).is_file() else load_hf(path)
@@ -236,13 +239,49 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
         NonFiniteLossError: a step's loss or gradient was NaN or Inf; the step is named and the
             checkpoints written before it are kept.
         IncompatibleCheckpointError: the run directory holds a checkpoint of other shapes.
+        RunDirectoryError: another live run holds the run directory, or it is a folder that is not
+            a jaxslim run (nothing is written then).
+        CheckpointSaveError: a checkpoint could not be saved; the run stops at the next step and
+            the checkpoints saved before are kept.
     """
-    from jaxslim.checkpoint import checkpointer_from_config
     from jaxslim.data import TextData
 
     maybe_initialize()
-    workdir = pathlib.Path(cfg.workdir)
-    data = data or TextData(cfg.data)
+    workdir = check_run_directory(cfg.workdir)  # a folder that is not a run: refused before anything
+    _check_batch_fits_mesh(cfg)
+    data = data or TextData(cfg.data)  # a bad corpus fails here, before the run directory is claimed
+    # one run per directory: the lock is held until the run ends
+    with RunDirectory(workdir, lock=jax.process_index() == 0):
+        return _train(
+            cfg,
+            workdir,
+            data=data,
+            loss_terms=loss_terms,
+            metric_fns=metric_fns,
+            log_fns=log_fns,
+            progress=progress,
+        )
+
+
+def _check_batch_fits_mesh(cfg) -> None:
+    """The global batch splits evenly over the devices that share it (checked before any write)."""
+    mesh = make_mesh(cfg.mesh)
+    spec = batch_sharding(mesh, cfg.mesh.rules).spec
+    axes = spec[0] if spec else None
+    names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    shards = math.prod(mesh.shape[a] for a in names)
+    if cfg.data.batch_size % shards:
+        raise ValueError(
+            f"DataConfig.batch_size={cfg.data.batch_size} must be a multiple of the {shards} devices the "
+            f"batch is split over (mesh axes {', '.join(f'{a}={mesh.shape[a]}' for a in names)})"
+        )
+
+
+def _train(
+    cfg, workdir: pathlib.Path, *, data, loss_terms, metric_fns, log_fns, progress: bool
+) -> TrainResult:
+    from jaxslim.checkpoint import checkpointer_from_config
+
     if cfg.model.vocab_size != data.vocab_size:
         cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=data.vocab_size))
     mesh = make_mesh(cfg.mesh)
@@ -363,6 +402,8 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                     jax.block_until_ready(state)
                     jax.profiler.stop_trace()
                 done = step = step + 1
+                if checkpointer is not None:
+                    checkpointer.check()  # a failed background save stops the run here
                 staging.flops += staging.step_flops()
                 pending.append((done, metrics))
                 steps_since += 1
@@ -403,13 +444,15 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
                     checkpointer.save(done, state, extra=checkpoint_extra())
             if not eval_metrics:
                 eval_metrics = run_eval(state)
-        except BaseException:
-            writer.close()
-            raise
-        finally:
             bar.close()
             if checkpointer is not None:
-                checkpointer.close()
+                checkpointer.close()  # waits for the last save: a failed one fails the run
+        except BaseException as e:
+            bar.close()
+            writer.close()
+            if checkpointer is not None:
+                _close_quietly(checkpointer, e)
+            raise
         try:
             baselines = data.ngram_baselines() if not cfg.data.mlm else {}
             sample = None
@@ -431,6 +474,16 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
     if is_main:
         say(report(result))
     return result
+
+
+def _close_quietly(checkpointer, current: BaseException) -> None:
+    """Closes ``checkpointer`` while ``current`` is on its way up; a failed save is logged (unless it
+    is ``current`` itself), not raised, so it cannot hide that error."""
+    try:
+        checkpointer.close()
+    except Exception as e:
+        if e is not current:
+            log.error("%s", e)
 
 
 def _optimizer(cfg, staging: Staging):

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import pathlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import jax
 import numpy as np
+
+from jaxslim.paths import absolute
 
 
 class MetricWriter(Protocol):
@@ -42,7 +43,7 @@ class JsonlWriter:
     """
 
     def __init__(self, workdir: str | os.PathLike, filename: str = "metrics.jsonl"):
-        self.path = pathlib.Path(workdir) / filename
+        self.path = absolute(workdir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
 
@@ -75,7 +76,7 @@ class TensorBoardWriter:
     def __init__(self, logdir: str | os.PathLike):
         from tensorboardX import SummaryWriter
 
-        self._w = SummaryWriter(str(logdir))
+        self._w = SummaryWriter(str(absolute(logdir)))
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         for k, v in scalars.items():
@@ -126,11 +127,11 @@ def default_writers(workdir: str | os.PathLike, *, tensorboard: bool = True) -> 
     """JSONL in ``workdir`` and, when requested, TensorBoard events in ``workdir/tb``."""
     writers: list[MetricWriter] = [JsonlWriter(workdir)]
     if tensorboard and jax.process_index() == 0:
-        writers.append(TensorBoardWriter(pathlib.Path(workdir) / "tb"))
+        writers.append(TensorBoardWriter(absolute(workdir) / "tb"))
     return MultiWriter(writers)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The records of a metrics.jsonl file (the last record of each step wins on resume)."""
-    rows = [json.loads(line) for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in absolute(path).read_text().splitlines() if line.strip()]
     return rows
