@@ -5,7 +5,7 @@ projections with a window or partial rotary embeddings, Gemma's 1 + w norms and 
 Gemma 2's soft-capping and alternating local/global layers, Gemma 3's q/k norms and RoPE per
 layer type, OLMo 2's output norms and q/k norms over all heads,
 GPT-NeoX's parallel residual and partial rotary embeddings, Qwen3-MoE's routed experts between
-dense layers, Qwen2-MoE's gated shared expert.
+dense layers, Qwen2-MoE's gated shared expert, Mixtral's sliding window.
 
 Every model is tiny and random with every 1-D parameter perturbed, and every input long enough that
 the feature under test changes the reference's output (asserted against the same weights with the
@@ -249,6 +249,12 @@ FAMILIES = {
             shared_expert_intermediate_size=20,
             decoder_sparse_step=2,
         ),
+    ),
+    "mixtral_window": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=5),
+        dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
     ),
 }
 KINDS = list(FAMILIES)
