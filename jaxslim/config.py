@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 ARCHS = ("bert", "gpt2", "llama")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
-HEADS = ("none", "mlm", "lm")
+HEADS = ("none", "mlm", "lm", "cls")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -164,6 +164,70 @@ class MoeConfig:
         return dataclasses.replace(self, **changes)
 
 
+ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE position scaling for contexts longer than pre-training (Hugging Face's ``rope_type``).
+
+    ``inv_freq`` below is the plain RoPE frequency ``theta ** (-2j / head_dim)``:
+
+    * ``linear``: ``inv_freq / factor`` (position interpolation).
+    * ``dynamic``: NTK-aware scaling recomputed from the longest position ``L`` of the batch:
+      ``theta * (factor * L / max_len - (factor - 1)) ** (dim / (dim - 2))`` as the base once
+      ``L > max_len``; plain RoPE below it.
+    * ``yarn``: a ramp between interpolated (``/ factor``) and plain frequencies over the
+      dimensions whose wavelengths fall between ``beta_fast`` and ``beta_slow`` rotations of
+      ``original_max_len``; cos and sin scaled by ``attention_factor`` (default
+      ``0.1 ln(factor) + 1``, or the ratio of the ``mscale`` / ``mscale_all_dim`` terms).
+    * ``llama3``: wavelengths longer than ``original_max_len / low_freq_factor`` divided by
+      ``factor``, shorter than ``original_max_len / high_freq_factor`` kept, a smooth blend between.
+
+    Attributes:
+        kind: one of ``ROPE_SCALINGS``.
+        factor: the scaling factor (> 0).
+        original_max_len: the pre-training context (yarn, llama3); None: ``ModelConfig.max_len``.
+        low_freq_factor: llama3's low-frequency boundary.
+        high_freq_factor: llama3's high-frequency boundary (> low_freq_factor).
+        beta_fast: yarn's fast boundary (rotations).
+        beta_slow: yarn's slow boundary (rotations).
+        attention_factor: yarn's cos/sin scale; None derives it from ``factor`` (and ``mscale``).
+        mscale: yarn's mscale (used with ``mscale_all_dim`` when ``attention_factor`` is None).
+        mscale_all_dim: yarn's mscale_all_dim.
+        truncate: yarn rounds the ramp boundaries to whole dimensions.
+
+    Example:
+        >>> RopeScaling("llama3", 8.0, original_max_len=8192).kind
+        'llama3'
+    """
+
+    kind: Literal["linear", "dynamic", "yarn", "llama3"]
+    factor: float
+    original_max_len: int | None = None
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    truncate: bool = True
+
+    def __post_init__(self):
+        o = "RopeScaling"
+        _check_choice(o, "kind", self.kind, ROPE_SCALINGS)
+        if not (isinstance(self.factor, (int, float)) and self.factor > 0):
+            raise ValueError(f"{o}.factor must be a number > 0, got {self.factor!r}")
+        if self.original_max_len is not None:
+            _check_positive(o, "original_max_len", self.original_max_len)
+        if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor > 0:
+            raise ValueError(
+                f"{o}: llama3 needs high_freq_factor > low_freq_factor > 0, got "
+                f"{self.high_freq_factor} and {self.low_freq_factor}"
+            )
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One transformer family: BERT encoders, GPT-2 and Llama decoders.
@@ -178,6 +242,10 @@ class ModelConfig:
     llama     causal      RMSNorm, pre        RoPE        SwiGLU      lm
     ========  ==========  ==================  ==========  ==========  ========
 
+    The fields after ``moe`` are feature flags on that recipe, off by default, which express the
+    other families jaxslim converts (RoBERTa, DistilBERT, GPT-NeoX, Mistral, Qwen, Phi-3, Gemma,
+    OLMo 2): one model class, so pruning, slimming, growth and sharding work on all of them.
+
     Attributes:
         arch: one of ``ARCHS``.
         vocab_size: token vocabulary size.
@@ -190,10 +258,19 @@ class ModelConfig:
         max_len: learned position table size (bert, gpt2).
         type_vocab_size: token type table size (bert).
         norm_eps: epsilon of LayerNorm / RMSNorm.
-        rope_theta: RoPE base (llama).
+        rope_theta: RoPE base (llama, or any decoder with ``rotary=True``).
         activation: FFN activation (for llama, the gate activation of SwiGLU).
         tie_embeddings: the output head reuses the token embedding.
-        head: ``"none"`` (hidden states only), ``"mlm"`` (BERT masked-LM head) or ``"lm"``.
+        head: ``"none"`` (hidden states only), ``"mlm"`` (BERT masked-LM head), ``"lm"``, or
+            ``"cls"``: sequence classification into ``num_labels`` classes, from BERT's pooler
+            output (with a bias) or, for a decoder, from the last token that is not
+            ``pad_token_id`` (without one), as transformers' ``*ForSequenceClassification``.
+        num_labels: classes of the ``"cls"`` head.
+        shared_expert_ffn: width of a dense "shared expert" FFN that every expert layer adds to its
+            experts' output (Qwen2-MoE); None: none.
+        shared_expert_gate: the shared expert's output is scaled by ``sigmoid(x @ shared_gate)``.
+        pad_positions: learned positions count the tokens that are not ``pad_token_id`` from
+            ``pad_token_id + 1``, and padding sits at ``pad_token_id`` (RoBERTa, XLM-R).
         pooler: BERT's tanh pooler over the first token.
         attn_bias: biases on q/k/v/o projections.
         mlp_bias: biases on FFN projections.
@@ -204,6 +281,41 @@ class ModelConfig:
         dtype: compute dtype; ``param_dtype``: storage dtype of the weights.
         pad_token_id: padding token of the tokenizer, kept for conversion.
         moe: mixture-of-experts FFNs (:class:`MoeConfig`); None for a dense model.
+        rope_scaling: RoPE position scaling (:class:`RopeScaling`, llama); None for plain RoPE.
+        sliding_window: causal layers listed in ``sliding_layers`` attend only to the last
+            ``sliding_window`` positions (the query's own included); None: every earlier token.
+        sliding_layers: indices of the layers with the sliding window; None: all of them.
+        attn_out_bias: a bias on the attention output projection; None follows ``attn_bias``
+            (Qwen2 has q/k/v biases and none on the output).
+        qk_norm: RMSNorm (over ``head_dim``, one scale shared by all heads) on queries and keys
+            before RoPE, as in Qwen3.
+        hf_family: the Hugging Face family a converted model came from (``"qwen2"``,
+            ``"mistral"``, ...), so conversion writes the same architecture back; None: the
+            architecture's own (Llama for ``arch="llama"``).
+        bos_token_id: beginning-of-sequence token, kept for conversion.
+        eos_token_id: end-of-sequence token(s), kept for conversion (Llama 3.1 has three).
+        partial_rotary_factor: the fraction of each head's dimensions that RoPE rotates (the
+            leading ``int(head_dim * factor)``; Phi-3.5 / Phi-4-mini, Pythia).
+        norm_offset: RMSNorm multiplies by ``norm_offset + scale`` (Gemma stores ``scale`` around
+            0 and uses 1); the scales of a fresh model start at ``1 - norm_offset``.
+        embed_scale: token embeddings are multiplied by ``sqrt(d_model)`` (Gemma).
+        post_norms: each block also normalises the attention and FFN outputs before adding them
+            to the residual (Gemma 2 / 3: ``post_attn_norm``, ``post_mlp_norm``).
+        attn_softcap: attention scores become ``c * tanh(score / c)`` before masking (Gemma 2).
+        logit_softcap: output logits become ``c * tanh(logit / c)`` (Gemma 2).
+        attn_scale_dim: scores are scaled by ``attn_scale_dim ** -0.5`` instead of
+            ``head_dim ** -0.5`` (Gemma 2 / 3's ``query_pre_attn_scalar``).
+        input_norms: the sublayers read the normalised residual stream (pre-norm); False: they
+            read it as it is and only ``post_norms`` normalise (OLMo 2).
+        qk_norm_scope: ``"head"``: each head's query / key normalised over ``head_dim`` with one
+            shared scale (Qwen3, Gemma 3); ``"layer"``: all heads' queries (keys) normalised together
+            with a scale per head and dimension (OLMo 2).
+        rotary: RoPE instead of a learned position table; None: the architecture's own (llama
+            only). A GPT-2-style decoder with ``rotary=True`` is GPT-NeoX / Pythia.
+        parallel_residual: attention and FFN both read the block input and are added together,
+            ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX / Pythia).
+        local_rope_theta: RoPE base of the sliding-window layers, which then use plain RoPE while
+            the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3); None: one RoPE for all.
     """
 
     arch: Literal["bert", "gpt2", "llama"]
@@ -232,6 +344,30 @@ class ModelConfig:
     param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     pad_token_id: int | None = None
     moe: MoeConfig | None = None
+    rope_scaling: RopeScaling | None = None
+    sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] | None = None
+    attn_out_bias: bool | None = None
+    qk_norm: bool = False
+    hf_family: str | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    partial_rotary_factor: float = 1.0
+    norm_offset: float = 0.0
+    embed_scale: bool = False
+    post_norms: bool = False
+    attn_softcap: float | None = None
+    logit_softcap: float | None = None
+    attn_scale_dim: float | None = None
+    local_rope_theta: float | None = None
+    input_norms: bool = True
+    qk_norm_scope: Literal["head", "layer"] = "head"
+    rotary: bool | None = None
+    parallel_residual: bool = False
+    num_labels: int = 2
+    pad_positions: bool = False
+    shared_expert_ffn: int | None = None
+    shared_expert_gate: bool = True
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -254,8 +390,16 @@ class ModelConfig:
             )
         if self.head_dim is not None:
             _check_positive(o, "head_dim", self.head_dim)
-        if self.arch == "llama" and self.head_dim_ % 2:
-            raise ValueError(f"{o}.head_dim must be even for RoPE, got {self.head_dim_}")
+        if not (isinstance(self.partial_rotary_factor, (int, float)) and 0 < self.partial_rotary_factor <= 1):
+            raise ValueError(
+                f"{o}.partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor!r}"
+            )
+        if self.rope and (self.rotary_dim % 2 or self.rotary_dim == 0):
+            raise ValueError(
+                f"{o}: RoPE needs an even, non-zero number of rotated dimensions, got "
+                f"int(head_dim={self.head_dim_} * partial_rotary_factor={self.partial_rotary_factor}) = "
+                f"{self.rotary_dim}"
+            )
         if not (isinstance(self.norm_eps, (int, float)) and self.norm_eps > 0):
             raise ValueError(f"{o}.norm_eps must be a float > 0, got {self.norm_eps!r}")
         if self.head == "mlm" and self.arch != "bert":
@@ -305,7 +449,100 @@ class ModelConfig:
                     f"the {self.n_layers} layers"
                 )
 
+        self._check_attention_variants()
+
+    def _check_attention_variants(self) -> None:
+        o = "ModelConfig"
+        if self.rope_scaling is not None:
+            if not isinstance(self.rope_scaling, RopeScaling):
+                raise ValueError(f"{o}.rope_scaling must be a RopeScaling or None, got {self.rope_scaling!r}")
+            if not self.rope:
+                raise ValueError(f"{o}.rope_scaling needs RoPE (arch='llama'), got arch={self.arch!r}")
+        if self.sliding_window is not None:
+            _check_positive(o, "sliding_window", self.sliding_window)
+            if not self.causal:
+                raise ValueError(f"{o}.sliding_window needs a causal decoder, got arch={self.arch!r}")
+        if self.sliding_layers is not None:
+            if self.sliding_window is None:
+                raise ValueError(f"{o}.sliding_layers needs sliding_window, which is None")
+            layers = self.sliding_layers
+            if not isinstance(layers, tuple) or any(
+                not isinstance(i, int) or not 0 <= i < self.n_layers for i in layers
+            ):
+                raise ValueError(
+                    f"{o}.sliding_layers must be a tuple of layer indices in [0, n_layers={self.n_layers}), "
+                    f"got {layers!r}"
+                )
+        for name in ("attn_softcap", "logit_softcap", "attn_scale_dim", "local_rope_theta"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"{o}.{name} must be a number > 0 or None, got {value!r}")
+        if self.local_rope_theta is not None and (not self.rope or self.sliding_window is None):
+            raise ValueError(
+                f"{o}.local_rope_theta is the RoPE base of sliding-window layers: it needs arch='llama' "
+                f"and a sliding_window, got arch={self.arch!r}, sliding_window={self.sliding_window}"
+            )
+        if self.norm_offset and not self.rms_norm:
+            raise ValueError(f"{o}.norm_offset needs RMSNorm (arch='llama'), got arch={self.arch!r}")
+        _check_choice(o, "qk_norm_scope", self.qk_norm_scope, ("head", "layer"))
+        _check_positive(o, "num_labels", self.num_labels)
+        if self.shared_expert_ffn is not None:
+            _check_positive(o, "shared_expert_ffn", self.shared_expert_ffn)
+            if self.moe is None:
+                raise ValueError(
+                    f"{o}.shared_expert_ffn needs moe (it is added to expert layers), got moe=None"
+                )
+        if self.pad_positions and (self.rope or self.pad_token_id is None):
+            raise ValueError(
+                f"{o}.pad_positions=True needs learned positions and a pad_token_id, got rope={self.rope}, "
+                f"pad_token_id={self.pad_token_id}"
+            )
+        if self.head == "cls" and self.arch == "bert" and not self.pooler:
+            raise ValueError(f"{o}.head='cls' on a BERT classifies the pooler output: it needs pooler=True")
+        if self.rotary and not self.causal:
+            raise ValueError(
+                f"{o}.rotary=True needs a causal decoder (gpt2 or llama), got arch={self.arch!r}"
+            )
+        if self.parallel_residual and (not self.pre_norm or self.post_norms or not self.input_norms):
+            raise ValueError(
+                f"{o}.parallel_residual=True needs a plain pre-norm block (gpt2 or llama, no post_norms, "
+                "input_norms=True)"
+            )
+        if not self.input_norms and not (self.pre_norm and self.post_norms):
+            raise ValueError(
+                f"{o}.input_norms=False needs post_norms=True on a pre-norm architecture (gpt2 or llama): "
+                "some norm must keep the residual stream in scale"
+            )
+        if self.post_norms and not self.pre_norm:
+            raise ValueError(f"{o}.post_norms needs a pre-norm block (gpt2 or llama), got arch={self.arch!r}")
+        if self.qk_norm and not self.rms_norm:
+            raise ValueError(f"{o}.qk_norm=True needs RMSNorm (arch='llama'), got arch={self.arch!r}")
+        eos = self.eos_token_id
+        if eos is not None and not isinstance(eos, int):
+            if not (isinstance(eos, tuple) and eos and all(isinstance(i, int) for i in eos)):
+                raise ValueError(
+                    f"{o}.eos_token_id must be an int, a non-empty tuple of ints or None, got {eos!r}"
+                )
+
     # -- derived -------------------------------------------------------------------------------
+    def window_of(self, layer: int) -> int:
+        """The sliding window of ``layer``; 0 when it attends to every earlier token."""
+        if self.sliding_window is None:
+            return 0
+        if self.sliding_layers is None or layer in self.sliding_layers:
+            return self.sliding_window
+        return 0
+
+    @property
+    def rotary_dim(self) -> int:
+        """The leading dimensions of each head that RoPE rotates."""
+        return int(self.head_dim_ * self.partial_rotary_factor)
+
+    @property
+    def out_bias(self) -> bool:
+        """Whether the attention output projection has a bias."""
+        return self.attn_bias if self.attn_out_bias is None else self.attn_out_bias
+
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
@@ -328,7 +565,7 @@ class ModelConfig:
 
     @property
     def rope(self) -> bool:
-        return self.arch == "llama"
+        return self.arch == "llama" if self.rotary is None else self.rotary
 
     @property
     def gated_mlp(self) -> bool:

@@ -121,6 +121,17 @@ _NO_TORCH = textwrap.dedent(
         save_hf(load_hf(name + "/src"), name + "/out")
     cfg = json.load(open(sys.argv[1] + "/out/config.json"))
     assert "transformers_version" not in cfg, cfg  # the fallback config, built without transformers
+    import pathlib, shutil
+    old = pathlib.Path(sys.argv[1]) / "bin"
+    old.mkdir()
+    shutil.copy(sys.argv[1] + "/src/config.json", old / "config.json")
+    (old / "pytorch_model.bin").write_bytes(b"")
+    try:
+        load_hf(old)
+    except FileNotFoundError as e:  # the hint says how to convert it
+        assert "reads only when torch is installed" in str(e) and "safetensors" in str(e), e
+    else:
+        raise AssertionError("a pytorch_model.bin loaded without torch")
     print("OK")
     """
 )

@@ -328,10 +328,15 @@ def test_config_mapping_and_unsupported_fields():
     }
     cfg = config_from_hf(bare)
     assert (cfg.rope_theta, cfg.norm_eps, cfg.moe.num_experts, cfg.moe.top_k) == (1e6, 1e-5, 8, 2)
-    with pytest.raises(ValueError, match="Mixtral sliding_window=4096 is not supported"):
-        config_from_hf({**bare, "sliding_window": 4096, "max_position_embeddings": 32768})
+    # Mixtral's window applies to every layer, as Mistral's
+    assert (
+        config_from_hf({**bare, "sliding_window": 4096, "max_position_embeddings": 32768}).sliding_window
+        == 4096
+    )
     assert config_from_hf({**bare, "sliding_window": 4096, "max_position_embeddings": 4096}).max_len == 4096
-    with pytest.raises(ValueError, match="Mixtral rope type 'yarn' is not supported"):
-        config_from_hf({**bare, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}})
+    with pytest.raises(ValueError, match="Mixtral rope type 'longrope' is not supported"):
+        config_from_hf(
+            {**bare, "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e6, "factor": 4.0}}
+        )
     with pytest.raises(ValueError, match="hidden_act='gelu'"):
         config_from_hf({**bare, "hidden_act": "gelu"})

@@ -1,5 +1,6 @@
-"""Hugging Face safetensors <-> jaxslim conversion (BERT, GPT-2, Llama, Mixtral), without torch,
-and a logit checker.
+"""Hugging Face safetensors <-> jaxslim conversion (BERT, GPT-2, Llama 1-3.x with RoPE scaling,
+Mistral, Mixtral, Qwen2/2.5, Qwen3), without torch, with tokenizer files and generation settings
+carried through, and a logit checker.
 
 Example:
     >>> from jaxslim.convert import load_hf, save_hf  # doctest: +SKIP
@@ -8,7 +9,7 @@ Example:
     >>> check("exported/", verbose=True)                # doctest: +SKIP
 """
 
-from jaxslim.convert.check import check, difference, format_report
+from jaxslim.convert.check import check, difference, failures, format_report
 from jaxslim.convert.hf import (
     SUPPORTED,
     config_from_hf,
@@ -28,6 +29,7 @@ __all__ = [
     "config_from_hf",
     "config_to_hf",
     "difference",
+    "failures",
     "flat_params",
     "format_report",
     "load_hf",

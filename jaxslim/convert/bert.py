@@ -11,9 +11,17 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from jaxslim.config import ModelConfig
-from jaxslim.convert.rules import HEADS_BIAS, LINEAR, LINEAR_FROM_HEADS, LINEAR_TO_HEADS, Rule, rule
+from jaxslim.convert.rules import (
+    HEADS_BIAS,
+    LINEAR,
+    LINEAR_FROM_HEADS,
+    LINEAR_TO_HEADS,
+    Rule,
+    num_labels,
+    rule,
+)
 
-ARCHITECTURES = ("BertModel", "BertForMaskedLM")
+ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
 MODEL_TYPE = "bert"
 HF_CONFIG = "BertConfig"
 PREFIX = "bert."
@@ -57,6 +65,7 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
     if act not in ACTIVATIONS:
         raise ValueError(f"BERT hidden_act={act!r} is not supported; supported: {sorted(ACTIVATIONS)}")
     mlm = architecture == "BertForMaskedLM"
+    head = "mlm" if mlm else "cls" if architecture.endswith("ForSequenceClassification") else "none"
     if tensor_names is None:
         pooler = not mlm  # what from_pretrained builds for each class
     else:
@@ -71,7 +80,8 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         type_vocab_size=hf.get("type_vocab_size", 2),
         norm_eps=hf.get("layer_norm_eps", 1e-12),
         activation=ACTIVATIONS[act],
-        head="mlm" if mlm else "none",
+        head=head,
+        num_labels=num_labels(hf) if head == "cls" else 2,
         pooler=pooler,
         pad_token_id=hf.get("pad_token_id"),
     )
@@ -94,10 +104,14 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         problems.append("an untied MLM decoder")
     if cfg.n_kv_heads not in (None, cfg.n_heads) or cfg.head_dim not in (None, cfg.d_model // cfg.n_heads):
         problems.append("grouped-query heads or a head_dim other than d_model / n_heads")
+    if cfg.pad_positions:
+        problems.append("pad_positions=True (that is RoBERTa: set hf_family='roberta')")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face BERT: " + "; ".join(problems))
-    arch = "BertForMaskedLM" if cfg.head == "mlm" else "BertModel"
+    arch = {"mlm": "BertForMaskedLM", "cls": "BertForSequenceClassification"}.get(cfg.head, "BertModel")
+    extra = {"num_labels": cfg.num_labels} if cfg.head == "cls" else {}
     return arch, dict(
+        **extra,
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
         num_hidden_layers=cfg.n_layers,
@@ -114,6 +128,30 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
 
 def rules(cfg: ModelConfig) -> list[Rule]:
     """The key map of a BERT model described by ``cfg``."""
+    out = backbone_rules(cfg) + [
+        rule("cls.predictions.transform.dense.weight", "mlm.w", transform=LINEAR, head=True),
+        rule("cls.predictions.transform.dense.bias", "mlm.b", head=True),
+        rule("cls.predictions.transform.LayerNorm.weight", "mlm.norm.scale", head=True),
+        rule("cls.predictions.transform.LayerNorm.bias", "mlm.norm.bias", head=True),
+        rule("cls.predictions.bias", "mlm.vocab_bias", head=True),
+    ]
+    if cfg.head == "mlm":
+        # the decoder is tied: its weight is the word embedding table and its bias is predictions.bias
+        out += [
+            rule("cls.predictions.decoder.weight", "embed.tokens", head=True, tied=True),
+            rule("cls.predictions.decoder.bias", "mlm.vocab_bias", head=True, tied=True),
+        ]
+    out += [
+        rule("classifier.weight", "cls_w", transform=LINEAR, head=True),
+        rule("classifier.bias", "cls_b", head=True),
+    ]
+    return out
+
+
+def backbone_rules(cfg: ModelConfig) -> list[Rule]:
+    """The key map of the embeddings, layers and pooler of a BERT-style encoder (RoBERTa and XLM-R
+    share it)."""
+    del cfg
     out = [
         rule("embeddings.word_embeddings.weight", "embed.tokens"),
         rule("embeddings.position_embeddings.weight", "embed.positions"),
@@ -139,16 +177,5 @@ def rules(cfg: ModelConfig) -> list[Rule]:
         rule(L + "output.LayerNorm.bias", B + "mlp_norm.bias"),
         rule("pooler.dense.weight", "pooler_w", transform=LINEAR),
         rule("pooler.dense.bias", "pooler_b"),
-        rule("cls.predictions.transform.dense.weight", "mlm.w", transform=LINEAR, head=True),
-        rule("cls.predictions.transform.dense.bias", "mlm.b", head=True),
-        rule("cls.predictions.transform.LayerNorm.weight", "mlm.norm.scale", head=True),
-        rule("cls.predictions.transform.LayerNorm.bias", "mlm.norm.bias", head=True),
-        rule("cls.predictions.bias", "mlm.vocab_bias", head=True),
     ]
-    if cfg.head == "mlm":
-        # the decoder is tied: its weight is the word embedding table and its bias is predictions.bias
-        out += [
-            rule("cls.predictions.decoder.weight", "embed.tokens", head=True, tied=True),
-            rule("cls.predictions.decoder.bias", "mlm.vocab_bias", head=True, tied=True),
-        ]
     return out

@@ -50,10 +50,13 @@ def check(
     length: int = 16,
     seed: int = 0,
     verbose: bool = False,
+    fp64: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Runs the PyTorch model and jaxslim on the same tokens and compares their outputs.
 
-    Both run in float32 and in evaluation mode; the PyTorch model uses eager attention.
+    Both run in evaluation mode, jaxslim in float32 and the PyTorch model (eager attention) in
+    float32, or in float64 with ``fp64=True``: then the difference is jaxslim's own float32 rounding
+    alone, not the sum of two models' rounding.
 
     Args:
         path: a Hugging Face checkpoint directory that :func:`~jaxslim.convert.load_hf` supports.
@@ -64,6 +67,7 @@ def check(
         length: length of the random tokens (capped at the position table size).
         seed: seed of the random tokens.
         verbose: also print the report as a table.
+        fp64: run the reference in float64.
 
     Returns:
         ``{"hidden": {"max_abs": ..., "max_rel": ...}, "logits": {...}, "pooled": {...}}`` for the
@@ -87,7 +91,7 @@ def check(
     tokens = np.asarray(tokens, np.int64)
     mask = np.ones_like(tokens) if attention_mask is None else np.asarray(attention_mask, np.int64)
     ref_model = getattr(transformers, arch).from_pretrained(
-        str(d), attn_implementation="eager", dtype=torch.float32
+        str(d), attn_implementation="eager", dtype=torch.float64 if fp64 else torch.float32
     )
     ref_model.eval()
     with torch.no_grad():
@@ -100,12 +104,41 @@ def check(
     ours = model(tokens.astype(np.int32), attention_mask=mask.astype(np.int32))
     result = {"hidden": difference(ours.hidden, ref.hidden_states[-1].numpy(), mask)}
     if ours.logits is not None and getattr(ref, "logits", None) is not None:
-        result["logits"] = difference(ours.logits, ref.logits.numpy(), mask)
+        per_token = np.ndim(ours.logits) == 3  # LM heads; a classification head has one row per sequence
+        result["logits"] = difference(ours.logits, ref.logits.numpy(), mask if per_token else None)
     if ours.pooled is not None and getattr(ref, "pooler_output", None) is not None:
         result["pooled"] = difference(ours.pooled, ref.pooler_output.numpy())
     if verbose:
         print(format_report(result))
     return result
+
+
+DEFAULT_RTOL = 1e-4
+
+
+def failures(
+    result: dict[str, dict[str, float]], *, rtol: float | None = DEFAULT_RTOL, atol: float | None = None
+) -> list[str]:
+    """The outputs of :func:`check`'s ``result`` whose difference exceeds a tolerance (empty: pass).
+
+    ``rtol`` bounds the max abs difference relative to the largest reference magnitude, which is
+    what float32 rounding scales with: a correct conversion of a real LLM differs by ~1e-4 on
+    logits of ~40 (relative ~3e-6), a dropped bias or norm by orders of magnitude more. ``atol``
+    bounds the max abs difference itself. None switches a bound off.
+
+    Example:
+        >>> failures({"logits": {"max_abs": 1.2e-4, "max_rel": 3e-6}})
+        []
+        >>> failures({"logits": {"max_abs": 1.2e-4, "max_rel": 3e-6}}, atol=1e-4)
+        ['logits: max abs diff 1.200e-04 > atol 1e-04']
+    """
+    out = []
+    for name, d in result.items():
+        if rtol is not None and d["max_rel"] > rtol:
+            out.append(f"{name}: max rel diff {d['max_rel']:.3e} > rtol {rtol:g}")
+        if atol is not None and d["max_abs"] > atol:
+            out.append(f"{name}: max abs diff {d['max_abs']:.3e} > atol {atol:g}")
+    return out
 
 
 def format_report(result: dict[str, dict[str, float]]) -> str:

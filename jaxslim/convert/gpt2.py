@@ -11,7 +11,16 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from jaxslim.config import ModelConfig
-from jaxslim.convert.rules import CONV_FROM_HEADS, CONV_QKV, CONV_QKV_BIAS, LINEAR, Rule, rule
+from jaxslim.convert.rules import (
+    CONV_FROM_HEADS,
+    CONV_QKV,
+    CONV_QKV_BIAS,
+    LINEAR,
+    Rule,
+    rule,
+    token_fields,
+    token_ids,
+)
 
 ARCHITECTURES = ("GPT2LMHeadModel", "GPT2Model")
 MODEL_TYPE = "gpt2"
@@ -71,7 +80,7 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         activation=ACTIVATIONS[act],
         head="lm" if architecture == "GPT2LMHeadModel" else "none",
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        pad_token_id=hf.get("pad_token_id"),
+        **token_ids({"bos_token_id": 50256, "eos_token_id": 50256, **hf}),  # GPT2Config's defaults
     )
 
 
@@ -90,6 +99,13 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         problems.append(f"activation={cfg.activation!r}")
     if cfg.n_kv_heads not in (None, cfg.n_heads) or cfg.head_dim not in (None, cfg.d_model // cfg.n_heads):
         problems.append("grouped-query heads or a head_dim other than d_model / n_heads")
+    if cfg.rope or cfg.parallel_residual:
+        problems.append("rotary=True / parallel_residual=True (that is GPT-NeoX: set hf_family='gpt_neox')")
+    for name in ("sliding_window", "attn_softcap", "logit_softcap", "attn_scale_dim"):
+        if getattr(cfg, name) is not None:
+            problems.append(f"{name}={getattr(cfg, name)!r} (HF GPT-2 has no such option)")
+    if cfg.post_norms or not cfg.input_norms or cfg.attn_bias != cfg.out_bias:
+        problems.append("post_norms, input_norms=False or attn_out_bias (HF GPT-2 has none of them)")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face GPT-2: " + "; ".join(problems))
     arch = "GPT2LMHeadModel" if cfg.head == "lm" else "GPT2Model"
@@ -103,7 +119,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         layer_norm_epsilon=cfg.norm_eps,
         activation_function=ACTIVATIONS_TO_HF[cfg.activation],
         tie_word_embeddings=cfg.tie_embeddings,
-        pad_token_id=cfg.pad_token_id,
+        **token_fields(cfg),
     )
 
 

@@ -1,7 +1,12 @@
 """Hugging Face checkpoint directories <-> jaxslim models, without torch.
 
 Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~jaxslim.convert.gpt2`,
-:mod:`~jaxslim.convert.llama`, :mod:`~jaxslim.convert.mixtral`) that provides ``ARCHITECTURES`` (HF class names, the first is the
+:mod:`~jaxslim.convert.llama`, :mod:`~jaxslim.convert.mistral`, :mod:`~jaxslim.convert.mixtral`,
+:mod:`~jaxslim.convert.qwen2`, :mod:`~jaxslim.convert.qwen3`, :mod:`~jaxslim.convert.phi3`,
+:mod:`~jaxslim.convert.gemma`, :mod:`~jaxslim.convert.gemma2`, :mod:`~jaxslim.convert.gemma3`,
+:mod:`~jaxslim.convert.olmo2`, :mod:`~jaxslim.convert.gpt_neox`, :mod:`~jaxslim.convert.roberta`,
+:mod:`~jaxslim.convert.xlm_roberta`, :mod:`~jaxslim.convert.distilbert`, :mod:`~jaxslim.convert.qwen3_moe`,
+:mod:`~jaxslim.convert.qwen2_moe`) that provides ``ARCHITECTURES`` (HF class names, the first is the
 default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
 ``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
 weights), ``config_from_hf``, ``config_to_hf`` and ``rules(cfg)`` (the regex key map). This module
@@ -33,22 +38,63 @@ import numpy as np
 from flax import nnx
 
 from jaxslim.config import DTYPES, ModelConfig
-from jaxslim.convert import bert, gpt2, llama, mixtral
+from jaxslim.convert import (
+    bert,
+    distilbert,
+    gemma,
+    gemma2,
+    gemma3,
+    gpt2,
+    gpt_neox,
+    llama,
+    mistral,
+    mixtral,
+    olmo2,
+    phi3,
+    qwen2,
+    qwen2_moe,
+    qwen3,
+    qwen3_moe,
+    roberta,
+    xlm_roberta,
+)
 from jaxslim.convert.io import (
+    GENERATION_CONFIG,
     INDEX,
     MAX_SHARD_BYTES,
     SHARD_GLOB,
     WEIGHTS,
     clear_outputs,
+    copy_side_files,
     read_json,
     read_tensors,
+    side_files,
     write_tensors,
 )
 from jaxslim.convert.rules import flat_to_hf, hf_to_flat
 from jaxslim.models import Transformer
 from jaxslim.paths import absolute
 
-FAMILIES: tuple[ModuleType, ...] = (bert, gpt2, llama, mixtral)
+FAMILIES: tuple[ModuleType, ...] = (
+    bert,
+    gpt2,
+    llama,
+    mistral,
+    mixtral,
+    qwen2,
+    qwen3,
+    phi3,
+    gemma,
+    gemma2,
+    gemma3,
+    olmo2,
+    gpt_neox,
+    roberta,
+    xlm_roberta,
+    distilbert,
+    qwen3_moe,
+    qwen2_moe,
+)
 SUPPORTED: tuple[str, ...] = tuple(a for f in FAMILIES for a in f.ARCHITECTURES)
 _BY_ARCH: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "llama": llama}  # ModelConfig.arch -> family
 CONFIG = "config.json"
@@ -82,8 +128,21 @@ def family_of(hf_config: Mapping) -> tuple[ModuleType, str]:
 
 
 def family_for(cfg: ModelConfig) -> ModuleType:
-    """The key-map module that exports a model described by ``cfg``: its architecture's, or
-    Mixtral's for any mixture of experts (whose ``config_to_hf`` says what it cannot express)."""
+    """The key-map module that exports a model described by ``cfg``: the family it was converted
+    from (``cfg.hf_family``), else its architecture's, or Mixtral's for any mixture of experts
+    (each ``config_to_hf`` says what it cannot express).
+
+    Raises:
+        ValueError: ``cfg.hf_family`` names no family jaxslim converts.
+    """
+    if cfg.hf_family is not None:
+        for fam in FAMILIES:
+            if fam.MODEL_TYPE == cfg.hf_family:
+                return fam
+        known = sorted({f.MODEL_TYPE for f in FAMILIES})
+        raise ValueError(
+            f"ModelConfig.hf_family={cfg.hf_family!r} is not a family jaxslim converts; one of {known}"
+        )
     return mixtral if cfg.moe is not None else _BY_ARCH[cfg.arch]
 
 
@@ -274,7 +333,20 @@ def load_hf(
     if scan_layers:
         cfg = cfg.replace(scan_layers=True)
         flat = scan_flat(flat, cfg.n_layers, cfg.layer_period)
-    return model_from_flat(cfg, flat)
+    model = model_from_flat(cfg, flat)
+    model.hf_source = str(d)  # where save_hf finds the tokenizer and generation settings again
+    return model
+
+
+def generation_config(cfg: ModelConfig) -> dict:
+    """A ``generation_config.json`` holding ``cfg``'s special tokens, for a causal LM whose source
+    had none (what ``save_pretrained`` writes from a model config)."""
+    out = {"_from_model_config": True}
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(cfg, name)
+        if value is not None:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def save_hf(
@@ -284,11 +356,15 @@ def save_hf(
     dtype: str | None = None,
     max_shard_bytes: int = MAX_SHARD_BYTES,
     overwrite: bool = False,
+    source: str | os.PathLike | None = None,
 ) -> pathlib.Path:
     """Writes ``model`` as a Hugging Face checkpoint directory that ``from_pretrained`` loads.
 
-    The directory gets ``config.json`` and ``model.safetensors``, or shards of at most
-    ``max_shard_bytes`` (5 GB by default) plus ``model.safetensors.index.json``. Tied heads are not
+    The directory gets ``config.json`` (the same architecture class the model was loaded from, with
+    its special-token ids) and ``model.safetensors``, or shards of at most ``max_shard_bytes``
+    (5 GB by default) plus ``model.safetensors.index.json``. The tokenizer files and
+    ``generation_config.json`` (sampling settings included) of ``source`` are copied along; a causal
+    LM whose source has no generation config gets one with its special tokens. Tied heads are not
     written (``from_pretrained`` ties them again). Nothing is written when the model cannot be
     expressed, and an existing checkpoint in ``path`` is only replaced with ``overwrite=True``.
 
@@ -299,6 +375,9 @@ def save_hf(
             to the model's ``param_dtype``.
         max_shard_bytes: largest shard size.
         overwrite: replace a checkpoint already in ``path`` (its old shards are deleted first).
+        source: a directory whose tokenizer files and ``generation_config.json`` are copied; by
+            default the one the model was loaded from (``model.hf_source``, set by :func:`load_hf`
+            and :func:`~jaxslim.convert.load_jaxslim`), if any.
 
     Returns:
         ``path``.
@@ -324,7 +403,18 @@ def save_hf(
     np_dtype = np.dtype(jnp.dtype(dtype))
     tensors = {k: v.astype(np_dtype, copy=False) for k, v in tensors.items()}
     d = absolute(path)
-    clear_outputs(d, (CONFIG, WEIGHTS, INDEX, SHARD_GLOB), overwrite=overwrite)
+    source = getattr(model, "hf_source", None) if source is None else source
+    carried = [f.name for f in side_files(source)]
+    write_generation = cfg.head == "lm" and GENERATION_CONFIG not in carried
+    same_dir = source is not None and pathlib.Path(source).resolve() == d.resolve()
+    outputs = (CONFIG, WEIGHTS, INDEX, SHARD_GLOB)
+    outputs += tuple(() if same_dir else carried) + ((GENERATION_CONFIG,) if write_generation else ())
+    clear_outputs(d, outputs, overwrite=overwrite)
     write_tensors(d, tensors, max_shard_bytes=max_shard_bytes)
     (d / CONFIG).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    copy_side_files(source, d)
+    if write_generation:
+        (d / GENERATION_CONFIG).write_text(
+            json.dumps(generation_config(cfg), indent=2, sort_keys=True) + "\n"
+        )
     return d

@@ -1,7 +1,9 @@
 """Reading and writing safetensors checkpoint directories with the numpy API (no torch).
 
 A Hugging Face directory holds ``config.json`` and either ``model.safetensors`` or shards listed in
-``model.safetensors.index.json``. Every failure names the file it concerns.
+``model.safetensors.index.json``; older ones hold ``pytorch_model.bin`` (or shards listed in its
+index), which is read only when torch is installed, with ``weights_only=True``. Every failure names
+the file it concerns.
 
 Example:
     >>> tensors = read_tensors("all-MiniLM-L6-v2/")  # doctest: +SKIP
@@ -14,11 +16,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 from collections.abc import Iterable
 
 # Registers bfloat16 with numpy: safetensors' numpy reader looks dtypes up by name, and bf16
 # checkpoints (most Llama releases) would otherwise fail with "data type 'bfloat16' not understood".
-import ml_dtypes  # noqa: F401
+import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
@@ -29,6 +32,8 @@ WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 SHARD_GLOB = "model-*-of-*.safetensors"
 MAX_SHARD_BYTES = 5 * 1024**3
+TORCH_WEIGHTS = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
 # what save_pretrained writes; transformers 4.x refuses safetensors files without a known format
 HF_METADATA = {"format": "pt"}
 
@@ -75,7 +80,8 @@ def read_file(path: pathlib.Path, keys: Iterable[str] | None = None) -> dict[str
 
 
 def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of ``model.safetensors``, or of the shards listed in ``model.safetensors.index.json``.
+    """All tensors of ``model.safetensors``, or of the shards listed in ``model.safetensors.index.json``;
+    else of ``pytorch_model.bin`` (single or sharded) when torch is installed.
 
     Raises:
         FileNotFoundError: neither file exists, or a listed shard is missing.
@@ -98,13 +104,97 @@ def read_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
             out.update(read_file(d / fname, keys))
         return check_finite(out, d)
     hint = ""
-    if any((d / n).exists() for n in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        # pickled torch files need torch (and unpickling untrusted code) to read
-        hint = (
-            "; it has pytorch_model.bin, which jaxslim does not read: re-save it with transformers' "
-            "save_pretrained (safetensors is the default) first"
-        )
+    if any((d / n).exists() for n in (TORCH_WEIGHTS, TORCH_INDEX)):
+        try:
+            import torch
+        except ImportError:
+            # pickled torch files need torch to read
+            hint = (
+                f"; it has {TORCH_WEIGHTS}, which jaxslim reads only when torch is installed: install "
+                "torch, or re-save it as safetensors with transformers (from_pretrained, then "
+                "save_pretrained, whose default is safetensors)"
+            )
+        else:
+            return check_finite(read_torch_tensors(d, torch), d)
     raise FileNotFoundError(f"{d} has neither {WEIGHTS} nor {INDEX}{hint}")
+
+
+def read_torch_tensors(d: pathlib.Path, torch) -> dict[str, np.ndarray]:
+    """All tensors of ``pytorch_model.bin``, or of the shards its index lists, as numpy arrays.
+
+    Files are read with ``torch.load(..., weights_only=True)``: tensors and plain containers only,
+    never arbitrary pickled code.
+
+    Raises:
+        FileNotFoundError: a listed shard is missing.
+        ValueError: a file is corrupt or holds something other than tensors.
+    """
+    if (d / TORCH_WEIGHTS).exists():
+        files = [d / TORCH_WEIGHTS]
+    else:
+        weight_map = read_json(d / TORCH_INDEX).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{d / TORCH_INDEX} has no 'weight_map' object")
+        files = [d / f for f in sorted(set(weight_map.values()))]
+    out: dict[str, np.ndarray] = {}
+    for f in files:
+        if not f.exists():
+            raise FileNotFoundError(f"{f}, listed in {d / TORCH_INDEX}, is missing")
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for corrupt or unsafe files
+            raise ValueError(f"{f} cannot be read as a torch state dict: {e}") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"{f} holds a {type(state).__name__}, not a state dict of tensors")
+        for key, t in state.items():
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"{f}: {key} is a {type(t).__name__}, not a tensor")
+            t = t.detach().contiguous()
+            if t.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
+                out[key] = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+            else:
+                out[key] = t.numpy()
+    return out
+
+
+GENERATION_CONFIG = "generation_config.json"
+# the files a tokenizer may be saved as (fast, sentencepiece, WordPiece, BPE) plus chat templates
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def side_files(directory: str | os.PathLike | None) -> list[pathlib.Path]:
+    """The tokenizer files and ``generation_config.json`` present in ``directory`` (none for None)."""
+    if directory is None:
+        return []
+    d = pathlib.Path(directory)
+    return [d / n for n in (*TOKENIZER_FILES, GENERATION_CONFIG) if (d / n).is_file()]
+
+
+def copy_side_files(source: str | os.PathLike | None, directory: pathlib.Path) -> list[str]:
+    """Copies :func:`side_files` of ``source`` into ``directory``; returns the names copied.
+
+    A source that is ``directory`` itself copies nothing.
+    """
+    files = side_files(source)
+    if not files or pathlib.Path(source).resolve() == directory.resolve():
+        return [f.name for f in files]
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, directory / f.name)
+    return [f.name for f in files]
 
 
 def check_finite(tensors: dict[str, np.ndarray], where: object) -> dict[str, np.ndarray]:

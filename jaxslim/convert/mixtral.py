@@ -46,7 +46,10 @@ _DEFAULTS = dict(
     num_experts_per_tok=2,
     router_jitter_noise=0.0,
     router_aux_loss_coef=0.001,
+    bos_token_id=1,
+    eos_token_id=2,
 )
+_NULLABLE = ("sliding_window", "bos_token_id", "eos_token_id", "pad_token_id")  # null means none
 
 
 def prefix_for(architecture: str) -> str:
@@ -64,8 +67,7 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         tensor_names: unused (the config says everything).
 
     Raises:
-        ValueError: a feature jaxslim does not compute (another activation, RoPE scaling, a sliding
-            window shorter than the context).
+        ValueError: a feature jaxslim does not compute (another activation, a RoPE type it lacks).
         KeyError: a required field is absent.
 
     Example:
@@ -75,19 +77,18 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         (4, 2, 'dropless')
     """
     del architecture, tensor_names
-    hf = {**_DEFAULTS, **{k: v for k, v in hf.items() if v is not None}}
-    window, max_len = hf.get("sliding_window"), hf["max_position_embeddings"]
-    if window is not None and window < max_len:
-        raise ValueError(
-            f"Mixtral sliding_window={window} is not supported: jaxslim attends to every earlier token, "
-            f"which is the same only when the window covers max_position_embeddings={max_len} "
-            "(Mixtral-8x7B's config has sliding_window=null)"
-        )
+    hf = {**_DEFAULTS, **{k: v for k, v in hf.items() if v is not None or k in _NULLABLE}}
     decoder = llama.decoder_config(
-        hf, "Mixtral", max_len=max_len, norm_eps=hf["rms_norm_eps"], theta=_DEFAULTS["rope_theta"]
+        hf,
+        "Mixtral",
+        max_len=hf["max_position_embeddings"],
+        norm_eps=hf["rms_norm_eps"],
+        theta=_DEFAULTS["rope_theta"],
     )
     return ModelConfig.llama(
         **decoder,
+        sliding_window=hf.get("sliding_window"),
+        hf_family=None,
         moe=MoeConfig(
             num_experts=hf["num_local_experts"],
             top_k=hf["num_experts_per_tok"],
@@ -109,20 +110,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     Raises:
         ValueError: ``cfg`` uses something a HF Mixtral cannot express; the message lists all of it.
     """
-    problems = []
-    if cfg.arch != "llama":
-        problems.append(
-            f"arch={cfg.arch!r} (Mixtral is a Llama-style decoder; Hugging Face has no BERT or GPT-2 "
-            "mixture of experts)"
-        )
-    if cfg.head != "lm":
-        problems.append(f"head={cfg.head!r} (MixtralForCausalLM has an LM head)")
-    if cfg.activation != "silu":
-        problems.append(f"activation={cfg.activation!r} (Mixtral's SwiGLU experts use silu)")
-    if cfg.attn_bias:
-        problems.append("attn_bias=True (Mixtral's attention projections have no biases)")
-    if cfg.mlp_bias:
-        problems.append("mlp_bias=True (Mixtral's experts have no biases)")
+    problems = llama.expressible(cfg, "Mixtral", sliding_window=True, moe=True)
     m = cfg.moe
     if m is None:
         problems.append("moe=None (a dense model converts as a Llama)")
@@ -148,7 +136,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         raise ValueError("cannot express this model as a Hugging Face Mixtral: " + "; ".join(problems))
     return "MixtralForCausalLM", dict(
         llama.decoder_fields(cfg),
-        sliding_window=None,
+        sliding_window=cfg.sliding_window,
         num_local_experts=m.num_experts,
         num_experts_per_tok=m.top_k,
         router_jitter_noise=float(m.jitter),

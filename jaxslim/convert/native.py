@@ -8,7 +8,9 @@ A directory holds two files:
   otherwise), in the model's ``param_dtype``.
 
 It keeps what a Hugging Face directory cannot: per-layer widths, scanning, dtypes. It holds
-parameters only, no optimizer state.
+parameters only, no optimizer state. The tokenizer files and ``generation_config.json`` of the
+Hugging Face directory a model was loaded from are copied alongside, so ``to-jax`` then ``to-hf``
+keeps them.
 
 Example:
     >>> save_jaxslim(load_hf("all-MiniLM-L6-v2/"), "minilm-jax/")  # doctest: +SKIP
@@ -22,9 +24,16 @@ import json
 import os
 import pathlib
 
-from jaxslim.config import ModelConfig, MoeConfig
+from jaxslim.config import ModelConfig, MoeConfig, RopeScaling
 from jaxslim.convert.hf import flat_params, model_from_flat, param_shapes
-from jaxslim.convert.io import clear_outputs, read_file, read_json, save_safetensors
+from jaxslim.convert.io import (
+    clear_outputs,
+    copy_side_files,
+    read_file,
+    read_json,
+    save_safetensors,
+    side_files,
+)
 from jaxslim.convert.rules import describe, raise_problems
 from jaxslim.models import Transformer
 from jaxslim.paths import absolute
@@ -37,7 +46,9 @@ def save_jaxslim(model: Transformer, path: str | os.PathLike, *, overwrite: bool
     """Writes ``path/jaxslim_config.json`` and ``path/params.safetensors``.
 
     Args:
-        model: any jaxslim model (scanned or not, per-layer widths included).
+        model: any jaxslim model (scanned or not, per-layer widths included); the tokenizer files
+            and ``generation_config.json`` of ``model.hf_source`` (where it was loaded from) are
+            copied along.
         path: output directory (created if needed).
         overwrite: replace an existing jaxslim checkpoint in ``path``.
 
@@ -48,10 +59,13 @@ def save_jaxslim(model: Transformer, path: str | os.PathLike, *, overwrite: bool
         FileExistsError: ``path`` already holds one and ``overwrite`` is False.
     """
     d = absolute(path)
-    clear_outputs(d, (JAXSLIM_CONFIG, JAXSLIM_PARAMS), overwrite=overwrite)
+    source = getattr(model, "hf_source", None)
+    carried = [] if source is None or pathlib.Path(source).resolve() == d.resolve() else side_files(source)
+    clear_outputs(d, (JAXSLIM_CONFIG, JAXSLIM_PARAMS, *(f.name for f in carried)), overwrite=overwrite)
     d.mkdir(parents=True, exist_ok=True)
     save_safetensors(d / JAXSLIM_PARAMS, flat_params(model), {"format": "jaxslim"})
     (d / JAXSLIM_CONFIG).write_text(json.dumps(dataclasses.asdict(model.cfg), indent=2) + "\n")
+    copy_side_files(source, d)
     return d
 
 
@@ -61,12 +75,14 @@ def _read_config(file: pathlib.Path) -> ModelConfig:
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ValueError(f"{file} is not a jaxslim ModelConfig: unknown fields {unknown}")
-    for key in ("layer_heads", "layer_ffn"):
-        if raw.get(key) is not None:
+    for key in ("layer_heads", "layer_ffn", "sliding_layers", "eos_token_id"):
+        if isinstance(raw.get(key), list):
             raw[key] = tuple(raw[key])  # JSON has no tuples; the frozen config wants them
     try:
         if raw.get("moe") is not None:
             raw["moe"] = MoeConfig(**raw["moe"])
+        if raw.get("rope_scaling") is not None:
+            raw["rope_scaling"] = RopeScaling(**raw["rope_scaling"])
         return ModelConfig(**raw)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{file} is not a valid jaxslim ModelConfig: {e}") from None
@@ -97,4 +113,7 @@ def load_jaxslim(path: str | os.PathLike) -> Transformer:
             ],
         },
     )
-    return model_from_flat(cfg, flat)
+    model = model_from_flat(cfg, flat)
+    if side_files(d):
+        model.hf_source = str(d)  # the tokenizer and generation settings travel on to save_hf
+    return model

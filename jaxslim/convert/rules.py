@@ -114,6 +114,56 @@ CONV_QKV_BIAS = Transform(
 )
 
 
+def _split_fused_qkv(a: Array, cfg: ModelConfig) -> list[Array]:
+    # one nn.Linear [(heads + 2 kv_heads) * head_dim, d]: q rows, then k rows, then v rows
+    q = cfg.n_heads * cfg.head_dim_
+    k = cfg.kv_heads * cfg.head_dim_
+    if a.shape[0] != q + 2 * k:
+        raise ValueError(f"expected {q + 2 * k} rows, got {a.shape[0]}")
+    return [_t(p).reshape(a.shape[1], -1, cfg.head_dim_) for p in np.split(a, [q, q + k], axis=0)]
+
+
+# Phi-3's qkv_proj: q, k and v projections stacked as rows of one nn.Linear
+LINEAR_QKV = Transform(
+    "split rows into q, k, v; transpose; split into heads",
+    _check_rank(_split_fused_qkv, 2),
+    lambda xs, c: np.concatenate([_t(x.reshape(x.shape[0], -1)) for x in xs], axis=0),
+)
+
+
+def _split_interleaved_qkv(a: Array, cfg: ModelConfig) -> list[Array]:
+    # GPT-NeoX's query_key_value: rows grouped per head, each [q, k, v] of head_dim rows
+    hd = cfg.head_dim_
+    if a.ndim == 2:
+        per_head = a.reshape(-1, 3, hd, a.shape[1])  # [heads, 3, hd, d]
+        return [np.ascontiguousarray(per_head[:, j].transpose(2, 0, 1)) for j in range(3)]
+    per_head = a.reshape(-1, 3, hd)
+    return [np.ascontiguousarray(per_head[:, j]) for j in range(3)]
+
+
+def _fuse_interleaved_qkv(xs: list[Array], cfg: ModelConfig) -> Array:
+    if xs[0].ndim == 3:  # kernels [d, heads, hd] -> rows [heads, 3, hd, d]
+        stacked = np.stack([x.transpose(1, 2, 0) for x in xs], axis=1)
+        return stacked.reshape(-1, stacked.shape[-1])
+    return np.stack(xs, axis=1).reshape(-1)
+
+
+def _interleaved_rank(a: Array, cfg: ModelConfig) -> list[Array]:
+    if a.ndim not in (1, 2) or a.shape[0] % (3 * cfg.head_dim_):
+        raise ValueError(f"expected rows grouped as heads x 3 x {cfg.head_dim_}, got shape {a.shape}")
+    return _split_interleaved_qkv(a, cfg)
+
+
+# GPT-NeoX's query_key_value weight and bias: q, k and v interleaved per head
+INTERLEAVED_QKV = Transform("split per-head q, k, v; transpose", _interleaved_rank, _fuse_interleaved_qkv)
+# Phi-3's gate_up_proj: gate rows, then up rows, of one nn.Linear [2 d_ff, d]
+LINEAR_GATE_UP = Transform(
+    "split rows into gate and up; transpose",
+    _check_rank(lambda a, c: [_t(p) for p in np.split(a, 2, axis=0)], 2),
+    lambda xs, c: np.concatenate([_t(x) for x in xs], axis=0),
+)
+
+
 def _swap_last(a: Array) -> Array:
     return np.ascontiguousarray(np.swapaxes(a, -1, -2))
 
@@ -213,6 +263,34 @@ def rule(
         {'i': '1', 'e': '7'}
     """
     return Rule(hf, tuple(jax), transform, head, tied, load_only)
+
+
+def num_labels(hf: dict) -> int:
+    """The classes of a ``*ForSequenceClassification`` config: its ``id2label`` (what
+    ``save_pretrained`` writes), else ``num_labels``, else transformers' default 2."""
+    labels = hf.get("id2label")
+    return len(labels) if labels else int(hf.get("num_labels") or 2)
+
+
+def token_ids(hf: dict) -> dict:
+    """The ``pad_token_id``, ``bos_token_id`` and ``eos_token_id`` :class:`ModelConfig` fields of a
+    config (a list of end tokens becomes a tuple)."""
+    eos = hf.get("eos_token_id")
+    return dict(
+        pad_token_id=hf.get("pad_token_id"),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+    )
+
+
+def token_fields(cfg: ModelConfig) -> dict:
+    """The special-token config fields of ``cfg`` (the inverse of :func:`token_ids`)."""
+    eos = cfg.eos_token_id
+    return dict(
+        pad_token_id=cfg.pad_token_id,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=list(eos) if isinstance(eos, tuple) else eos,
+    )
 
 
 def describe(cfg: ModelConfig) -> str:

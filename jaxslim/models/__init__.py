@@ -1,4 +1,6 @@
-"""Flax NNX transformer family (BERT, GPT-2, Llama); knows nothing of pruning, MoE or growth."""
+"""Flax NNX transformer family (BERT, GPT-2 and Llama recipes, with the ``ModelConfig`` flags that
+make them RoBERTa, GPT-NeoX, Mistral, Qwen, Phi-3, Gemma or OLMo 2); knows nothing of pruning, MoE
+or growth."""
 
 from jaxslim.models.attention import Attention
 from jaxslim.models.block import Block

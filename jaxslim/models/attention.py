@@ -1,4 +1,5 @@
-"""Multi-head attention with grouped-query heads, RoPE, padding masks and a per-head output mask.
+"""Multi-head attention with grouped-query heads, RoPE, padding masks and a per-head output mask;
+optionally q/k RMSNorm and a sliding window.
 
 Weights keep an explicit heads axis (``wq: [embed, heads, head_dim]``, ``wo: [heads, head_dim,
 embed]``), so pruning, slimming and tensor parallelism address heads directly.
@@ -11,17 +12,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.models.layers import apply_rope, dtypes, expand_to, param
+from jaxslim.models.layers import Norm, apply_rope, dtypes, expand_to, param
 from jaxslim.sharding import constrain
 
 
 class Attention(nnx.Module):
     """Self-attention with ``n_heads`` query heads and ``n_kv_heads`` key/value heads."""
 
-    def __init__(self, cfg: ModelConfig, n_heads: int, n_kv_heads: int, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, n_heads: int, n_kv_heads: int, *, rngs: nnx.Rngs, window: int = 0):
         _, pdt = dtypes(cfg)
         d, hd = cfg.d_model, cfg.head_dim_
         self.cfg = cfg
+        self.window = window  # this layer's sliding window (0: none); a scanned stack passes its own
         self.wq = param(rngs, (d, n_heads, hd), ("embed", "heads", "head_dim"), pdt)
         self.wk = param(rngs, (d, n_kv_heads, hd), ("embed", "kv_heads", "head_dim"), pdt)
         self.wv = param(rngs, (d, n_kv_heads, hd), ("embed", "kv_heads", "head_dim"), pdt)
@@ -30,9 +32,17 @@ class Attention(nnx.Module):
             self.bq = param(None, (n_heads, hd), ("heads", "head_dim"), pdt, "zeros")
             self.bk = param(None, (n_kv_heads, hd), ("kv_heads", "head_dim"), pdt, "zeros")
             self.bv = param(None, (n_kv_heads, hd), ("kv_heads", "head_dim"), pdt, "zeros")
-            self.bo = param(None, (d,), ("embed",), pdt, "zeros")
         else:
-            self.bq = self.bk = self.bv = self.bo = None
+            self.bq = self.bk = self.bv = None
+        self.bo = param(None, (d,), ("embed",), pdt, "zeros") if cfg.out_bias else None
+        if cfg.qk_norm and cfg.qk_norm_scope == "layer":
+            self.q_norm = Norm(cfg, width=(n_heads, hd), axis=("heads", "head_dim"))
+            self.k_norm = Norm(cfg, width=(n_kv_heads, hd), axis=("kv_heads", "head_dim"))
+        elif cfg.qk_norm:
+            self.q_norm = Norm(cfg, width=hd, axis="head_dim")
+            self.k_norm = Norm(cfg, width=hd, axis="head_dim")
+        else:
+            self.q_norm = self.k_norm = None
 
     def _project(self, x, w, b, axes):
         y = jnp.einsum("btd,dhk->bthk", x, w[...].astype(x.dtype))
@@ -47,6 +57,7 @@ class Attention(nnx.Module):
         mask: jax.Array | None,
         rope: tuple[jax.Array, jax.Array] | None = None,
         head_mask: jax.Array | None = None,
+        window: jax.Array | int | None = None,
     ) -> jax.Array:
         """Attends ``x: [batch, length, embed]``.
 
@@ -54,6 +65,7 @@ class Attention(nnx.Module):
             mask: boolean, broadcastable to ``[batch, heads, q_len, kv_len]``; True = attend.
             rope: cos/sin tables from :func:`~jaxslim.models.layers.rope_tables`.
             head_mask: ``[heads]`` multipliers of each head's output (the Fisher-pruning seam).
+            window: sliding window (0: none); default this layer's own (``cfg.window_of``).
         """
         n_heads = self.wq.shape[1]
         if n_heads == 0:  # a slimmed layer whose heads were all pruned
@@ -62,7 +74,7 @@ class Attention(nnx.Module):
                 if self.bo is None
                 else jnp.broadcast_to(self.bo[...].astype(x.dtype), x.shape)
             )
-        out = self.contexts(x, mask=mask, rope=rope)
+        out = self.contexts(x, mask=mask, rope=rope, window=window)
         if head_mask is not None:
             out = out * expand_to(head_mask.astype(out.dtype)[:, None], out.ndim)
         y = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(x.dtype))
@@ -70,18 +82,55 @@ class Attention(nnx.Module):
             y = y + expand_to(self.bo[...].astype(x.dtype), y.ndim)
         return constrain(y, ("batch", "length", "act_embed"))
 
-    def contexts(self, x: jax.Array, *, mask: jax.Array | None, rope=None) -> jax.Array:
+    def contexts(self, x: jax.Array, *, mask: jax.Array | None, rope=None, window=None) -> jax.Array:
         """Each head's attention output before the output projection: ``[batch, length, heads, head_dim]``."""
         q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"))
         k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"))
         v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        window = self.window if window is None else window
+        if rope is not None and len(rope) == 4:  # (global cos, sin, local cos, sin): Gemma 3
+            local = window > 0
+            rope = (jnp.where(local, rope[2], rope[0]), jnp.where(local, rope[3], rope[1]))
         if rope is not None:
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+        mask = _windowed(mask, x.shape[1], window)
+        cfg = self.cfg
+        scale = None if cfg.attn_scale_dim is None else float(cfg.attn_scale_dim) ** -0.5
+        if cfg.attn_softcap is None:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
+        return _softcapped_attention(q, k, v, mask, scale or q.shape[-1] ** -0.5, float(cfg.attn_softcap))
 
-    def head_outputs(self, x: jax.Array, *, mask: jax.Array | None, rope=None) -> jax.Array:
+    def head_outputs(self, x: jax.Array, *, mask: jax.Array | None, rope=None, window=None) -> jax.Array:
         """Each head's contribution to the output, ``[batch, length, heads, embed]`` (bias excluded):
         the attention output is their sum plus ``bo``."""
-        out = self.contexts(x, mask=mask, rope=rope)
+        out = self.contexts(x, mask=mask, rope=rope, window=window)
         return jnp.einsum("bthk,hkd->bthd", out, self.wo[...].astype(x.dtype))
+
+
+def _windowed(mask: jax.Array | None, length: int, window) -> jax.Array | None:
+    """``mask`` restricted to keys fewer than ``window`` positions before the query (0: no window).
+
+    ``window`` may be traced (a scanned stack's per-layer value); a static 0 leaves ``mask`` as is.
+    """
+    if isinstance(window, int) and window == 0:
+        return mask
+    q = jnp.arange(length)[:, None]
+    k = jnp.arange(length)[None, :]
+    band = ((window <= 0) | (q - k < window))[None, None]
+    return band if mask is None else mask & band
+
+
+def _softcapped_attention(q, k, v, mask, scale: float, cap: float) -> jax.Array:
+    """Attention whose scores become ``cap * tanh(score / cap)`` before masking (Gemma 2), which
+    ``jax.nn.dot_product_attention`` does not offer; softmax in float32."""
+    group = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+    scores = cap * jnp.tanh(scores / cap)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)

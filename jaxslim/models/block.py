@@ -1,4 +1,5 @@
-"""One transformer block: attention and an FFN (dense or mixture of experts), pre- or post-norm."""
+"""One transformer block: attention and an FFN (dense or mixture of experts), pre- or post-norm,
+optionally with normalised sublayer outputs (Gemma 2 / 3)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from flax import nnx
 
 from jaxslim.config import ModelConfig
 from jaxslim.models.attention import Attention
-from jaxslim.models.layers import Norm
+from jaxslim.models.layers import Norm, dtypes, param
 from jaxslim.models.mlp import Mlp
 
 
@@ -21,27 +22,55 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int = 0, *, rngs: nnx.Rngs):
         self.pre_norm = cfg.pre_norm
-        self.attn = Attention(cfg, cfg.heads_in(layer), cfg.kv_heads_in(layer), rngs=rngs)
+        self.parallel = cfg.parallel_residual
+        self.attn = Attention(
+            cfg, cfg.heads_in(layer), cfg.kv_heads_in(layer), rngs=rngs, window=cfg.window_of(layer)
+        )
         if cfg.is_moe_layer(layer):
             from jaxslim.moe.layer import MoeLayer  # models know the layer, not routing policy
 
             self.mlp, self.moe = None, MoeLayer(cfg, rngs=rngs)
         else:
             self.mlp, self.moe = Mlp(cfg, cfg.ffn_in(layer), rngs=rngs), None
-        self.attn_norm = Norm(cfg)
-        self.mlp_norm = Norm(cfg)
+        # Qwen2-MoE: a dense shared expert beside the routed ones, behind a sigmoid gate
+        shared = self.moe is not None and cfg.shared_expert_ffn is not None
+        self.shared = Mlp(cfg, cfg.shared_expert_ffn, rngs=rngs) if shared else None
+        gated = shared and cfg.shared_expert_gate
+        self.shared_gate = param(rngs, (cfg.d_model, 1), ("embed", None), dtypes(cfg)[1]) if gated else None
+        # OLMo 2 has no input norms: its sublayers read the residual stream as it is
+        self.attn_norm = Norm(cfg) if cfg.input_norms else None
+        self.mlp_norm = Norm(cfg) if cfg.input_norms else None
+        # Gemma 2 / 3 also normalise each sublayer's output before the residual sum
+        self.post_attn_norm = Norm(cfg) if cfg.post_norms else None
+        self.post_mlp_norm = Norm(cfg) if cfg.post_norms else None
 
-    def __call__(self, x, *, mask, rope=None, head_mask=None, neuron_mask=None, rng=None):
-        """Returns ``(x, moe_metrics)``; the metrics are None for a dense FFN."""
-        if self.pre_norm:
-            x = x + self.attn(self.attn_norm(x), mask=mask, rope=rope, head_mask=head_mask)
+    def __call__(self, x, *, mask, rope=None, head_mask=None, neuron_mask=None, rng=None, window=None):
+        """Returns ``(x, moe_metrics)``; the metrics are None for a dense FFN. ``window`` overrides the
+        layer's sliding window (a scanned stack passes each layer's)."""
+        if self.parallel:  # GPT-NeoX: both sublayers read the block input
+            a = self.attn(self.attn_norm(x), mask=mask, rope=rope, head_mask=head_mask, window=window)
             y, aux = self._ffn(self.mlp_norm(x), neuron_mask, rng)
-            return x + y, aux
-        x = self.attn_norm(x + self.attn(x, mask=mask, rope=rope, head_mask=head_mask))
+            return x + a + y, aux
+        if self.pre_norm:
+            a = self.attn(_norm(self.attn_norm, x), mask=mask, rope=rope, head_mask=head_mask, window=window)
+            x = x + (a if self.post_attn_norm is None else self.post_attn_norm(a))
+            y, aux = self._ffn(_norm(self.mlp_norm, x), neuron_mask, rng)
+            return x + (y if self.post_mlp_norm is None else self.post_mlp_norm(y)), aux
+        x = self.attn_norm(x + self.attn(x, mask=mask, rope=rope, head_mask=head_mask, window=window))
         y, aux = self._ffn(x, neuron_mask, rng)
         return self.mlp_norm(x + y), aux
 
     def _ffn(self, x, neuron_mask, rng) -> tuple[jax.Array, dict | None]:
         if self.moe is not None:
-            return self.moe(x, rng=rng)
+            y, aux = self.moe(x, rng=rng)
+            if self.shared is not None:
+                s = self.shared(x)
+                if self.shared_gate is not None:
+                    s = s * jax.nn.sigmoid(x @ self.shared_gate[...].astype(x.dtype))
+                y = y + s
+            return y, aux
         return self.mlp(x, neuron_mask=neuron_mask), None
+
+
+def _norm(norm: Norm | None, x: jax.Array) -> jax.Array:
+    return x if norm is None else norm(x)

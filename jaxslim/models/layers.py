@@ -7,13 +7,14 @@ a mesh is :func:`jaxslim.sharding.create_sharded` / :func:`jaxslim.sharding.shar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxslim.config import ModelConfig
+from jaxslim.config import ModelConfig, RopeScaling
 from jaxslim.sharding import constrain
 
 INIT_STD = 0.02  # BERT / GPT-2 / Llama all initialise weights with N(0, 0.02^2)
@@ -65,23 +66,41 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 class Norm(nnx.Module):
-    """LayerNorm (scale and bias) or RMSNorm (scale only), computed in float32."""
+    """LayerNorm (scale and bias) or RMSNorm (scale only) over the last axis, computed in float32.
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs | None = None):
+    ``width`` defaults to ``d_model``; q/k norms use ``head_dim`` with logical axis ``head_dim``.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        rngs: nnx.Rngs | None = None,
+        width: int | tuple[int, ...] | None = None,
+        axis: str | tuple[str, ...] = "norm",
+    ):
         _, pdt = dtypes(cfg)
+        width = cfg.d_model if width is None else width
+        # a shape of several axes normalises over all of them (OLMo 2's q/k norm over every head)
+        width, axes = (width, axis) if isinstance(width, tuple) else ((width,), (axis,))
+        self.axes = tuple(range(-len(width), 0))
         self.rms = cfg.rms_norm
         self.eps = cfg.norm_eps
-        self.scale = param(None, (cfg.d_model,), ("norm",), pdt, "ones")
-        self.bias = None if self.rms else param(None, (cfg.d_model,), ("norm",), pdt, "zeros")
+        self.offset = float(cfg.norm_offset)  # Gemma multiplies by 1 + scale
+        self.scale = param(None, width, axes, pdt, "zeros" if self.offset == 1.0 else "ones")
+        self.bias = None if self.rms else param(None, width, axes, pdt, "zeros")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x.astype(jnp.float32)
         if self.rms:
-            h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
-            return (h * expand_to(self.scale[...].astype(jnp.float32), h.ndim)).astype(x.dtype)
-        mean = jnp.mean(h, axis=-1, keepdims=True)
+            h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=self.axes, keepdims=True) + self.eps)
+            scale = self.scale[...].astype(jnp.float32)
+            if self.offset:
+                scale = self.offset + scale
+            return (h * expand_to(scale, h.ndim)).astype(x.dtype)
+        mean = jnp.mean(h, axis=self.axes, keepdims=True)
         h = h - mean
-        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + self.eps)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=self.axes, keepdims=True) + self.eps)
         h = h * expand_to(self.scale[...].astype(jnp.float32), h.ndim) + expand_to(
             self.bias[...].astype(jnp.float32), h.ndim
         )
@@ -115,6 +134,8 @@ class Embeddings(nnx.Module):
     def __call__(self, tokens: jax.Array, positions: jax.Array, token_types: jax.Array | None):
         dt, _ = dtypes(self.cfg)
         x = _lookup(self.tokens[...], tokens, "vocab")
+        if self.cfg.embed_scale:  # Gemma: sqrt(d_model), rounded to the activations' dtype first
+            x = x * jnp.asarray(self.cfg.d_model**0.5, x.dtype)
         if self.positions is not None:
             x = x + _lookup(self.positions[...], positions)
         if self.types is not None:
@@ -130,17 +151,104 @@ class Embeddings(nnx.Module):
         return jnp.einsum("btd,vd->btv", x, w)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos and sin of shape ``[batch, length, 1, head_dim]`` for rotate-half RoPE (HF Llama layout)."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+def rope_frequencies(
+    head_dim: int, theta: float, scaling: RopeScaling | None = None, *, max_len: int = 0
+) -> tuple[jax.Array, float]:
+    """RoPE inverse frequencies ``[head_dim // 2]`` and the cos/sin scale of a static scaling.
+
+    Plain RoPE is ``theta ** (-2j / head_dim)``; ``linear``, ``yarn`` and ``llama3`` rescale it
+    (formulas on :class:`~jaxslim.config.RopeScaling`); ``dynamic`` depends on the positions and is
+    applied in :func:`rope_tables`. ``max_len`` stands in for an absent ``original_max_len``.
+    """
+    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    inv_freq = 1.0 / (theta**exponents)
+    if scaling is None or scaling.kind == "dynamic":
+        return inv_freq, 1.0
+    factor = float(scaling.factor)
+    if scaling.kind == "linear":
+        return inv_freq / factor, 1.0
+    original = scaling.original_max_len or max_len
+    if scaling.kind == "llama3":
+        low_wavelen = original / scaling.low_freq_factor
+        high_wavelen = original / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - scaling.low_freq_factor) / (
+            scaling.high_freq_factor - scaling.low_freq_factor
+        )
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return jnp.where(medium, blended, scaled), 1.0
+
+    # yarn
+    def correction_dim(rotations: float) -> float:
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = correction_dim(scaling.beta_fast), correction_dim(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # a zero-width ramp would divide by zero
+    ramp = jnp.clip((jnp.arange(head_dim // 2, dtype=jnp.float32) - low) / (high - low), 0, 1)
+    keep = 1 - ramp  # 1 where the plain (extrapolated) frequency is kept
+    pos_freqs = theta**exponents
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - keep) + (1.0 / pos_freqs) * keep
+    attention_factor = scaling.attention_factor
+    if attention_factor is None:
+        if scaling.mscale and scaling.mscale_all_dim:
+            attention_factor = _yarn_mscale(factor, scaling.mscale) / _yarn_mscale(
+                factor, scaling.mscale_all_dim
+            )
+        else:
+            attention_factor = _yarn_mscale(factor, 1.0)
+    return inv_freq, float(attention_factor)
+
+
+def _yarn_mscale(factor: float, mscale: float) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def rope_tables(
+    positions: jax.Array,
+    head_dim: int,
+    theta: float,
+    scaling: RopeScaling | None = None,
+    *,
+    max_len: int = 0,
+) -> tuple[jax.Array, jax.Array]:
+    """cos and sin of shape ``[batch, length, 1, head_dim]`` for rotate-half RoPE (HF Llama layout).
+
+    ``scaling`` rescales the frequencies (:class:`~jaxslim.config.RopeScaling`); ``max_len`` is the
+    model's context (``dynamic`` scaling starts beyond it; the default ``original_max_len``).
+    ``dynamic`` uses the largest position of the whole batch, as Hugging Face does.
+    """
+    inv_freq, attention_factor = rope_frequencies(head_dim, theta, scaling, max_len=max_len)
+    if scaling is not None and scaling.kind == "dynamic":
+        factor = float(scaling.factor)
+        longest = jnp.maximum(jnp.max(positions).astype(jnp.float32) + 1, float(max_len))
+        base = theta * ((factor * longest / max_len) - (factor - 1)) ** (head_dim / (head_dim - 2))
+        inv_freq = 1.0 / (base ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq[None, None, :]
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
-    return jnp.cos(emb), jnp.sin(emb)
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    if attention_factor != 1.0:
+        cos, sin = cos * attention_factor, sin * attention_factor
+    return cos, sin
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates ``x`` of shape ``[batch, length, heads, head_dim]`` by the RoPE tables."""
-    half = x.shape[-1] // 2
+    """Rotates ``x`` of shape ``[batch, length, heads, head_dim]`` by the RoPE tables.
+
+    Tables narrower than ``head_dim`` (partial rotary embeddings) rotate the leading dimensions
+    and pass the rest through unchanged.
+    """
+    rot = cos.shape[-1]
     x32 = x.astype(jnp.float32)
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    return (x32 * cos + rotated * sin).astype(x.dtype)
+    head, tail = x32[..., :rot], x32[..., rot:]
+    half = rot // 2
+    rotated = jnp.concatenate([-head[..., half:], head[..., :half]], axis=-1)
+    out = head * cos + rotated * sin
+    if rot < x.shape[-1]:
+        out = jnp.concatenate([out, tail], axis=-1)
+    return out.astype(x.dtype)

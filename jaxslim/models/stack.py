@@ -69,6 +69,10 @@ class Stack(nnx.Module):
         self.scanned = cfg.scan_layers
         self.remat = cfg.remat
         self.period = cfg.layer_period
+        # per-layer sliding windows, passed to the scanned blocks (an unscanned block keeps its own)
+        self.windows = (
+            None if cfg.sliding_window is None else tuple(cfg.window_of(i) for i in range(cfg.n_layers))
+        )
         if cfg.scan_layers:
             self.blocks = _scanned_group(cfg, rngs)
         else:
@@ -91,28 +95,38 @@ class Stack(nnx.Module):
             return None if m is None else m.reshape((groups, p) + m.shape[1:])
 
         def body(h, xs):
-            group_state, hm, nm, g = xs
+            group_state, hm, nm, g, win = xs
             group = nnx.merge(graphdef, group_state)
             blocks = [group] if p == 1 else list(group)
             metrics = []
             for j, block in enumerate(blocks):
                 h, aux = _run_block(
-                    block, h, mask, rope, _layer_mask(hm, j), _layer_mask(nm, j), _layer_rng(rng, g * p + j)
+                    block,
+                    h,
+                    mask,
+                    rope,
+                    _layer_mask(hm, j),
+                    _layer_mask(nm, j),
+                    _layer_rng(rng, g * p + j),
+                    _layer_mask(win, j),
                 )
                 metrics.append(aux)
             return h, _stack_metrics(metrics)
 
         if self.remat:
             body = jax.checkpoint(body)
-        xs = (state, per_group(head_mask), per_group(neuron_mask), jnp.arange(groups))
+        windows = None if self.windows is None else per_group(jnp.asarray(self.windows, jnp.int32))
+        xs = (state, per_group(head_mask), per_group(neuron_mask), jnp.arange(groups), windows)
         x, metrics = jax.lax.scan(body, x, xs)
         if metrics is not None:  # [groups, expert layers per group, ...] -> [expert layers, ...]
             metrics = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), metrics)
         return x, metrics
 
 
-def _run_block(block, x, mask, rope, head_mask, neuron_mask, rng):
-    return block(x, mask=mask, rope=rope, head_mask=head_mask, neuron_mask=neuron_mask, rng=rng)
+def _run_block(block, x, mask, rope, head_mask, neuron_mask, rng, window=None):
+    return block(
+        x, mask=mask, rope=rope, head_mask=head_mask, neuron_mask=neuron_mask, rng=rng, window=window
+    )
 
 
 def layer_trees(cfg: ModelConfig, blocks: Any) -> list[Any]:

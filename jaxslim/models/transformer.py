@@ -25,7 +25,7 @@ from jaxslim.models.stack import Stack
 
 class ModelOutput(NamedTuple):
     """``hidden``: last hidden state ``[b, t, d]``; ``logits``: ``[b, t, vocab]`` (float32) when the
-    model has a head; ``pooled``: BERT's pooler output ``[b, d]`` when it has one; ``moe``: the
+    model has an LM head, ``[b, num_labels]`` for a classification head; ``pooled``: BERT's pooler output ``[b, d]`` when it has one; ``moe``: the
     expert layers' routing metrics and router losses (:func:`jaxslim.moe.routing_metrics`), each
     stacked on a leading axis of one entry per expert layer, when the model has experts."""
 
@@ -68,6 +68,11 @@ class Transformer(nnx.Module):
         else:
             self.pooler_w = self.pooler_b = None
         self.mlm = MlmHead(cfg, rngs=rngs) if cfg.head == "mlm" else None
+        if cfg.head == "cls":  # BERT: a linear classifier on the pooler output; decoders: `score`, no bias
+            self.cls_w = param(rngs, (cfg.d_model, cfg.num_labels), ("embed", None), pdt)
+            self.cls_b = param(None, (cfg.num_labels,), (None,), pdt, "zeros") if cfg.arch == "bert" else None
+        else:
+            self.cls_w = self.cls_b = None
         untied_lm = cfg.head == "lm" and not cfg.tie_embeddings
         self.lm_head = (
             param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), pdt) if untied_lm else None
@@ -116,17 +121,43 @@ class Transformer(nnx.Module):
             logits = self.mlm(x, self.embed)
         elif cfg.head == "lm":
             logits = self.embed.attend(x) if self.lm_head is None else x @ self.lm_head[...].astype(x.dtype)
+        elif cfg.head == "cls":
+            logits = self._classify(tokens, x, pooled)
         if logits is not None:
             logits = logits.astype(jnp.float32)
+            if cfg.logit_softcap is not None:
+                logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
         return ModelOutput(hidden=x, logits=logits, pooled=pooled, moe=moe)
+
+    def _classify(self, tokens, x, pooled):
+        """``[batch, num_labels]`` logits: of the pooler output (BERT) or of the last token that is not
+        ``pad_token_id`` (decoders; the last position when there is no pad token)."""
+        w = self.cls_w[...].astype(x.dtype)
+        if pooled is not None:
+            return pooled @ w + expand_to(self.cls_b[...].astype(x.dtype), 2)
+        t = tokens.shape[1]
+        if self.cfg.pad_token_id is None:
+            last = jnp.full((tokens.shape[0],), t - 1)
+        else:
+            last = jnp.argmax(jnp.arange(t)[None] * (tokens != self.cfg.pad_token_id), axis=-1)
+        return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0] @ w
 
     def embed_inputs(self, tokens, *, attention_mask=None, token_type_ids=None, positions=None):
         """The stack's inputs: embedded tokens ``[b, t, d]``, the boolean attention mask (padding and
-        causality, broadcastable to ``[b, heads, t, t]``) and the RoPE tables (or None)."""
+        causality, broadcastable to ``[b, heads, t, t]``) and the RoPE tables (or None; with
+        ``local_rope_theta``, the global cos and sin followed by the sliding layers' own)."""
         cfg = self.cfg
         b, t = tokens.shape
+        if cfg.pad_positions and t + cfg.pad_token_id + 1 > cfg.max_len:
+            raise ValueError(
+                f"sequence length {t} exceeds the model's {cfg.max_len - cfg.pad_token_id - 1} positions "
+                f"(max_len={cfg.max_len}, counted from pad_token_id + 1 = {cfg.pad_token_id + 1})"
+            )
         if not cfg.rope and t > cfg.max_len:
             raise ValueError(f"sequence length {t} exceeds the model's max_len={cfg.max_len}")
+        if positions is None and cfg.pad_positions:  # RoBERTa: count real tokens after the pad id
+            real = (tokens != cfg.pad_token_id).astype(jnp.int32)
+            positions = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         x = self.embed(tokens, positions, token_type_ids)
@@ -136,7 +167,16 @@ class Transformer(nnx.Module):
         if cfg.causal:
             causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
             mask = causal if mask is None else mask & causal
-        rope = rope_tables(positions, cfg.head_dim_, cfg.rope_theta) if cfg.rope else None
+        rope = None
+        if cfg.rope:
+            rope = rope_tables(
+                positions, cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling, max_len=cfg.max_len
+            )
+            if cfg.local_rope_theta is not None:  # sliding-window layers rotate with their own base
+                rope = (
+                    *rope,
+                    *rope_tables(positions, cfg.rotary_dim, cfg.local_rope_theta, max_len=cfg.max_len),
+                )
         return x, mask, rope
 
     def _check_mask(self, name: str, mask, width: int) -> None:

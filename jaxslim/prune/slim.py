@@ -43,6 +43,13 @@ def slim(model: Transformer, head_mask, neuron_mask) -> Transformer:
         )
     hm = _check("head_mask", head_mask, (cfg.n_layers, cfg.n_heads)).astype(np.float64)
     nm = _check("neuron_mask", neuron_mask, (cfg.n_layers, cfg.d_ff)).astype(np.float64)
+    if cfg.qk_norm and cfg.qk_norm_scope == "layer" and not np.all(hm != 0):
+        # the norm's statistic spans every head, so removing one changes the others' queries and keys
+        raise ValueError(
+            "head_mask removes heads of a model whose q/k norm spans all heads (qk_norm_scope='layer', "
+            "OLMo 2): the smaller model would normalise over fewer heads and compute something else; "
+            "keep every head (prune FFN neurons only)"
+        )
     g = cfg.n_heads // cfg.kv_heads
     groups = (hm != 0).reshape(cfg.n_layers, cfg.kv_heads, g)
     partial = np.any(groups, -1) & ~np.all(groups, -1)

@@ -155,6 +155,15 @@ def tune_masks(
     Returns:
         Real-valued masks (zero where pruned) and a :class:`TuneReport`.
     """
+    cfg = model.cfg
+    if cfg.post_norms or not cfg.input_norms or cfg.parallel_residual:
+        # the least-squares targets below are the residual stream of a plain pre- or post-norm block
+        raise ValueError(
+            "mask tuning models a plain pre- or post-norm block; this model normalises sublayer outputs "
+            f"or runs them in parallel (post_norms={cfg.post_norms}, input_norms={cfg.input_norms}, "
+            f"parallel_residual={cfg.parallel_residual}: Gemma 2 / 3, OLMo 2, GPT-NeoX): skip tuning "
+            "(jaxslim-prune --no-tune)"
+        )
     model, blocks = _blocks(model)
     hs = np.asarray(head_mask, np.float64).copy()
     ns = np.asarray(neuron_mask, np.float64).copy()
