@@ -214,6 +214,35 @@ def test_damaged_compressed_checkpoint_is_reported_and_nothing_is_lost(tmp_path,
     gc.collect()  # Orbax's leftovers of the failed reads surface here, not in a later module
 
 
+def test_resume_moves_a_damaged_chain_aside_and_saves_it_again(tmp_path, single, monkeypatch):
+    """What training does on resume: steps that cannot be rebuilt (a damaged keyframe and the delta
+    that needs it) go to quarantine/, the older chain is restored, and those steps are saved anew."""
+    states, _ = single
+    monkeypatch.chdir(tmp_path)
+    with CompressedCheckpointer("ck", CodecConfig(keyframe_every=2), max_to_keep=None) as ck:
+        for step, s in enumerate(states[:4], 1):
+            ck.save(step, s)
+    _damage(tmp_path / "ck" / "3", "truncate")
+    target = abstract_like(states[0])
+    with CompressedCheckpointer("ck", CodecConfig(keyframe_every=2), max_to_keep=None) as ck:
+        got, _ = ck.restore(target, fallback=True, quarantine=True)
+        ref, _ = ck.restore(target, 2)
+        assert _bitwise(got, ref)
+        assert ck.all_steps() == [1, 2]
+        moved = sorted(p.name.split("-")[0] for p in (tmp_path / "ck" / "quarantine").iterdir())
+        assert moved == ["3", "4"]  # kept, not deleted
+        for step, s in zip((3, 4), states[2:4], strict=True):
+            assert ck.save(step, s)
+    with CompressedCheckpointer("ck", CodecConfig(), read_only=True) as ck:
+        again, _ = ck.restore(target, 4)
+    with CompressedCheckpointer(tmp_path / "quarantine-free", CodecConfig(keyframe_every=2)) as ck:
+        for step, s in enumerate(states[:4], 1):
+            ck.save(step, s)
+        clean, _ = ck.restore(target, 4)
+    assert _bitwise(again, clean)  # the re-saved chain equals one that was never damaged
+    gc.collect()
+
+
 def test_missing_keyframe_and_other_shapes_give_clear_errors(tmp_path, single):
     states, _ = single
     with CompressedCheckpointer(tmp_path, CodecConfig(keyframe_every=3), max_to_keep=None) as ck:
