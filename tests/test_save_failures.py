@@ -34,8 +34,9 @@ DRIVER = REPO / "tests" / "fault_driver.py"
 
 
 def _state(step: int) -> dict:
+    # w is large enough (>= the codec's min_size) for the lossy codec to code it
     return {
-        "params": {"w": jnp.full((4, 8), float(step)), "b": jnp.arange(8.0) + step},
+        "params": {"w": jnp.full((64, 128), float(step)), "b": jnp.arange(8.0) + step},
         "step": jnp.int32(step),
     }
 
