@@ -3,8 +3,8 @@ training over it with one and two hosts; grain (MapDataset, ArrayRecord) alongsi
 
 Usage::
 
-    python benchmarks/data_scale.py --gb 5 --dir /tmp/jaxslim-data-scale     # the full run
-    python benchmarks/data_scale.py --gb 0.2 --dir /tmp/jds --train-steps 10  # a quick one
+    python benchmarks/data_scale.py --gb 5                                  # the full run
+    python benchmarks/data_scale.py --gb 0.2 --dir scratch --train-steps 10  # a quick one
 
 Phases (results to ``benchmarks/results/data_scale.json``, a table printed at the end):
 
@@ -41,9 +41,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
+
+from jaxslim.paths import absolute
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -360,7 +363,11 @@ def run_grain(manifest, workdir, grain_path, seq_len, batch, seconds, rows_cap) 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gb", type=float, default=5.0, help="generated corpus size in GB (2^30 bytes)")
-    ap.add_argument("--dir", default="/tmp/jaxslim-data-scale", help="scratch folder (corpus, shards, runs)")
+    ap.add_argument(
+        "--dir",
+        default=None,
+        help="scratch folder (corpus, shards, runs); default: jaxslim-data-scale in the system temp folder",
+    )
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--loader-seconds", type=float, default=3.0)
@@ -371,7 +378,7 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="reuse a corpus and shards already in --dir")
     args = ap.parse_args()
 
-    scratch = pathlib.Path(args.dir).absolute()
+    scratch = absolute(args.dir or pathlib.Path(tempfile.gettempdir()) / "jaxslim-data-scale")
     corpus, data = scratch / "corpus", scratch / "prepared"
     res: dict = {
         "machine": {

@@ -44,8 +44,8 @@ def absolute(path: str | os.PathLike[str]) -> pathlib.Path:
         ValueError: ``path`` is empty.
 
     Example:
-        >>> absolute("/tmp/a/../b").as_posix()
-        '/tmp/b'
+        >>> absolute("/data/a/../b").as_posix()
+        '/data/b'
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"expected a path (str or os.PathLike), got {type(path).__name__}: {path!r}")
