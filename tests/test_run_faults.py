@@ -60,17 +60,17 @@ def _wait_for(cond, proc, what: str, timeout: float = 180) -> None:
         time.sleep(0.05)
 
 
+def _start(cwd: pathlib.Path, workdir: str, steps: int) -> subprocess.Popen:
+    """A training run in the background, its output captured as text."""
+    return subprocess.Popen(
+        _cmd(workdir, steps), cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
 @pytest.mark.slow
 def test_second_run_on_a_live_workdir_is_refused_and_touches_nothing(tmp_path):
     run = tmp_path / "runs" / "a"
-    first = subprocess.Popen(
-        _cmd("runs/a", 150),
-        cwd=tmp_path,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    first = _start(tmp_path, "runs/a", 150)
     try:
         _wait_for(lambda: len(_logged_steps(run)) >= 2, first, "the first run's second step")
         second = subprocess.run(
@@ -94,14 +94,7 @@ def test_second_run_on_a_live_workdir_is_refused_and_touches_nothing(tmp_path):
 @pytest.mark.slow
 def test_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path):
     run = tmp_path / "runs" / "k"
-    first = subprocess.Popen(
-        _cmd("runs/k", 60),
-        cwd=tmp_path,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    first = _start(tmp_path, "runs/k", 60)
     try:
         _wait_for(lambda: len(_logged_steps(run)) >= 3, first, "step 3")
         first.send_signal(signal.SIGKILL)
