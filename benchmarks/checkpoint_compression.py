@@ -110,8 +110,8 @@ def build_minilm(steps: int):
     from jaxslim.optim import build_optimizer
     from jaxslim.prune import bucket_batches, tokenize
     from jaxslim.sharding import make_mesh
-    from jaxslim.training.state import create_train_state, merge_model
-    from jaxslim.training.step import make_train_step
+    from jaxslim.engine.state import create_train_state, merge_model
+    from jaxslim.engine.step import make_train_step
 
     encoder, _, tok = _load_model("minilm")
     rows = [(t, v) for t, v in labelled_sentences() if v != 0]

@@ -180,7 +180,7 @@ def _jax_loss(cfg, graphdef):
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxslim.training.losses import causal_lm_loss
+    from jaxslim.engine.losses import causal_lm_loss
 
     def loss_fn(params, rest, tokens):
         out = nnx.merge(graphdef, params, rest)(tokens)

@@ -43,7 +43,7 @@ def step_times(results: dict, data, rounds: int, repeats: int = 10) -> dict[str,
 
     from jaxslim.prune import straight_through_params
     from jaxslim.sharding import shard_batch
-    from jaxslim.training.step import make_train_step
+    from jaxslim.engine.step import make_train_step
 
     fns = {}
     for name, r in results.items():

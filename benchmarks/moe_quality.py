@@ -61,7 +61,7 @@ def step_times(results: dict, data, rounds: int, repeats: int = 5) -> dict[str, 
 
     from jaxslim.sharding import shard_batch
     from jaxslim.training.loop import objectives
-    from jaxslim.training.step import make_train_step
+    from jaxslim.engine.step import make_train_step
 
     fns = {}
     for name, r in results.items():
@@ -97,7 +97,7 @@ def main() -> None:
     from jaxslim.cli.presets import load_preset
     from jaxslim.data import TextData
     from jaxslim.training import train
-    from jaxslim.training.state import count_params
+    from jaxslim.engine.state import count_params
 
     data, results, rows = None, {}, []
     with tempfile.TemporaryDirectory() as tmp:

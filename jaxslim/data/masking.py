@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100  # the label of positions that carry no loss, as in jaxslim.training.losses
+IGNORE_INDEX = -100  # the label of positions that carry no loss, as in jaxslim.engine.losses
 
 
 class MlmMasker:

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 
 from jaxslim.config import ModelConfig
 from jaxslim.grow.tree import Kind, grow_model
+from jaxslim.models.stack import layer_trees, stack_trees
 
 _OUTPUTS = {"attn": ("wo", "bo"), "mlp": ("wo", "bo"), "moe": ("wo", "bo")}
 MODES = ("identity", "copy")
@@ -115,7 +116,6 @@ class Deepen:
 
     def apply(self, cfg: ModelConfig, tree: dict, axes: dict, kind: Kind) -> dict:
         """Inserts the new blocks into a params-shaped nested dict (weights, moments or masks)."""
-        from jaxslim.models.stack import layer_trees, stack_trees
 
         new_cfg = self.config(cfg)
         if "stack" not in tree or "blocks" not in tree["stack"]:

@@ -29,6 +29,7 @@ from jaxslim.grow.planner import (
     slope_growth_index,
     train_flops_per_token,
 )
+from jaxslim.grow.state import grow_train_state
 from jaxslim.grow.width import Widen, narrow_config
 from jaxslim.optim.rewarm import grown_schedule_step, rewarm_schedule
 
@@ -156,7 +157,6 @@ class Staging:
 
     def grow(self, state, tx, mesh, rules, step: int):
         """Grows ``state`` into the next stage; returns the grown state and records the event."""
-        from jaxslim.grow.state import grow_train_state
 
         stage = self.cfg.stages[self.stage]
         schedule_step = step + self.offset

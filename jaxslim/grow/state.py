@@ -41,9 +41,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxslim.config import ModelConfig
+from jaxslim.engine.state import TrainState, train_state_shardings
 from jaxslim.grow.tree import GrowthOp, Kind, axes_tree, check_shapes, flatten, nest, variable_paths
+from jaxslim.models import Transformer
 from jaxslim.sharding import Rules
-from jaxslim.training.state import TrainState, train_state_shardings
 
 # optax (and jaxslim) state fields with the params' structure, and what they hold
 FIELD_KINDS: dict[str, Kind] = {"mu": "moment1", "trace": "moment1", "nu": "moment2", "masks": "mask"}
@@ -132,14 +133,13 @@ def grow_train_state(
 
     Returns:
         ``(grown state, grown model config)``; the grown state is sharded like a state created for
-        the grown model (:func:`~jaxslim.training.state.create_train_state`).
+        the grown model (:func:`~jaxslim.engine.state.create_train_state`).
 
     Raises:
         ValueError: the operator does not apply to ``cfg`` (a factor that does not fit, a model
             the operator refuses), or the optimizer state holds parameter-shaped state of an
             unknown kind.
     """
-    from jaxslim.models import Transformer
 
     new_cfg = op.config(cfg)
     abstract = nnx.eval_shape(lambda: Transformer(new_cfg, rngs=nnx.Rngs(0)))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.models.layers import Norm, apply_rope, dtypes, expand_to, param
+from jaxslim.nn import Norm, apply_rope, dtypes, expand_to, param
 from jaxslim.sharding import constrain
 
 
@@ -63,7 +63,7 @@ class Attention(nnx.Module):
 
         Args:
             mask: boolean, broadcastable to ``[batch, heads, q_len, kv_len]``; True = attend.
-            rope: cos/sin tables from :func:`~jaxslim.models.layers.rope_tables`.
+            rope: cos/sin tables from :func:`~jaxslim.nn.rope_tables`.
             head_mask: ``[heads]`` multipliers of each head's output (the Fisher-pruning seam).
             window: sliding window (0: none); default this layer's own (``cfg.window_of``).
         """

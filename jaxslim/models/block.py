@@ -8,8 +8,9 @@ from flax import nnx
 
 from jaxslim.config import ModelConfig
 from jaxslim.models.attention import Attention
-from jaxslim.models.layers import Norm, dtypes, param
 from jaxslim.models.mlp import Mlp
+from jaxslim.moe.layer import MoeLayer
+from jaxslim.nn import Norm, dtypes, param
 
 
 class Block(nnx.Module):
@@ -27,8 +28,6 @@ class Block(nnx.Module):
             cfg, cfg.heads_in(layer), cfg.kv_heads_in(layer), rngs=rngs, window=cfg.window_of(layer)
         )
         if cfg.is_moe_layer(layer):
-            from jaxslim.moe.layer import MoeLayer  # models know the layer, not routing policy
-
             self.mlp, self.moe = None, MoeLayer(cfg, rngs=rngs)
         else:
             self.mlp, self.moe = Mlp(cfg, cfg.ffn_in(layer), rngs=rngs), None

@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.models.layers import activation, dtypes, expand_to, param
+from jaxslim.nn import activation, dtypes, expand_to, param
 from jaxslim.sharding import constrain
 
 

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.models.layers import Embeddings, Norm, activation, dtypes, expand_to, param, rope_tables
 from jaxslim.models.stack import Stack
+from jaxslim.nn import Embeddings, Norm, activation, dtypes, expand_to, param, rope_tables
 
 
 class ModelOutput(NamedTuple):

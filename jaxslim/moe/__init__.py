@@ -1,4 +1,8 @@
-"""Mixture of experts: routers, dispatch, the expert layer, router losses, THOR, upcycling."""
+"""Mixture of experts: routers, dispatch, the expert layer, router losses and THOR's consistency loss.
+
+The layer stands alone (``MoeLayer(moe_cfg, d_model=..., d_ff=..., rngs=...)``) and is a block
+option of :mod:`jaxslim.models`; turning a dense model into an MoE one is a growth operator,
+:func:`jaxslim.grow.upcycle`."""
 
 from jaxslim.moe.dispatch import (
     ExpertWeights,
@@ -19,7 +23,6 @@ from jaxslim.moe.losses import (
 )
 from jaxslim.moe.routing import Routing, priority_order, random_routing, top_k_routing
 from jaxslim.moe.thor import consistency_objective, lm_positions, mlm_positions
-from jaxslim.moe.upcycle import upcycle
 
 __all__ = [
     "ExpertWeights",
@@ -43,5 +46,4 @@ __all__ = [
     "routing_metrics",
     "symmetric_kl",
     "top_k_routing",
-    "upcycle",
 ]

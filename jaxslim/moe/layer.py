@@ -34,11 +34,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig, MoeConfig
-from jaxslim.models.layers import activation as activation_fn
-from jaxslim.models.layers import dtypes, param
 from jaxslim.moe.dispatch import ExpertWeights, capacity_moe, dropless_moe, expert_capacity, expert_ffn
 from jaxslim.moe.losses import routing_metrics
 from jaxslim.moe.routing import Routing, priority_order, random_routing, top_k_routing
+from jaxslim.nn import activation as activation_fn
+from jaxslim.nn import dtypes, param
 from jaxslim.sharding import constrain
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")

@@ -5,7 +5,7 @@ the positions that carry a loss, gradients through both views. The two views run
 program (``jax.vmap`` over two PRNG keys), not two sequential calls.
 
 Example:
-    >>> from jaxslim.training.step import lm_objective       # doctest: +SKIP
+    >>> from jaxslim.engine.step import lm_objective       # doctest: +SKIP
     >>> objective = consistency_objective(lm_objective, alpha=5.0, positions=lm_positions)  # doctest: +SKIP
 """
 

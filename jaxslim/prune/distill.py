@@ -15,8 +15,8 @@ followed by distillation from the dense teacher:
 2. **inner step**: prune heads and neurons of the distilled student to a FLOPs budget with the
    label-free Kwon et al. pipeline, slim physically, and distil again.
 
-Distillation reuses the training machinery (:func:`~jaxslim.training.state.create_train_state`,
-:func:`~jaxslim.training.step.make_train_step` with a distillation objective, the optimizer factory).
+Distillation reuses the training machinery (:func:`~jaxslim.engine.state.create_train_state`,
+:func:`~jaxslim.engine.step.make_train_step` with a distillation objective, the optimizer factory).
 Removing residual channels changes the LayerNorm statistics, so unlike head and neuron slimming a
 channel cut is **not** function-preserving; the distillation phases are what recover the quality.
 
@@ -37,13 +37,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxslim.config import MeshConfig, OptimConfig
+from jaxslim.engine import create_train_state, fit, make_train_step, merge_model
 from jaxslim.models import Transformer
+from jaxslim.optim import build_optimizer
 from jaxslim.prune.fisher import distill_loss
 from jaxslim.prune.flops import cost_model
 from jaxslim.prune.posttrain import prune_post_training
 from jaxslim.prune.samples import mean_length
 from jaxslim.prune.search import check_budget
 from jaxslim.prune.slim import slim
+from jaxslim.sharding import make_mesh
 
 # residual-stream axes: every weight slice along them belongs to one channel
 _CHANNEL_AXES = ("embed", "norm")
@@ -181,12 +185,6 @@ def distill(
     Returns:
         The distilled student and the per-step losses.
     """
-    from jaxslim.config import MeshConfig, OptimConfig
-    from jaxslim.optim import build_optimizer
-    from jaxslim.sharding import make_mesh, shard_batch
-    from jaxslim.training.state import create_train_state, merge_model
-    from jaxslim.training.step import make_train_step
-
     channels = np.arange(teacher.cfg.d_model) if channels is None else np.sort(np.asarray(channels))
     if student.cfg.d_model != len(channels):
         raise ValueError(
@@ -211,7 +209,10 @@ def distill(
             found["target_logits"] = out.logits
         return found
 
-    losses: list[float] = []
+    def with_targets(b):
+        batch = {"tokens": b["tokens"], "attention_mask": b["attention_mask"]}
+        return batch | jax.device_get(targets(t_state, batch))
+
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         cfg = student.cfg
         state, setup = create_train_state(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), tx, mesh, rules)
@@ -221,17 +222,19 @@ def distill(
             rest=jax.device_put(rest, setup.shardings.rest),
         )
         step_fn = make_train_step(setup, _distill_objective)
-        for i in range(steps):
-            b = usable[i % len(usable)]
-            batch = {"tokens": b["tokens"], "attention_mask": b["attention_mask"]}
-            batch.update(jax.device_get(targets(t_state, batch)))
-            state, metrics = step_fn(state, shard_batch(batch, mesh, rules))
-            loss = float(metrics["loss"])
-            if not np.isfinite(loss):
-                raise FloatingPointError(f"distillation loss became {loss} at step {i}; lower lr (got {lr})")
-            losses.append(loss)
-            if progress is not None:
-                progress(i + 1, loss)
+        try:
+            state, losses = fit(
+                step_fn,
+                state,
+                usable,
+                steps=steps,
+                mesh=mesh,
+                rules=rules,
+                prepare=with_targets,
+                progress=progress,
+            )
+        except FloatingPointError as e:
+            raise FloatingPointError(f"distillation: {e}; lower lr (got {lr})") from None
         out = merge_model(setup, state)
     return out, losses
 

@@ -28,6 +28,7 @@ import pathlib
 import numpy as np
 from flax import nnx
 
+from jaxslim.convert import save_hf
 from jaxslim.models import Transformer
 from jaxslim.models.stack import unstack_layers
 from jaxslim.prune.slim import _check, slim
@@ -129,7 +130,6 @@ def export_hf(
         ``reason``, ``layer_heads``, ``layer_ffn``, ``hf_num_attention_heads``,
         ``hf_intermediate_size``.
     """
-    from jaxslim.convert import save_hf
 
     cfg = model.cfg
     hm = _check("head_mask", head_mask, (cfg.n_layers, cfg.n_heads))

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jaxslim.config import ModelConfig
+from jaxslim.models import Transformer
 from jaxslim.models.attention import Attention
 from jaxslim.models.mlp import Mlp
 
@@ -151,7 +152,6 @@ def measure_latency(
         ffn_samples: FFN widths timed (evenly spaced, ends included); the rest are interpolated.
         make_model: builds the whole model for the base measurement (default :class:`Transformer`).
     """
-    from jaxslim.models import Transformer
 
     dt = jnp.dtype(cfg.dtype)
     key = jax.random.key(0)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxslim.data.corpora import corpus_text
 from jaxslim.paths import absolute
 
 
@@ -35,7 +36,6 @@ def load_sentences(
         skip: drop the first ``skip`` drawn sentences (a held-out set disjoint from a sample set
             drawn with the same seed: ``skip=n_sample``).
     """
-    from jaxslim.data.corpora import corpus_text
 
     path = absolute(source)
     if path.is_file() and path.suffix == ".txt":

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxslim.models.layers import expand_to
 from jaxslim.models.stack import unstack_layers
+from jaxslim.nn import expand_to
 
 
 class TuneReport(NamedTuple):

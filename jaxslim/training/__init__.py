@@ -1,13 +1,11 @@
-"""Training: the train state, jitted steps, losses, the loop, metric writers and plots.
+"""Training: the loop that composes the methods, run directories, metric writers and plots.
 
-``training/`` composes every other package; no other package imports it.
+``training/`` sits above every package but the CLIs: nothing in ``jaxslim`` outside ``cli/`` imports
+it. The train state, step factories and losses it re-exports live in :mod:`jaxslim.engine`.
 """
 
-from jaxslim.training.distributed import maybe_initialize
-from jaxslim.training.loop import NonFiniteLossError, TrainResult, config_to_json, evaluate, report, train
-from jaxslim.training.losses import IGNORE, causal_lm_loss, classification_loss, mlm_loss
-from jaxslim.training.rundir import RunDirectory, RunDirectoryError
-from jaxslim.training.state import (
+from jaxslim.engine.losses import IGNORE, causal_lm_loss, classification_loss, mlm_loss
+from jaxslim.engine.state import (
     TrainSetup,
     TrainState,
     abstract_train_state,
@@ -15,7 +13,10 @@ from jaxslim.training.state import (
     create_train_state,
     merge_model,
 )
-from jaxslim.training.step import lm_objective, make_eval_step, make_train_step, mlm_objective
+from jaxslim.engine.step import lm_objective, make_eval_step, make_train_step, mlm_objective
+from jaxslim.training.distributed import maybe_initialize
+from jaxslim.training.loop import NonFiniteLossError, TrainResult, config_to_json, evaluate, report, train
+from jaxslim.training.rundir import RunDirectory, RunDirectoryError
 
 __all__ = [
     "IGNORE",

@@ -4,7 +4,7 @@
 directory's latest checkpoint when there is one, then steps, logs, evaluates, checkpoints and
 profiles, and finally evaluates on the held-out split, draws the loss curves and samples text.
 Everything that varies by method enters through the objective, loss terms and metric functions of
-:func:`~jaxslim.training.step.make_train_step`; the loop itself does not change.
+:func:`~jaxslim.engine.step.make_train_step`; the loop itself does not change.
 
 Run directory layout::
 
@@ -30,8 +30,24 @@ from typing import Any, NamedTuple
 import jax
 from flax import nnx
 
+from jaxslim.checkpoint import Checkpointer, CorruptCheckpointError, checkpointer_from_config
+from jaxslim.convert import load_hf, load_jaxslim
+from jaxslim.convert.native import JAXSLIM_CONFIG
+from jaxslim.data import TextData
+from jaxslim.engine.state import (
+    TrainSetup,
+    TrainState,
+    abstract_train_state,
+    count_params,
+    create_train_state,
+    make_setup,
+    merge_model,
+)
+from jaxslim.engine.step import lm_objective, make_eval_step, make_train_step, mlm_objective
+from jaxslim.grow import upcycle
 from jaxslim.grow.stages import Staging
 from jaxslim.models import Transformer, stack_layers, unstack_layers
+from jaxslim.models.generate import generate
 from jaxslim.moe import check_expert_mesh, consistency_objective, lm_positions, mlm_positions, moe_loss_term
 from jaxslim.optim import build_optimizer, optimizer_metric_fns
 from jaxslim.paths import absolute
@@ -41,16 +57,6 @@ from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
 from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.metrics import default_writers
 from jaxslim.training.rundir import RunDirectory, check_run_directory
-from jaxslim.training.state import (
-    TrainSetup,
-    TrainState,
-    abstract_train_state,
-    count_params,
-    create_train_state,
-    make_setup,
-    merge_model,
-)
-from jaxslim.training.step import lm_objective, make_eval_step, make_train_step, mlm_objective
 from jaxslim.training.summary import param_table
 
 log = logging.getLogger(__name__)
@@ -121,7 +127,6 @@ def _newest_extra(checkpointer) -> dict | None:
     a damaged newest one is left for the restore's own fallback to report."""
     if checkpointer is None:
         return None
-    from jaxslim.checkpoint import CorruptCheckpointError
 
     for step in sorted(checkpointer.all_steps(), reverse=True):
         try:
@@ -153,9 +158,6 @@ def initial_params(cfg, setup: TrainSetup, state: TrainState):
         ValueError: the directory's model differs from ``cfg.model`` in anything but the experts
             and the layer layout; the message lists the differing fields.
     """
-    from jaxslim.convert import load_hf, load_jaxslim
-    from jaxslim.convert.native import JAXSLIM_CONFIG
-    from jaxslim.moe import upcycle
 
     path = absolute(cfg.init_from)
     if not path.is_dir():
@@ -226,7 +228,7 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
     Args:
         cfg: the training config.
         data: a prepared :class:`~jaxslim.data.TextData` (built from ``cfg.data`` when omitted).
-        loss_terms / metric_fns: hooks passed to :func:`~jaxslim.training.step.make_train_step`
+        loss_terms / metric_fns: hooks passed to :func:`~jaxslim.engine.step.make_train_step`
             (auxiliary losses and metrics of later methods).
         log_fns: ``state -> metrics`` computed (jitted) at logged steps only, for metrics too costly
             or too many to compute every step. With ``cfg.prune`` the per-layer sparsity is one.
@@ -244,7 +246,6 @@ def train(cfg, *, data=None, loss_terms=(), metric_fns=(), log_fns=(), progress:
         CheckpointSaveError: a checkpoint could not be saved; the run stops at the next step and
             the checkpoints saved before are kept.
     """
-    from jaxslim.data import TextData
 
     maybe_initialize()
     workdir = check_run_directory(cfg.workdir)  # a folder that is not a run: refused before anything
@@ -280,7 +281,6 @@ def _check_batch_fits_mesh(cfg) -> None:
 def _train(
     cfg, workdir: pathlib.Path, *, data, loss_terms, metric_fns, log_fns, progress: bool
 ) -> TrainResult:
-    from jaxslim.checkpoint import checkpointer_from_config
 
     if cfg.model.vocab_size != data.vocab_size:
         cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=data.vocab_size))
@@ -520,7 +520,6 @@ def _grow(staging: Staging, state, tx, mesh, rules, step: int, checkpointer, ext
 def _save_grown(workdir: pathlib.Path, cfg, step: int, state, extra: dict) -> None:
     """The state right after a growth, in ``<workdir>/stages/grown-<stage>/`` (the checkpoint after
     each growth; the main directory holds the one before it)."""
-    from jaxslim.checkpoint import Checkpointer
 
     n = len(extra["stages"]["events"])
     with Checkpointer(
@@ -531,7 +530,6 @@ def _save_grown(workdir: pathlib.Path, cfg, step: int, state, extra: dict) -> No
 
 
 def _sample(cfg, setup: TrainSetup, state: TrainState, data) -> str:
-    from jaxslim.models.generate import generate
 
     model = merge_model(setup, state)
     model.eval()

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxslim.config import ModelConfig, MoeConfig
+from jaxslim.models.stack import rebuild
 
 _ROUTER_STD = 0.02  # flaxformer's router init, normal(2e-2)
 
@@ -52,7 +53,6 @@ def upcycle(
     Raises:
         ValueError: the model already has experts, has per-layer widths, or the widths disagree.
     """
-    from jaxslim.models.stack import rebuild  # models import the MoE layer; import them lazily
 
     cfg: ModelConfig = model.cfg
     if cfg.moe is not None:

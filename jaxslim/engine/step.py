@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxslim.training.losses import causal_lm_loss, mlm_loss
-from jaxslim.training.state import TrainSetup, TrainState
+from jaxslim.engine.losses import causal_lm_loss, mlm_loss
+from jaxslim.engine.state import TrainSetup, TrainState
 
 Batch = Mapping[str, jax.Array]
 # (model, batch, rng) -> (loss, metrics, model output)
@@ -98,7 +98,7 @@ def make_train_step(
     """Builds ``step(state, batch) -> (state, metrics)``, jitted with the setup's shardings.
 
     Args:
-        setup: from :func:`~jaxslim.training.state.create_train_state`.
+        setup: from :func:`~jaxslim.engine.state.create_train_state`.
         objective: the task loss, e.g. :func:`lm_objective` or :func:`mlm_objective`.
         accum_steps: micro-batches per step; the batch's leading axis must divide by it.
         loss_terms: auxiliary losses added to the objective (already weighted).
