@@ -41,9 +41,9 @@ def step_times(results: dict, data, rounds: int, repeats: int = 10) -> dict[str,
     """Seconds per training step of each finished run's step function, on one batch, interleaved."""
     import jax
 
+    from jaxslim.engine.step import make_train_step
     from jaxslim.prune import straight_through_params
     from jaxslim.sharding import shard_batch
-    from jaxslim.engine.step import make_train_step
 
     fns = {}
     for name, r in results.items():

@@ -59,14 +59,17 @@ def step_times(results: dict, data, rounds: int, repeats: int = 5) -> dict[str, 
     """Seconds per training step of each finished run's step function on one batch, interleaved."""
     import jax
 
+    from jaxslim.engine import lm_objective, make_train_step
+    from jaxslim.method import compose
     from jaxslim.sharding import shard_batch
-    from jaxslim.training.loop import objectives
-    from jaxslim.engine.step import make_train_step
+    from jaxslim.training import methods_of
 
     fns = {}
     for name, r in results.items():
-        train_objective, _, terms = objectives(r.config)
-        fns[name] = make_train_step(r.setup, train_objective, loss_terms=terms, donate=False)
+        methods = methods_of(r.config)
+        objective = compose([m.objective for m in methods], lm_objective)
+        terms = [t for m in methods for t in m.loss_terms]
+        fns[name] = make_train_step(r.setup, objective, loss_terms=terms, donate=False)
     first = next(iter(results.values()))
     batch = shard_batch(next(data.train_iterator()), first.setup.mesh, first.config.mesh.rules)
     for name, fn in fns.items():
@@ -96,8 +99,8 @@ def main() -> None:
 
     from jaxslim.cli.presets import load_preset
     from jaxslim.data import TextData
-    from jaxslim.training import train
     from jaxslim.engine.state import count_params
+    from jaxslim.training import train
 
     data, results, rows = None, {}, []
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,12 +44,12 @@ def main() -> None:
     from jaxslim.cli.prune import _load_model
     from jaxslim.config import MeshConfig, OptimConfig
     from jaxslim.data import labelled_sentences
+    from jaxslim.engine.state import create_train_state, merge_model
+    from jaxslim.engine.step import make_train_step
     from jaxslim.models import Transformer
     from jaxslim.optim import build_optimizer
     from jaxslim.prune import bucket_batches, classification_loss, prune_post_training, slim, tokenize
     from jaxslim.sharding import make_mesh
-    from jaxslim.engine.state import create_train_state, merge_model
-    from jaxslim.engine.step import make_train_step
 
     encoder, _, tok = _load_model("minilm")
     rows = [(t, v) for t, v in labelled_sentences() if v != 0]

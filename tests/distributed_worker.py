@@ -32,12 +32,12 @@ from jax.sharding import Mesh
 from jaxslim.checkpoint import Checkpointer
 from jaxslim.config import MeshConfig, ModelConfig, OptimConfig
 from jaxslim.data import PackedSequences, TrainIterator
+from jaxslim.engine.state import TrainSetup, TrainState, abstract_train_state, create_train_state
+from jaxslim.engine.step import lm_objective, make_train_step
 from jaxslim.models import Transformer
 from jaxslim.optim import build_optimizer
 from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
 from jaxslim.training.distributed import maybe_initialize
-from jaxslim.engine.state import TrainSetup, TrainState, abstract_train_state, create_train_state
-from jaxslim.engine.step import lm_objective, make_train_step
 
 VOCAB = 64
 SEQ_LEN = 16

@@ -22,9 +22,9 @@ from jaxslim.checkpoint import (
     abstract_like,
 )
 from jaxslim.config import MeshConfig, ModelConfig
+from jaxslim.engine.state import abstract_train_state, create_train_state
 from jaxslim.models import Transformer
 from jaxslim.sharding import make_mesh, state_shardings
-from jaxslim.engine.state import abstract_train_state, create_train_state
 
 TINY = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64)
 

@@ -24,10 +24,10 @@ from jaxslim.checkpoint import (
     abstract_like,
 )
 from jaxslim.config import MeshConfig, ModelConfig, OptimConfig
+from jaxslim.engine.state import abstract_train_state, create_train_state
 from jaxslim.models import Transformer
 from jaxslim.optim import build_optimizer
 from jaxslim.sharding import make_mesh
-from jaxslim.engine.state import abstract_train_state, create_train_state
 
 TINY = dict(vocab_size=96, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_len=16)
 

@@ -8,6 +8,8 @@ import pytest
 from flax import nnx
 
 from jaxslim.config import MeshConfig, ModelConfig, MoeConfig, OptimConfig, PruneConfig
+from jaxslim.engine.state import create_train_state, make_setup, merge_model
+from jaxslim.engine.step import lm_objective, make_train_step, mlm_objective
 from jaxslim.grow import Deepen, Widen, narrow_config
 from jaxslim.grow.state import grow_train_state, set_schedule_step
 from jaxslim.grow.width import gradient_scale, grown_axes
@@ -17,8 +19,6 @@ from jaxslim.optim.rewarm import grown_schedule_step, rewarm_schedule
 from jaxslim.prune.transform import from_config as prune_from_config
 from jaxslim.prune.transform import masked_params
 from jaxslim.sharding import logical_axes, make_mesh
-from jaxslim.engine.state import create_train_state, make_setup, merge_model
-from jaxslim.engine.step import lm_objective, make_train_step, mlm_objective
 
 TINY = dict(vocab_size=64, d_model=16, n_layers=2, n_heads=4, d_ff=32, max_len=16)
 FAMILIES = {

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxslim.config import CheckpointConfig, DataConfig, ModelConfig, OptimConfig, StageConfig, TrainConfig
+from jaxslim.grow.bundle import GrowthMethod
 from jaxslim.grow.planner import (
     CONSTANTS,
     THRESHOLDS,
@@ -46,7 +47,7 @@ class _Crash(Exception):
 def _crash_at(monkeypatch, n_steps):
     """Makes the loop raise during its ``n_steps``-th training step of this invocation."""
     calls = {"n": 0}
-    real = loop.Staging.step_flops
+    real = Staging.step_flops
 
     def step_flops(self):
         calls["n"] += 1
@@ -54,7 +55,7 @@ def _crash_at(monkeypatch, n_steps):
             raise _Crash
         return real(self)
 
-    monkeypatch.setattr(loop.Staging, "step_flops", step_flops)
+    monkeypatch.setattr(Staging, "step_flops", step_flops)
 
 
 def _losses(workdir):
@@ -105,13 +106,13 @@ def test_staged_run_grows_and_resumes_across_the_growth_exactly(tmp_path, monkey
 
 def _train_until_growth(run, monkeypatch):
     """Runs until the first step after the growth and dies there."""
-    real_grow = loop._grow
+    real_grow = GrowthMethod._maybe_grow
     state = {"armed": False}
-    real = loop.Staging.step_flops
+    real = Staging.step_flops
 
-    def grow(*a, **k):
-        out = real_grow(*a, **k)
-        state["armed"] = True
+    def grow(self, run):
+        out = real_grow(self, run)
+        state["armed"] = state["armed"] or out is not None
         return out
 
     def step_flops(self):
@@ -119,8 +120,8 @@ def _train_until_growth(run, monkeypatch):
             raise _Crash
         return real(self)
 
-    monkeypatch.setattr(loop, "_grow", grow)
-    monkeypatch.setattr(loop.Staging, "step_flops", step_flops)
+    monkeypatch.setattr(GrowthMethod, "_maybe_grow", grow)
+    monkeypatch.setattr(Staging, "step_flops", step_flops)
     loop.train(_cfg(run), progress=False)
 
 

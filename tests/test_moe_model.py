@@ -11,13 +11,13 @@ from flax import nnx
 
 from jaxslim.cli.presets import load_preset
 from jaxslim.config import MeshConfig, ModelConfig, MoeConfig, TrainConfig
-from jaxslim.models import Transformer, stack_layers, unstack_layers
+from jaxslim.engine.losses import causal_lm_loss
+from jaxslim.engine.step import lm_objective
 from jaxslim.grow import upcycle
+from jaxslim.models import Transformer, stack_layers, unstack_layers
 from jaxslim.moe import check_expert_mesh, consistency_objective, lm_positions, moe_loss_term
 from jaxslim.sharding import create_sharded, make_mesh
 from jaxslim.training import train
-from jaxslim.engine.losses import causal_lm_loss
-from jaxslim.engine.step import lm_objective
 
 TINY = dict(vocab_size=64, d_model=16, n_layers=4, n_heads=2, d_ff=32, max_len=16)
 

@@ -11,11 +11,11 @@ import pytest
 from jaxslim.cli.presets import load_preset
 from jaxslim.config import PruneConfig
 from jaxslim.data import TextData
+from jaxslim.engine.step import make_eval_step
 from jaxslim.prune import masked_params
 from jaxslim.prune.masks import _named_leaves, _value, nm_axis
 from jaxslim.training import train
 from jaxslim.training.loop import evaluate
-from jaxslim.engine.step import make_eval_step
 
 
 def _tiny(tmp_path, name="run", **prune):

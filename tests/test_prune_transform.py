@@ -11,6 +11,7 @@ from flax import nnx
 
 from jaxslim.checkpoint import Checkpointer
 from jaxslim.config import MeshConfig, ModelConfig, OptimConfig
+from jaxslim.engine.losses import causal_lm_loss
 from jaxslim.models import Transformer
 from jaxslim.optim import build_optimizer
 from jaxslim.prune.masks import compute_masks, compute_scores, mask_counts, nm_masks
@@ -33,7 +34,6 @@ from jaxslim.prune.transform import (
 )
 from jaxslim.sharding import batch_sharding, make_mesh, shard_batch
 from jaxslim.training import abstract_train_state, create_train_state, lm_objective, make_train_step
-from jaxslim.engine.losses import causal_lm_loss
 
 GPT2 = ModelConfig.gpt2(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16)
 

@@ -16,6 +16,7 @@ from jaxslim.cli import train as cli
 from jaxslim.cli.presets import PresetError, available_presets, load_preset
 from jaxslim.config import TrainConfig
 from jaxslim.data import CorpusError
+from jaxslim.method import Method
 from jaxslim.models import Transformer
 from jaxslim.optim import build_optimizer
 from jaxslim.training import NonFiniteLossError, abstract_train_state, train
@@ -148,7 +149,11 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
     with pytest.raises(
         NonFiniteLossError, match=r"non-finite loss or gradient at step 5 .*checkpoint \(step 4\) is kept"
     ):
-        train(dataclasses.replace(cfg, steps=8), loss_terms=[poison], progress=False)
+        train(
+            dataclasses.replace(cfg, steps=8),
+            methods=(Method("poison", loss_terms=[poison]),),
+            progress=False,
+        )
     with Checkpointer(pathlib.Path(cfg.workdir) / "checkpoints", read_only=True) as ck:
         assert ck.all_steps() == [4]
         restored, _ = ck.restore(abstract_train_state(good.state))

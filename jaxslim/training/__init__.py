@@ -15,12 +15,14 @@ from jaxslim.engine.state import (
 )
 from jaxslim.engine.step import lm_objective, make_eval_step, make_train_step, mlm_objective
 from jaxslim.training.distributed import maybe_initialize
-from jaxslim.training.loop import NonFiniteLossError, TrainResult, config_to_json, evaluate, report, train
+from jaxslim.training.loop import TrainResult, config_to_json, methods_of, report, train
+from jaxslim.training.run import NonFiniteLossError, Run, evaluate
 from jaxslim.training.rundir import RunDirectory, RunDirectoryError
 
 __all__ = [
     "IGNORE",
     "NonFiniteLossError",
+    "Run",
     "RunDirectory",
     "RunDirectoryError",
     "TrainResult",
@@ -36,6 +38,7 @@ __all__ = [
     "lm_objective",
     "maybe_initialize",
     "merge_model",
+    "methods_of",
     "make_eval_step",
     "make_train_step",
     "mlm_loss",
