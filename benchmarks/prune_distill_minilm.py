@@ -69,11 +69,13 @@ def main() -> None:
 
     from common import machine_line, probe_accuracy, review_probe_data, write_results
 
-    from jaxslim.cli.prune import _count, _latency, _load_model
+    from jaxslim.cli.demo import find_minilm
+    from jaxslim.convert.native import load_model
     from jaxslim.prune import (
         bucket_batches,
         distill_loss,
         load_sentences,
+        model_latency,
         prune_distill,
         prune_post_training,
         slim,
@@ -81,8 +83,10 @@ def main() -> None:
     )
     from jaxslim.prune.distill import model_macs
     from jaxslim.prune.samples import mean_length
+    from jaxslim.tree import count_parameters
 
-    model, _, tok = _load_model("minilm")
+    _ = find_minilm()
+    model, tok = load_model(_), _ / "tokenizer.json"
     sents = load_sentences("kjv", args.num_samples + 512, seed=0)
     ids = tokenize(tok, sents, 128)
     sample = bucket_batches(ids[: args.num_samples])
@@ -103,7 +107,7 @@ def main() -> None:
                 "variant": name,
                 "d_model": m.cfg.d_model,
                 "flops": model_macs(m.cfg, seq) / dense_macs,
-                "params": _count(m),
+                "params": count_parameters(m),
                 "cosine": cosine,
                 "probe_accuracy": probe(m),
                 "seconds": seconds,
@@ -147,7 +151,7 @@ def main() -> None:
     times = {k: [] for k in models}
     for _ in range(args.rounds):
         for k, m in models.items():
-            times[k].append(_latency(m, 32, 128, repeats=3))
+            times[k].append(model_latency(m, 32, 128, repeats=3))
     for x in rows:
         x["latency_ms"] = 1e3 * float(np.median(times[x["variant"]]))
         x["speedup"] = float(np.median(times["dense"]) / np.median(times[x["variant"]]))

@@ -37,18 +37,22 @@ def main() -> None:
     import jax
     from common import machine_line, probe_accuracy, review_probe_data, write_results
 
-    from jaxslim.cli.prune import _embed, _latency, _load_model
+    from jaxslim.cli.demo import find_minilm
+    from jaxslim.convert.native import load_model
     from jaxslim.prune import (
         bucket_batches,
         distill_loss,
+        embed_sentences,
         load_sentences,
+        model_latency,
         prune_post_training,
         slim,
         tokenize,
     )
 
     t_start = time.perf_counter()
-    model, path, tok = _load_model("minilm")
+    path = find_minilm()
+    model, tok = load_model(path), path / "tokenizer.json"
     t_load = time.perf_counter() - t_start
     sents = load_sentences("kjv", args.num_samples + 512, seed=0)
     ids = tokenize(tok, sents, 128)
@@ -57,9 +61,9 @@ def main() -> None:
     review_batches, labels = review_probe_data(tok)
 
     def probe(m):
-        return probe_accuracy(_embed(m, review_batches), labels)
+        return probe_accuracy(embed_sentences(m, review_batches), labels)
 
-    dense_emb = _embed(model, held)
+    dense_emb = embed_sentences(model, held)
     rows = [{"variant": "dense", "flops": 1.0, "cosine": 1.0, "probe_accuracy": probe(model)}]
     models = {"dense": model}
     grads = None
@@ -80,7 +84,7 @@ def main() -> None:
                 "flops": result.flops,
                 "layer_heads": list(small.cfg.layer_heads),
                 "layer_ffn": list(small.cfg.layer_ffn),
-                "cosine": float(np.mean(np.sum(_embed(small, held) * dense_emb, -1))),
+                "cosine": float(np.mean(np.sum(embed_sentences(small, held) * dense_emb, -1))),
                 "probe_accuracy": probe(small),
                 "phase_seconds": result.seconds,
                 "pipeline_seconds": wall,
@@ -91,7 +95,7 @@ def main() -> None:
     times = {k: [] for k in models}
     for _ in range(args.rounds):
         for k, m in models.items():
-            times[k].append(_latency(m, 32, 128, repeats=3))
+            times[k].append(model_latency(m, 32, 128, repeats=3))
     for row in rows:
         row["latency_ms"] = 1e3 * float(np.median(times[row["variant"]]))
         row["speedup"] = float(np.median(times["dense"]) / np.median(times[row["variant"]]))

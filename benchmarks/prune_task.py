@@ -41,17 +41,25 @@ def main() -> None:
     from common import machine_line, write_results
     from flax import nnx
 
-    from jaxslim.cli.prune import _load_model
+    from jaxslim.cli.demo import find_minilm
     from jaxslim.config import MeshConfig, OptimConfig
+    from jaxslim.convert.native import load_model
     from jaxslim.data import labelled_sentences
     from jaxslim.engine.state import create_train_state, merge_model
     from jaxslim.engine.step import make_train_step
     from jaxslim.models import Transformer
     from jaxslim.optim import build_optimizer
-    from jaxslim.prune import bucket_batches, classification_loss, prune_post_training, slim, tokenize
+    from jaxslim.prune import (
+        bucket_batches,
+        classification_loss,
+        prune_post_training,
+        slim,
+        tokenize,
+    )
     from jaxslim.sharding import make_mesh
 
-    encoder, _, tok = _load_model("minilm")
+    _ = find_minilm()
+    encoder, tok = load_model(_), _ / "tokenizer.json"
     rows = [(t, v) for t, v in labelled_sentences() if v != 0]
     order = np.random.default_rng(0).permutation(len(rows))[:8000]
     ids = tokenize(tok, [rows[i][0] for i in order], args.max_len)

@@ -31,6 +31,7 @@ from flax.core import spmd as flax_spmd
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxslim.config import MESH_AXES, MeshConfig
+from jaxslim.tree import is_variable
 
 Rules = Sequence[tuple[str, Any]]
 LAYERS = "layers"
@@ -90,10 +91,6 @@ def logical_to_spec(
     return PartitionSpec(*out)
 
 
-def _is_var(x) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
 def logical_axes(tree: Any) -> Any:
     """The logical axis names of every Variable in ``tree`` (an ``nnx.State`` or module state)."""
 
@@ -101,7 +98,7 @@ def logical_axes(tree: Any) -> Any:
         axes = v.get_metadata().get("out_sharding")
         return tuple(axes) if axes else (None,) * np.ndim(v.get_value())
 
-    return jax.tree.map(get, tree, is_leaf=_is_var)
+    return jax.tree.map(get, tree, is_leaf=is_variable)
 
 
 def state_shardings(state: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -112,7 +109,7 @@ def state_shardings(state: Any, mesh: Mesh, rules: Rules) -> Any:
         shape = np.shape(v.get_value())
         return NamedSharding(mesh, logical_to_spec(axes, rules, mesh, shape))
 
-    return jax.tree.map(get, state, is_leaf=_is_var)
+    return jax.tree.map(get, state, is_leaf=is_variable)
 
 
 def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules) -> nnx.Module:
@@ -120,7 +117,7 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules) -> nnx.Module:
     state = nnx.state(model)
     shardings = state_shardings(state, mesh, rules)
     placed = jax.tree.map(
-        lambda v, s: v.replace(jax.device_put(v.get_value(), s)), state, shardings, is_leaf=_is_var
+        lambda v, s: v.replace(jax.device_put(v.get_value(), s)), state, shardings, is_leaf=is_variable
     )
     nnx.update(model, placed)
     return model

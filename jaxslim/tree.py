@@ -243,3 +243,9 @@ def known_axes(params: Any, axes: Any = None) -> AxesTable:
         _SEEN[key] = table
         return table
     return _SEEN.get(structure_key(params)) or resolve_axes(params)
+
+
+def count_parameters(model: Any) -> int:
+    """The number of ``nnx.Param`` elements of an NNX module (or of every array leaf of a pytree)."""
+    tree = nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else model
+    return sum(int(x.size) for x in jax.tree.leaves(tree))

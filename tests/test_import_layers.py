@@ -17,7 +17,8 @@ ROOT = pathlib.Path(jaxslim.__file__).parent
 # bottom to top; a module may import its own package and anything in a lower layer
 LAYERS = (
     ("config", "paths"),
-    ("tree", "sharding"),
+    ("tree", "method"),
+    ("sharding",),
     ("nn",),
     ("moe",),
     ("models",),

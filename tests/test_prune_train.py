@@ -15,7 +15,7 @@ from jaxslim.engine.step import make_eval_step
 from jaxslim.prune import masked_params
 from jaxslim.prune.masks import _named_leaves, _value, nm_axis
 from jaxslim.training import train
-from jaxslim.training.loop import evaluate
+from jaxslim.training import evaluate
 
 
 def _tiny(tmp_path, name="run", **prune):

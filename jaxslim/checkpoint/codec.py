@@ -47,12 +47,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxslim.checkpoint import kmeans, packing
 from jaxslim.checkpoint.roles import find_weights
 from jaxslim.sharding import LAYERS
+from jaxslim.tree import is_variable
 
 FORMAT = "jaxslim-compressed-checkpoint"
 FORMAT_VERSION = 1
@@ -132,10 +132,6 @@ class Encoded(NamedTuple):
     checksums: dict  # {leaf index: {field: uint32}}
 
 
-def _is_var(x: Any) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
 def _is_float(dtype: Any) -> bool:
     return dtype is not None and jnp.issubdtype(dtype, jnp.floating)
 
@@ -146,12 +142,12 @@ def _key_name(k: Any) -> Any:
 
 def _layer_axes(state: Any, n: int) -> list[Any]:
     """The logical axes of every leaf (from nnx Variable metadata), or None where unknown."""
-    nodes = jax.tree_util.tree_flatten(state, is_leaf=_is_var)[0]
+    nodes = jax.tree_util.tree_flatten(state, is_leaf=is_variable)[0]
     if len(nodes) != n:
         return [None] * n
     out = []
     for node in nodes:
-        axes = node.get_metadata().get("out_sharding") if _is_var(node) else None
+        axes = node.get_metadata().get("out_sharding") if is_variable(node) else None
         out.append(tuple(axes) if axes else None)
     return out
 

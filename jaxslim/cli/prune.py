@@ -25,66 +25,14 @@ from jaxslim.paths import absolute, output_dir
 
 
 def _load_model(spec: str):
-    from jaxslim.convert import load_hf, load_jaxslim
-    from jaxslim.convert.native import JAXSLIM_CONFIG
+    from jaxslim.cli.demo import find_minilm
+    from jaxslim.convert.native import load_model
 
-    if spec == "minilm":
-        from jaxslim.cli.demo import find_minilm
-
-        path = find_minilm()
-    else:
-        path = absolute(spec)
-        if not path.is_dir():
-            raise FileNotFoundError(f"--model {spec!r} is neither 'minilm' nor a model directory")
-    model = load_jaxslim(path) if (path / JAXSLIM_CONFIG).is_file() else load_hf(path)
+    path = find_minilm() if spec == "minilm" else absolute(spec)
+    if spec != "minilm" and not path.is_dir():
+        raise FileNotFoundError(f"--model {spec!r} is neither 'minilm' nor a model directory")
     tokenizer = path / "tokenizer.json"
-    return model, path, tokenizer if tokenizer.is_file() else None
-
-
-def _embed(model, batches, head_mask=None, neuron_mask=None):
-    """Mean-pooled, L2-normalised sentence embeddings (in ``index`` order)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def run(state, tokens, mask, hm, nm):
-        h = nnx.merge(graphdef, state)(tokens, attention_mask=mask, head_mask=hm, neuron_mask=nm).hidden
-        m = mask[..., None].astype(h.dtype)
-        e = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-        return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
-
-    out = {}
-    for b in batches:
-        emb = np.asarray(run(state, b["tokens"], b["attention_mask"], head_mask, neuron_mask))
-        out.update(zip(b["index"].tolist(), emb, strict=True))
-    return np.stack([out[i] for i in sorted(out)])
-
-
-def _latency(model, batch: int, seq_len: int, repeats: int = 5) -> float:
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from jaxslim.prune.latency import time_fn
-
-    graphdef, state = nnx.split(model)
-    tokens = jnp.ones((batch, seq_len), jnp.int32)
-
-    @jax.jit
-    def run(state, tokens):
-        return nnx.merge(graphdef, state)(tokens, attention_mask=jnp.ones_like(tokens)).hidden
-
-    return time_fn(run, state, tokens, repeats=repeats)
-
-
-def _count(model) -> int:
-    import jax
-    from flax import nnx
-
-    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return load_model(path), path, tokenizer if tokenizer.is_file() else None
 
 
 def _plot(rows, path: pathlib.Path) -> None:
@@ -147,14 +95,17 @@ def run(args: argparse.Namespace) -> list[dict]:
     from jaxslim.prune import (
         bucket_batches,
         distill_loss,
+        embed_sentences,
         lm_loss,
         load_sentences,
         measure_latency,
+        model_latency,
         prune_post_training,
         slim,
         tokenize,
     )
     from jaxslim.prune.search import check_budget
+    from jaxslim.tree import count_parameters
 
     metric = "flops" if args.flops else "latency"
     budgets = [check_budget(b, f"--{metric}") for b in (args.flops or args.latency)]
@@ -190,8 +141,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         print(f"measuring latency tables at {args.latency_batch}x{args.latency_seq} ...", file=sys.stderr)
         latency_model = measure_latency(model.cfg, batch=args.latency_batch, seq_len=args.latency_seq)
         seconds["latency_tables"] = time.perf_counter() - t0
-    dense_emb = _embed(model, held)
-    dense_latency = _latency(model, args.latency_batch, args.latency_seq)
+    dense_emb = embed_sentences(model, held)
+    dense_latency = model_latency(model, args.latency_batch, args.latency_seq)
     rows, grads = [], None
     for budget in budgets:
         bar = tqdm(total=4, desc=f"{metric} {budget:g}", leave=False)
@@ -212,8 +163,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         bar.close()
         grads = result.grads
         small = slim(model, result.head_mask, result.neuron_mask)
-        emb = _embed(small, held)
-        slim_latency = _latency(small, args.latency_batch, args.latency_seq)
+        emb = embed_sentences(small, held)
+        slim_latency = model_latency(small, args.latency_batch, args.latency_seq)
         # written next to its final place and renamed there once complete (old output kept until then)
         with output_dir(out / f"{metric}-{budget:g}", overwrite=args.overwrite) as target:
             save_jaxslim(small, target / "model")
@@ -228,8 +179,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "metric": metric,
                 "flops": result.flops,
                 "predicted_latency": result.latency,
-                "params_dense": _count(model),
-                "params_slim": _count(small),
+                "params_dense": count_parameters(model),
+                "params_slim": count_parameters(small),
                 "layer_heads": list(small.cfg.layer_heads),
                 "layer_ffn": list(small.cfg.layer_ffn),
                 "cosine": float(np.mean(np.sum(emb * dense_emb, -1))),

@@ -25,7 +25,7 @@ import os
 import pathlib
 
 from jaxslim.config import ModelConfig, MoeConfig, RopeScaling
-from jaxslim.convert.hf import flat_params, model_from_flat, param_shapes
+from jaxslim.convert.hf import flat_params, load_hf, model_from_flat, param_shapes
 from jaxslim.convert.io import (
     clear_outputs,
     copy_side_files,
@@ -117,3 +117,15 @@ def load_jaxslim(path: str | os.PathLike) -> Transformer:
     if side_files(d):
         model.hf_source = str(d)  # the tokenizer and generation settings travel on to save_hf
     return model
+
+
+def load_model(path: str | os.PathLike) -> Transformer:
+    """The model in ``path``: a jaxslim directory (:func:`save_jaxslim`) or a Hugging Face one.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a directory.
+    """
+    folder = absolute(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{path!r} is not a model directory (a jaxslim or Hugging Face checkpoint)")
+    return load_jaxslim(folder) if (folder / JAXSLIM_CONFIG).is_file() else load_hf(folder)

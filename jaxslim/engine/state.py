@@ -18,10 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxslim.sharding import Rules, state_shardings
-
-
-def _is_var(x) -> bool:
-    return isinstance(x, nnx.Variable)
+from jaxslim.tree import is_variable
 
 
 class TrainState(NamedTuple):
@@ -47,7 +44,7 @@ class TrainSetup(NamedTuple):
 def variable_shardings(state: Any, mesh: Mesh, rules: Rules) -> Any:
     """Shardings with the same tree structure as ``state`` (Variables holding NamedShardings)."""
     shardings = state_shardings(state, mesh, rules)
-    return jax.tree.map(lambda v, s: v.replace(s), state, shardings, is_leaf=_is_var)
+    return jax.tree.map(lambda v, s: v.replace(s), state, shardings, is_leaf=is_variable)
 
 
 def train_state_shardings(abs_params: Any, abs_rest: Any, tx, mesh: Mesh, rules: Rules) -> TrainState:
@@ -62,7 +59,7 @@ def train_state_shardings(abs_params: Any, abs_rest: Any, tx, mesh: Mesh, rules:
     rest_sh = variable_shardings(abs_rest, mesh, rules)
     abs_opt = jax.eval_shape(tx.init, abs_params)
     opt_sh = optax.tree_map_params(
-        tx, lambda _, s: s, abs_opt, param_sh, transform_non_params=lambda _: replicated, is_leaf=_is_var
+        tx, lambda _, s: s, abs_opt, param_sh, transform_non_params=lambda _: replicated, is_leaf=is_variable
     )
     return TrainState(param_sh, rest_sh, opt_sh, replicated, replicated)
 

@@ -45,18 +45,15 @@ from jaxslim.engine.state import TrainState, train_state_shardings
 from jaxslim.grow.tree import GrowthOp, Kind, axes_tree, check_shapes, flatten, nest, variable_paths
 from jaxslim.models import Transformer
 from jaxslim.sharding import Rules
+from jaxslim.tree import is_variable
 
 # optax (and jaxslim) state fields with the params' structure, and what they hold
 FIELD_KINDS: dict[str, Kind] = {"mu": "moment1", "trace": "moment1", "nu": "moment2", "masks": "mask"}
 _INJECT = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
 
 
-def _is_var(x) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
 def _value(x):
-    return x.get_value() if _is_var(x) else x
+    return x.get_value() if is_variable(x) else x
 
 
 def _split_path(path: tuple, param_paths: set) -> tuple[tuple, tuple] | None:
@@ -158,7 +155,7 @@ def grow_train_state(
         return nnx.from_flat_state([(p, v.replace(grown[p])) for p, v in targets.items()])
 
     def grow_opt_state(opt_state):
-        flat, _ = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=_is_var)
+        flat, _ = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=is_variable)
         groups: dict[tuple, dict[tuple, Any]] = {}
         others: dict[tuple, Any] = {}
         for path, leaf in flat:
@@ -172,7 +169,7 @@ def grow_train_state(
             kind = _kind(prefix, list(leaves.values()))
             pure = nest({p: _value(v) for p, v in leaves.items()})
             grown[prefix] = flatten(op.apply(cfg, pure, param_axes, kind))
-        new_flat, treedef = jax.tree_util.tree_flatten_with_path(abs_opt, is_leaf=_is_var)
+        new_flat, treedef = jax.tree_util.tree_flatten_with_path(abs_opt, is_leaf=is_variable)
         out = []
         for path, like in new_flat:
             split = _split_path(path, set(new_param_paths))
@@ -192,7 +189,7 @@ def grow_train_state(
                     f"growth produced optimizer state {jax.tree_util.keystr(path)} of shape {value.shape}, "
                     f"expected {like.shape}"
                 )
-            out.append(like.replace(value) if _is_var(like) else value)
+            out.append(like.replace(value) if is_variable(like) else value)
         return jax.tree_util.tree_unflatten(treedef, out)
 
     def grow(state: TrainState) -> TrainState:

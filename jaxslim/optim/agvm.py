@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from jaxslim.optim.masks import param_names
+from jaxslim.tree import is_variable
 
 
 class AgvmState(NamedTuple):
@@ -43,12 +43,8 @@ class AgvmState(NamedTuple):
     inner_state: Any
 
 
-def _is_var(x) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
 def _value(x):
-    return x.get_value() if _is_var(x) else x
+    return x.get_value() if is_variable(x) else x
 
 
 def module_labels(patterns: Sequence[str]) -> Callable[[Any], Any]:
@@ -160,7 +156,7 @@ def agvm(
         def scale(lab, u):
             v = _value(u)
             v = v * mu[lab].astype(v.dtype)
-            return u.replace(v) if _is_var(u) else v
+            return u.replace(v) if is_variable(u) else v
 
         scaled = jax.tree.map(scale, labels_tree, new_updates, is_leaf=lambda x: isinstance(x, int))
         return scaled, AgvmState(mu, count, inner_state)

@@ -20,16 +20,11 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 
 from jaxslim.optim.trust import GROUP_AXES, group_dims
-from jaxslim.tree import known_axes, map_named, value
+from jaxslim.tree import is_variable, known_axes, map_named, value
 
 Mask = Any  # a bool pytree or a callable params -> bool pytree
-
-
-def _is_var(x) -> bool:
-    return isinstance(x, nnx.Variable)
 
 
 def _path_name(path) -> str:
@@ -46,7 +41,7 @@ def _path_name(path) -> str:
 
 def param_names(params: Any) -> Any:
     """Each leaf's path as ``"a/b/c"`` (Variables count as leaves)."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: _path_name(p), params, is_leaf=_is_var)
+    return jax.tree_util.tree_map_with_path(lambda p, _: _path_name(p), params, is_leaf=is_variable)
 
 
 def decay_mask(params: Any, axes: Any = None) -> Any:
@@ -108,8 +103,8 @@ def checked_mask(name: str, mask: Mask) -> Mask:
         except (ValueError, TypeError) as e:
             raise ValueError(
                 f"{name} does not match the params: its tree "
-                f"{jax.tree.structure(tree, is_leaf=_is_var)} must equal (or be a prefix of) the params' "
-                f"tree {jax.tree.structure(params, is_leaf=_is_var)}"
+                f"{jax.tree.structure(tree, is_leaf=is_variable)} must equal (or be a prefix of) the params' "
+                f"tree {jax.tree.structure(params, is_leaf=is_variable)}"
             ) from e
         bad = [x for x in jax.tree.leaves(tree) if not isinstance(x, bool)]
         if bad:
@@ -127,7 +122,7 @@ def and_masks(name: str, a: Mask, b: Mask) -> Mask:
 
     def tree(m, params):
         if isinstance(m, bool):
-            return jax.tree.map(lambda _: m, params, is_leaf=_is_var)
+            return jax.tree.map(lambda _: m, params, is_leaf=is_variable)
         return m(params) if callable(m) else m
 
     if a is True:

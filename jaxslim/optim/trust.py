@@ -29,10 +29,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from jaxslim.sharding import LAYERS, layer_axis
-from jaxslim.tree import AxesTable, known_axes, map_named, structure_key
+from jaxslim.tree import AxesTable, is_variable, known_axes, map_named, structure_key
 
 EXPERTS = "exp"
 GROUP_AXES = (LAYERS, EXPERTS)
@@ -54,28 +53,24 @@ class LayerTrustRatioState(NamedTuple):
     groups: jax.Array
 
 
-def _is_var(x) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
 def _value(x):
-    return x.get_value() if _is_var(x) else x
+    return x.get_value() if is_variable(x) else x
 
 
 def _wrap(like, value):
-    return like.replace(value) if _is_var(like) else value
+    return like.replace(value) if is_variable(like) else value
 
 
 def variable_axes(tree: Any) -> Any:
     """Logical axes of every leaf of ``tree``: a Variable's ``out_sharding`` metadata, else None."""
 
     def get(x):
-        if _is_var(x):
+        if is_variable(x):
             axes = x.get_metadata().get("out_sharding")
             return tuple(axes) if axes else None
         return None
 
-    return jax.tree.map(get, tree, is_leaf=_is_var)
+    return jax.tree.map(get, tree, is_leaf=is_variable)
 
 
 def group_dims(axes: Axes, ndim: int, group_axes: Sequence[str] = GROUP_AXES) -> tuple[int, ...]:

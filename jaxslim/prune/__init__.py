@@ -36,7 +36,7 @@ from jaxslim.prune.fisher import (
     mask_gradients,
 )
 from jaxslim.prune.flops import CostModel, cost_model
-from jaxslim.prune.latency import LatencyModel, LinearFit, fit_piecewise, measure_latency
+from jaxslim.prune.latency import LatencyModel, LinearFit, fit_piecewise, measure_latency, model_latency
 from jaxslim.prune.masks import (
     apply_masks,
     compute_masks,
@@ -51,7 +51,7 @@ from jaxslim.prune.masks import (
 )
 from jaxslim.prune.posttrain import PruneResult, prune_post_training
 from jaxslim.prune.rearrange import rearrange
-from jaxslim.prune.samples import bucket_batches, load_sentences, tokenize
+from jaxslim.prune.samples import bucket_batches, embed_sentences, load_sentences, tokenize
 from jaxslim.prune.schedule import (
     constant_sparsity_schedule,
     cubic_sparsity_schedule,
@@ -86,6 +86,7 @@ __all__ = [
     "TuneReport",
     "apply_masks",
     "bucket_batches",
+    "embed_sentences",
     "channel_scores",
     "classification_loss",
     "compute_masks",
@@ -110,6 +111,7 @@ __all__ = [
     "mask_template",
     "masked_params",
     "measure_latency",
+    "model_latency",
     "nm_masks",
     "one_shot_sparsity_schedule",
     "params_sparsity",

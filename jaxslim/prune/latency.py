@@ -179,3 +179,15 @@ def measure_latency(
     tokens = jnp.zeros((batch, seq_len), jnp.int32)
     base = _module_time(model, tokens, lambda m, t: m(t), repeats)
     return LatencyModel(mha, ffn, base, cfg.n_layers, gs, batch, seq_len)
+
+
+def model_latency(model: nnx.Module, batch: int, seq_len: int, repeats: int = 5) -> float:
+    """Median seconds of one jitted forward pass of ``model`` on a ``[batch, seq_len]`` batch."""
+    graphdef, state = nnx.split(model)
+    tokens = jnp.ones((batch, seq_len), jnp.int32)
+
+    @jax.jit
+    def run(state, tokens):
+        return nnx.merge(graphdef, state)(tokens, attention_mask=jnp.ones_like(tokens)).hidden
+
+    return time_fn(run, state, tokens, repeats=repeats)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxslim.data.corpora import corpus_text
 from jaxslim.paths import absolute
@@ -100,3 +103,24 @@ def mean_length(batches: Sequence[dict[str, np.ndarray]]) -> float:
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     examples = sum(len(b["attention_mask"]) for b in batches)
     return tokens / examples
+
+
+def embed_sentences(
+    model, batches: Sequence[dict[str, np.ndarray]], head_mask=None, neuron_mask=None
+) -> np.ndarray:
+    """Mean-pooled, L2-normalised sentence embeddings of ``model`` (masks optional), one row per
+    sentence in ``batches``' ``index`` order (as :func:`bucket_batches` numbers them)."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(state, tokens, mask, hm, nm):
+        h = nnx.merge(graphdef, state)(tokens, attention_mask=mask, head_mask=hm, neuron_mask=nm).hidden
+        m = mask[..., None].astype(h.dtype)
+        e = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+        return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
+
+    out = {}
+    for b in batches:
+        emb = np.asarray(run(state, b["tokens"], b["attention_mask"], head_mask, neuron_mask))
+        out.update(zip(b["index"].tolist(), emb, strict=True))
+    return np.stack([out[i] for i in sorted(out)])

@@ -31,8 +31,7 @@ import jax
 from flax import nnx
 
 from jaxslim.config import TrainConfig
-from jaxslim.convert import load_hf, load_jaxslim
-from jaxslim.convert.native import JAXSLIM_CONFIG
+from jaxslim.convert.native import load_model
 from jaxslim.data import TextData
 from jaxslim.engine import TrainSetup, TrainState, count_params
 from jaxslim.grow import upcycle
@@ -163,7 +162,7 @@ def initial_params(cfg: TrainConfig, setup: TrainSetup, state: TrainState):
     path = absolute(cfg.init_from)
     if not path.is_dir():
         raise FileNotFoundError(f"TrainConfig.init_from={cfg.init_from!r} is not a model directory")
-    model = load_jaxslim(path) if (path / JAXSLIM_CONFIG).is_file() else load_hf(path)
+    model = load_model(path)
     want = cfg.model
     if model.cfg.moe is None and want.moe is not None:
         model = upcycle(model, want.moe, seed=cfg.seed)
