@@ -12,7 +12,8 @@ it holds. Every part has a neutral default, so a method states only what it chan
   sees (straight-through masks) and the parameters a finished run samples with;
 - what it keeps across resumes: :meth:`Method.extra` is small JSON saved in every checkpoint, read
   back by :meth:`Method.restore` before the state is built;
-- when it acts: :class:`Hook` s at steps, logged steps and evaluations, each ``every`` steps.
+- when it acts: :class:`Hook` s before and after steps, at logged steps, evaluations and saves,
+  each ``every`` steps.
 
 A hook is called with the run (``jaxslim.training.loop.Run``: config, mesh, rules, state, step,
 checkpointer, metric writer, ...). A ``"before_step"`` hook may return a new train state (growth);
@@ -33,8 +34,8 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
-HookPoint = Literal["before_step", "after_step", "log", "eval"]
-HOOK_POINTS: tuple[str, ...] = ("before_step", "after_step", "log", "eval")
+HookPoint = Literal["before_step", "after_step", "log", "eval", "save"]
+HOOK_POINTS: tuple[str, ...] = ("before_step", "after_step", "log", "eval", "save")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,8 @@ class Hook:
 
     Points: ``"before_step"`` (before an update; may return a new train state), ``"after_step"``
     (after every update), ``"log"`` (at logged steps; returns metrics to log, or None) and
-    ``"eval"`` (after an evaluation; ``run.eval_metrics`` holds its result).
+    ``"eval"`` (after an evaluation; ``run.eval_metrics`` holds its result) and ``"save"`` (after a
+    checkpoint save was started).
     """
 
     fn: Callable[[Any], Any]

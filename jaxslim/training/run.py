@@ -251,6 +251,7 @@ class Run:
                 self.writer.flush()  # metrics.jsonl is complete up to the last logged step
                 if is_save:
                     ckpt.save(done, self.state, extra=self.checkpoint_extra())
+                    self._hooks("save", done)
             if not self.eval_metrics:
                 self.run_eval()
             bar.close()
