@@ -336,9 +336,8 @@ def test_training_resumes_from_compressed_checkpoints(tmp_path, monkeypatch):
     base = preset.get_config("tiny")
 
     def run(workdir, compression):
-        ck = dataclasses.replace(
-            base.checkpoint, every=4, keep=3, compression=compression, keyframe_every=2, async_save=False
-        )
+        codec = CodecConfig(mode=compression, keyframe_every=2)
+        ck = dataclasses.replace(base.checkpoint, every=4, keep=3, codec=codec, async_save=False)
         cfg = dataclasses.replace(base, workdir=workdir, steps=12, checkpoint=ck, sample_tokens=0)
         return train(dataclasses.replace(cfg, tensorboard=False), progress=False)
 

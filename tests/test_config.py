@@ -20,7 +20,7 @@ TINY = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64)
         ({"layer_heads": (4, 4)}, "layer_heads (per-layer widths) needs scan_layers=False"),
         ({"layer_heads": (4,), "scan_layers": False}, "must be a tuple of n_layers=2 integers"),
         ({"layer_ffn": (64, 65), "scan_layers": False}, "ModelConfig.layer_ffn entries must be <= 64"),
-        ({"norm_eps": -1.0}, "ModelConfig.norm_eps must be a float > 0"),
+        ({"norm_eps": -1.0}, "ModelConfig.norm_eps must be a number > 0"),
     ],
 )
 def test_model_config_errors(changes, message):

@@ -77,7 +77,7 @@ def test_wrong_override_type_is_a_clear_error(capsys):
 
 def test_invalid_override_value_is_a_clear_error(capsys):
     assert cli.main(["shakespeare_gpt:tiny", "--optim.lr", "-1"]) == 2
-    assert "OptimConfig.lr must be a float > 0, got -1.0" in capsys.readouterr().err
+    assert "OptimConfig.lr must be a number > 0, got -1.0" in capsys.readouterr().err
 
 
 def _tiny(tmp_path: pathlib.Path, **changes) -> TrainConfig:
