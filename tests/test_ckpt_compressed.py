@@ -316,7 +316,7 @@ def test_cli_compress_inspect_decompress(tmp_path, single, capsys, monkeypatch):
     assert all(np.array_equal(np.asarray(want[k]), np.asarray(have[k])) for k in want)
     # bad input: a clear message and a non-zero exit
     assert main(["compress", str(plain), str(tmp_path / "bad"), "--weight-bits", "9"]) == 2
-    assert "weight_bits must be an integer from 2 to 8, got 9" in capsys.readouterr().err
+    assert "CodecConfig.weight_bits must be an integer in [2, 8], got 9" in capsys.readouterr().err
 
 
 @pytest.mark.slow

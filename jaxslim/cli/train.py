@@ -38,6 +38,7 @@ def parse(argv: Sequence[str]) -> TrainConfig:
 
     Raises:
         PresetError: an unknown or broken preset.
+        ValueError: a stage of a staged run does not fit the model.
         SystemExit: tyro rejected an override (after printing which and why), or ``--help``.
     """
     import tyro
@@ -45,13 +46,18 @@ def parse(argv: Sequence[str]) -> TrainConfig:
     argv = list(argv)
     spec = argv.pop(0) if argv and not argv[0].startswith("-") else DEFAULT_PRESET
     default = load_preset(spec)
-    return tyro.cli(
+    cfg = tyro.cli(
         TrainConfig,
         default=default,
         args=codec_aliases(argv),
         prog=f"jaxslim-train {spec}",
         description=f"Train preset {spec!r}; every flag overrides one field of its TrainConfig.",
     )
+    if cfg.stages:  # whether every stage fits the model is for the growth operators to say
+        from jaxslim.grow.stages import start_model
+
+        start_model(cfg.model, cfg.stages)
+    return cfg
 
 
 def codec_aliases(argv: Sequence[str]) -> list[str]:

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxslim.config import ModelConfig
 from jaxslim.models import Transformer
 from jaxslim.prune.fisher import distill_loss
 from jaxslim.prune.flops import cost_model
@@ -259,7 +260,7 @@ class PruneDistillResult:
     seconds: dict[str, float]
 
 
-def model_macs(cfg, seq_len: float) -> float:
+def model_macs(cfg: ModelConfig, seq_len: float) -> float:
     """MACs of all attention and FFN blocks at ``seq_len`` (Kwon et al.'s cost model, see
     :mod:`jaxslim.prune.flops`) for any widths: per-layer heads and FFN widths, narrowed residual."""
     cm = cost_model(cfg.replace(layer_heads=None, layer_ffn=None), seq_len)
