@@ -14,7 +14,7 @@ from flax import nnx
 from jaxslim.checkpoint import Checkpointer, IncompatibleCheckpointError
 from jaxslim.cli import train as cli
 from jaxslim.cli.presets import PresetError, available_presets, load_preset
-from jaxslim.config import TrainConfig
+from jaxslim.config import CodecConfig, TrainConfig
 from jaxslim.data import CorpusError
 from jaxslim.models import Transformer
 from jaxslim.optim import build_optimizer
@@ -58,6 +58,29 @@ def test_moe_overrides_and_preset_options():
     assert cli.parse(["switch_shakespeare:tiny", "model.moe:none"]).model.moe is None
     with pytest.raises(ValueError, match="preset option 'dropless' is not one of"):
         load_preset("thor_shakespeare:tiny,dropless")
+
+
+def test_codec_flags_and_their_flat_shorthand():
+    parse = cli.parse
+    tyro_form = [
+        "checkpoint.codec:codec-config",
+        "--checkpoint.codec.mode",
+        "excp",
+        "--checkpoint.codec.weight-bits",
+        "3",
+    ]
+    flat = ["--checkpoint.compression=excp", "--checkpoint.weight-bits", "3"]
+    assert parse(["shakespeare_gpt:tiny", "--steps", "7", *tyro_form]).checkpoint.codec == CodecConfig(
+        weight_bits=3
+    )
+    cfg = parse(
+        ["switch_shakespeare:tiny", *flat, "--steps", "7", "model.moe:moe-config", "--model.moe.top-k", "2"]
+    )
+    assert (cfg.checkpoint.codec, cfg.model.moe.top_k, cfg.steps) == (CodecConfig(weight_bits=3), 2, 7)
+    lossless = parse(["shakespeare_gpt:tiny", "--checkpoint.compression", "lossless"]).checkpoint.codec
+    assert lossless == CodecConfig(mode="lossless")
+    assert parse(["shakespeare_gpt:tiny", "--checkpoint.compression", "none"]).checkpoint.codec is None
+    assert parse(["shakespeare_gpt:tiny"]).checkpoint.codec is None
 
 
 def test_unknown_preset_is_a_clear_error(capsys):

@@ -166,8 +166,11 @@ def _describe(tp: Any, meta: typing.Mapping[str, Any], plural: bool = False) -> 
         return _NOUNS[tp][plural] + _range(meta)
     if origin is tuple:
         args = typing.get_args(tp)
-        kind = "a non-empty tuple" if "nonempty" in meta else "a tuple"
+        kind = ("non-empty " if "nonempty" in meta else "") + ("tuples" if plural else "tuple")
+        kind = kind if plural else f"a {kind}"
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"{kind} of {_describe(args[0], {k: v for k, v in meta.items() if k != 'nonempty'}, True)}"
+            entry = {k: v for k, v in meta.items() if k != "nonempty"}
+            return f"{kind} of {_describe(args[0], entry, plural=True)}"
         return f"{kind} ({', '.join(_describe(a, {}) for a in args)})"
-    return f"a {getattr(tp, '__name__', tp)}"
+    name = getattr(tp, "__name__", str(tp))
+    return f"{name} values" if plural else f"a {name}"
