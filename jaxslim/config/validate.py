@@ -25,8 +25,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import operator
 import types
 import typing
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, Union
 
 _MISSING: Any = dataclasses.MISSING
@@ -76,71 +78,84 @@ class Config:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def validate(cfg: Any) -> None:
     """Checks every field of the dataclass ``cfg`` against its annotation and declared range.
 
     Raises:
         ValueError: ``Owner.field must be <what it accepts>, got <value>`` for the first bad field.
     """
-    hints = _hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value, tp = getattr(cfg, f.name), hints[f.name]
-        if not _accepts(tp, value, f.metadata):
-            raise ValueError(
-                f"{type(cfg).__name__}.{f.name} must be {_describe(tp, f.metadata)}, got {value!r}"
-            )
+    for name, accepts, describe in _checks(type(cfg)):
+        value = getattr(cfg, name)
+        if not accepts(value):
+            raise ValueError(f"{type(cfg).__name__}.{name} must be {describe()}, got {value!r}")
+
+
+Check = Callable[[Any], bool]
+
+
+@functools.cache
+def _checks(cls: type) -> list[tuple[str, Check, Callable[[], str]]]:
+    """Each field's name, its check (compiled once per class from the annotation) and description."""
+    hints = typing.get_type_hints(cls)
+    return [
+        (f.name, _compile(hints[f.name], f.metadata), functools.partial(_describe, hints[f.name], f.metadata))
+        for f in dataclasses.fields(cls)
+    ]
 
 
 def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType)
 
 
-def _in_range(value: float, meta: typing.Mapping[str, Any]) -> bool:
-    checks = {"gt": value.__gt__, "ge": value.__ge__, "lt": value.__lt__, "le": value.__le__}
-    return all(check(meta[k]) for k, check in checks.items() if k in meta)
+def _in_range(meta: Mapping[str, Any]) -> Check:
+    ops = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
+    bounds = [(ops[k], v) for k, v in meta.items() if k in ops]
+    return lambda x: all(op(x, bound) for op, bound in bounds)
 
 
-def _accepts(tp: Any, value: Any, meta: typing.Mapping[str, Any]) -> bool:
-    origin = typing.get_origin(tp)
+def _compile(tp: Any, meta: Mapping[str, Any]) -> Check:
+    """The check of one annotation (with the field's declared range for numbers and tuple entries)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
-        return True
+        return lambda x: True
     if tp is type(None):
-        return value is None
+        return lambda x: x is None
     if _is_union(tp):
-        return any(_accepts(arm, value, meta) for arm in typing.get_args(tp))
+        arms = [_compile(arm, meta) for arm in args]
+        return lambda x: any(arm(x) for arm in arms)
     if origin is Literal:  # True == 1, so the type must match too
-        return any(value == c and type(value) is type(c) for c in typing.get_args(tp))
+        return lambda x: any(x == c and type(x) is type(c) for c in args)
     if tp is bool:
-        return isinstance(value, bool)
+        return lambda x: isinstance(x, bool)
     if tp is int:  # a flag passed where a count belongs is a mistake worth catching
-        return isinstance(value, int) and not isinstance(value, bool) and _in_range(value, meta)
+        within = _in_range(meta)
+        return lambda x: isinstance(x, int) and not isinstance(x, bool) and within(x)
     if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok and math.isfinite(value) and _in_range(value, meta)
+        within = _in_range(meta)
+        return lambda x: (
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and within(x)
+        )
     if tp is str:
-        return isinstance(value, str) and (bool(value.strip()) or "nonempty" not in meta)
+        blank_ok = "nonempty" not in meta
+        return lambda x: isinstance(x, str) and (blank_ok or bool(x.strip()))
     if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, tuple) or ("nonempty" in meta and not value):
-            return False
+        empty_ok = "nonempty" not in meta
         if len(args) == 2 and args[1] is Ellipsis:  # the range is each entry's
-            entry = {k: v for k, v in meta.items() if k != "nonempty"}
-            return all(_accepts(args[0], v, entry) for v in value)
-        return len(args) == len(value) and all(_accepts(a, v, {}) for a, v in zip(args, value, strict=True))
+            entry = _compile(args[0], {k: v for k, v in meta.items() if k != "nonempty"})
+            return lambda x: isinstance(x, tuple) and (empty_ok or bool(x)) and all(map(entry, x))
+        parts = [_compile(a, {}) for a in args]
+        return lambda x: (
+            isinstance(x, tuple) and len(x) == len(parts) and all(p(v) for p, v in zip(parts, x, strict=True))
+        )
     if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True
+        return lambda x: isinstance(x, tp)
+    return lambda x: True
 
 
 _NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers")}
 
 
-def _range(meta: typing.Mapping[str, Any]) -> str:
+def _range(meta: Mapping[str, Any]) -> str:
     low = next(((k, meta[k]) for k in ("gt", "ge") if k in meta), None)
     high = next(((k, meta[k]) for k in ("lt", "le") if k in meta), None)
     if low and high:
@@ -149,7 +164,7 @@ def _range(meta: typing.Mapping[str, Any]) -> str:
     return "".join(f" {sign[end[0]]} {end[1]}" for end in (low, high) if end)
 
 
-def _describe(tp: Any, meta: typing.Mapping[str, Any], plural: bool = False) -> str:
+def _describe(tp: Any, meta: Mapping[str, Any], plural: bool = False) -> str:
     origin = typing.get_origin(tp)
     if _is_union(tp):
         arms = [a for a in typing.get_args(tp) if a is not type(None)]
