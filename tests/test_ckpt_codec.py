@@ -107,7 +107,9 @@ def test_bits_outside_2_to_8_are_refused(bits):
         CodecConfig(weight_bits=bits)
     with pytest.raises(ValueError, match=r"CodecConfig.moment_bits must be an integer in \[2, 8\]"):
         CheckpointConfig(codec=CodecConfig(moment_bits=bits))
-    with pytest.raises(ValueError, match=r"CodecConfig.mode must be one of \('excp', 'lossless'\), got 'zip'"):
+    with pytest.raises(
+        ValueError, match=r"CodecConfig.mode must be one of \('excp', 'lossless'\), got 'zip'"
+    ):
         CheckpointConfig(codec=CodecConfig(mode="zip"))
     with pytest.raises(ValueError, match=r"CheckpointConfig.codec must be a CodecConfig or None, got 'excp'"):
         CheckpointConfig(codec="excp")
