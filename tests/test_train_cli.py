@@ -83,6 +83,12 @@ def test_codec_flags_and_their_flat_shorthand():
     assert parse(["shakespeare_gpt:tiny"]).checkpoint.codec is None
 
 
+def test_stages_that_do_not_fit_the_model_are_refused_before_the_run(capsys):
+    assert cli.main(["staged_shakespeare:tiny", "--model.n-layers", "3", "--workdir", "never"]) == 2
+    assert "TrainConfig.stages[0] does not fit the model" in capsys.readouterr().err
+    assert not pathlib.Path("never").exists()
+
+
 def test_unknown_preset_is_a_clear_error(capsys):
     assert cli.main(["no_such_preset"]) == 2
     err = capsys.readouterr().err
