@@ -78,7 +78,7 @@ class Config:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
-def validate(cfg: Any) -> None:
+def validate(cfg: Config) -> None:
     """Checks every field of the dataclass ``cfg`` against its annotation and declared range.
 
     Raises:
