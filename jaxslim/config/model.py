@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from jaxslim.config.moe import MoeConfig
-from jaxslim.config.validate import Config, at_least, bounded, nonempty, positive
+from jaxslim.config.validate import Config, at_least, between, bounded, nonempty, positive
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPES: tuple[str, ...] = get_args(Dtype)
@@ -182,8 +182,8 @@ class ModelConfig(Config):
     pooler: bool = False
     attn_bias: bool = True
     mlp_bias: bool = True
-    layer_heads: tuple[int, ...] | None = at_least(0, None)
-    layer_ffn: tuple[int, ...] | None = at_least(0, None)
+    layer_heads: tuple[int, ...] | None = between(0, "n_heads", None)
+    layer_ffn: tuple[int, ...] | None = between(0, "d_ff", None)
     scan_layers: bool = True
     remat: bool = False
     dtype: Dtype = "float32"
@@ -192,7 +192,7 @@ class ModelConfig(Config):
     moe: MoeConfig | None = None
     rope_scaling: RopeScaling | None = None
     sliding_window: int | None = positive(None)
-    sliding_layers: tuple[int, ...] | None = None
+    sliding_layers: tuple[int, ...] | None = between(0, "n_layers", None, open_high=True)
     attn_out_bias: bool | None = None
     qk_norm: bool = False
     hf_family: str | None = None
@@ -237,7 +237,7 @@ class ModelConfig(Config):
 
     def _check_widths(self) -> None:
         o = "ModelConfig"
-        for name, full in (("layer_heads", self.n_heads), ("layer_ffn", self.d_ff)):
+        for name in ("layer_heads", "layer_ffn"):
             widths = getattr(self, name)
             if widths is None:
                 continue
@@ -245,8 +245,6 @@ class ModelConfig(Config):
                 raise ValueError(
                     f"{o}.{name} must be a tuple of n_layers={self.n_layers} integers, got {widths!r}"
                 )
-            if max(widths) > full:
-                raise ValueError(f"{o}.{name} entries must be <= {full}, got {widths!r}")
             if self.scan_layers:
                 raise ValueError(
                     f"{o}.{name} (per-layer widths) needs scan_layers=False: a scanned stack has one width "
@@ -280,14 +278,8 @@ class ModelConfig(Config):
             raise ValueError(f"{o}.rope_scaling needs RoPE (arch='llama'), got arch={self.arch!r}")
         if self.sliding_window is not None and not self.causal:
             raise ValueError(f"{o}.sliding_window needs a causal decoder, got arch={self.arch!r}")
-        if self.sliding_layers is not None:
-            if self.sliding_window is None:
-                raise ValueError(f"{o}.sliding_layers needs sliding_window, which is None")
-            if any(not 0 <= i < self.n_layers for i in self.sliding_layers):
-                raise ValueError(
-                    f"{o}.sliding_layers must be a tuple of layer indices in [0, n_layers={self.n_layers}), "
-                    f"got {self.sliding_layers!r}"
-                )
+        if self.sliding_layers is not None and self.sliding_window is None:
+            raise ValueError(f"{o}.sliding_layers needs sliding_window, which is None")
         if self.local_rope_theta is not None and (not self.rope or self.sliding_window is None):
             raise ValueError(
                 f"{o}.local_rope_theta is the RoPE base of sliding-window layers: it needs arch='llama' "

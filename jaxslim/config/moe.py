@@ -49,11 +49,11 @@ class MoeConfig(Config):
     """
 
     num_experts: int = positive(8)
-    top_k: int = positive(1)
+    top_k: int = between(1, "num_experts", 1)
     router: Literal["topk", "stochastic"] = "topk"
     dispatch: Literal["capacity", "dropless"] = "capacity"
     every: int = positive(2)
-    offset: int = at_least(0, 0)
+    offset: int = between(0, "every", 0, open_high=True)
     d_ff: int | None = positive(None)
     train_capacity_factor: float = positive(1.25)
     eval_capacity_factor: float = positive(2.0)
@@ -67,26 +67,17 @@ class MoeConfig(Config):
     z_loss_coef: float = at_least(0, 0.0)
     granularity: Literal["batch", "sequence", "token"] = "batch"
     eval_mode: Literal["random_token", "random_sequence", "fixed", "mean"] = "random_sequence"
-    eval_expert: int = at_least(0, 0)
+    eval_expert: int = between(0, "num_experts", 0, open_high=True)
     consistency_alpha: float = at_least(0, 0.0)
 
     def _check(self) -> None:
-        o = "MoeConfig"
-        if self.top_k > self.num_experts:
-            raise ValueError(f"{o}.top_k must be <= num_experts={self.num_experts}, got {self.top_k}")
         if self.router == "stochastic" and self.top_k != 1:
             raise ValueError(
-                f"{o}.top_k must be 1 for router='stochastic' (one random expert), got {self.top_k}"
-            )
-        if self.offset >= self.every:
-            raise ValueError(f"{o}.offset must be an integer in [0, every={self.every}), got {self.offset!r}")
-        if self.eval_expert >= self.num_experts:
-            raise ValueError(
-                f"{o}.eval_expert must be an integer in [0, num_experts={self.num_experts}), got {self.eval_expert!r}"
+                f"MoeConfig.top_k must be 1 for router='stochastic' (one random expert), got {self.top_k}"
             )
         if self.consistency_alpha and self.router != "stochastic":
             raise ValueError(
-                f"{o}.consistency_alpha needs router='stochastic' (THOR), got router={self.router!r}"
+                f"MoeConfig.consistency_alpha needs router='stochastic' (THOR), got router={self.router!r}"
             )
 
     def is_moe_layer(self, layer: int) -> bool:

@@ -36,7 +36,8 @@ _MISSING: Any = dataclasses.MISSING
 
 def bounded(default: Any = _MISSING, *, gt=None, ge=None, lt=None, le=None, nonempty=False) -> Any:
     """A dataclass field with a declared range (``gt`` / ``ge`` / ``lt`` / ``le``; for a tuple,
-    each entry's) or, with ``nonempty``, a non-empty string or tuple."""
+    each entry's) or, with ``nonempty``, a non-empty string or tuple. A bound given as a string
+    names an earlier field of the same config (``lt="every"``)."""
     bounds = {"gt": gt, "ge": ge, "lt": lt, "le": le, "nonempty": nonempty or None}
     return dataclasses.field(default=default, metadata={k: v for k, v in bounds.items() if v is not None})
 
@@ -46,12 +47,14 @@ def positive(default: Any = _MISSING) -> Any:
     return bounded(default, gt=0)
 
 
-def at_least(low: float, default: Any = _MISSING) -> Any:
+def at_least(low: float | str, default: Any = _MISSING) -> Any:
     """A field that must be ``>= low``."""
     return bounded(default, ge=low)
 
 
-def between(low: float, high: float, default: Any = _MISSING, *, open_low=False, open_high=False) -> Any:
+def between(
+    low: float | str, high: float | str, default: Any = _MISSING, *, open_low=False, open_high=False
+) -> Any:
     """A field in ``[low, high]`` (either end open on request)."""
     lo = {"gt": low} if open_low else {"ge": low}
     hi = {"lt": high} if open_high else {"le": high}
@@ -86,15 +89,15 @@ def validate(cfg: Config) -> None:
     """
     for name, accepts, describe in _checks(type(cfg)):
         value = getattr(cfg, name)
-        if not accepts(value):
-            raise ValueError(f"{type(cfg).__name__}.{name} must be {describe()}, got {value!r}")
+        if not accepts(value, cfg):
+            raise ValueError(f"{type(cfg).__name__}.{name} must be {describe(cfg)}, got {value!r}")
 
 
-Check = Callable[[Any], bool]
+Check = Callable[[Any, Any], bool]  # (value, the config it belongs to) -> whether it is accepted
 
 
 @functools.cache
-def _checks(cls: type) -> list[tuple[str, Check, Callable[[], str]]]:
+def _checks(cls: type) -> list[tuple[str, Check, Callable[[Any], str]]]:
     """Each field's name, its check (compiled once per class from the annotation) and description."""
     hints = typing.get_type_hints(cls)
     return [
@@ -107,68 +110,79 @@ def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType)
 
 
+def _bound(bound: Any, cfg: Any) -> Any:
+    return getattr(cfg, bound) if isinstance(bound, str) else bound
+
+
 def _in_range(meta: Mapping[str, Any]) -> Check:
     ops = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
     bounds = [(ops[k], v) for k, v in meta.items() if k in ops]
-    return lambda x: all(op(x, bound) for op, bound in bounds)
+    return lambda x, cfg: all(op(x, _bound(bound, cfg)) for op, bound in bounds)
 
 
 def _compile(tp: Any, meta: Mapping[str, Any]) -> Check:
     """The check of one annotation (with the field's declared range for numbers and tuple entries)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
-        return lambda x: True
+        return lambda x, cfg: True
     if tp is type(None):
-        return lambda x: x is None
+        return lambda x, cfg: x is None
     if _is_union(tp):
         arms = [_compile(arm, meta) for arm in args]
-        return lambda x: any(arm(x) for arm in arms)
+        return lambda x, cfg: any(arm(x, cfg) for arm in arms)
     if origin is Literal:  # True == 1, so the type must match too
-        return lambda x: any(x == c and type(x) is type(c) for c in args)
+        return lambda x, cfg: any(x == c and type(x) is type(c) for c in args)
     if tp is bool:
-        return lambda x: isinstance(x, bool)
+        return lambda x, cfg: isinstance(x, bool)
     if tp is int:  # a flag passed where a count belongs is a mistake worth catching
         within = _in_range(meta)
-        return lambda x: isinstance(x, int) and not isinstance(x, bool) and within(x)
+        return lambda x, cfg: isinstance(x, int) and not isinstance(x, bool) and within(x, cfg)
     if tp is float:
         within = _in_range(meta)
-        return lambda x: (
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and within(x)
+        return lambda x, cfg: (
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and within(x, cfg)
         )
     if tp is str:
         blank_ok = "nonempty" not in meta
-        return lambda x: isinstance(x, str) and (blank_ok or bool(x.strip()))
+        return lambda x, cfg: isinstance(x, str) and (blank_ok or bool(x.strip()))
     if origin is tuple:
         empty_ok = "nonempty" not in meta
         if len(args) == 2 and args[1] is Ellipsis:  # the range is each entry's
             entry = _compile(args[0], {k: v for k, v in meta.items() if k != "nonempty"})
-            return lambda x: isinstance(x, tuple) and (empty_ok or bool(x)) and all(map(entry, x))
+            return lambda x, cfg: (
+                isinstance(x, tuple) and (empty_ok or bool(x)) and all(entry(v, cfg) for v in x)
+            )
         parts = [_compile(a, {}) for a in args]
-        return lambda x: (
-            isinstance(x, tuple) and len(x) == len(parts) and all(p(v) for p, v in zip(parts, x, strict=True))
+        return lambda x, cfg: (
+            isinstance(x, tuple)
+            and len(x) == len(parts)
+            and all(p(v, cfg) for p, v in zip(parts, x, strict=True))
         )
     if isinstance(tp, type):
-        return lambda x: isinstance(x, tp)
-    return lambda x: True
+        return lambda x, cfg: isinstance(x, tp)
+    return lambda x, cfg: True
 
 
 _NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers")}
 
 
-def _range(meta: Mapping[str, Any]) -> str:
-    low = next(((k, meta[k]) for k in ("gt", "ge") if k in meta), None)
-    high = next(((k, meta[k]) for k in ("lt", "le") if k in meta), None)
+def _range(meta: Mapping[str, Any], cfg: Any) -> str:
+    def show(bound: Any) -> str:
+        return f"{bound}={_bound(bound, cfg)}" if isinstance(bound, str) else str(bound)
+
+    low = next(((k, show(meta[k])) for k in ("gt", "ge") if k in meta), None)
+    high = next(((k, show(meta[k])) for k in ("lt", "le") if k in meta), None)
     if low and high:
         return f" in {'(' if low[0] == 'gt' else '['}{low[1]}, {high[1]}{')' if high[0] == 'lt' else ']'}"
     sign = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
     return "".join(f" {sign[end[0]]} {end[1]}" for end in (low, high) if end)
 
 
-def _describe(tp: Any, meta: Mapping[str, Any], plural: bool = False) -> str:
+def _describe(tp: Any, meta: Mapping[str, Any], cfg: Any, plural: bool = False) -> str:
     origin = typing.get_origin(tp)
     if _is_union(tp):
         arms = [a for a in typing.get_args(tp) if a is not type(None)]
-        text = " or ".join(_describe(a, meta, plural) for a in arms)
+        text = " or ".join(_describe(a, meta, cfg, plural) for a in arms)
         return text + (" or None" if len(arms) < len(typing.get_args(tp)) else "")
     if origin is Literal:
         return f"one of {typing.get_args(tp)}"
@@ -178,14 +192,14 @@ def _describe(tp: Any, meta: Mapping[str, Any], plural: bool = False) -> str:
         blank = "non-empty " if "nonempty" in meta else ""
         return f"{blank}strings" if plural else f"a {blank}string"
     if tp in _NOUNS:
-        return _NOUNS[tp][plural] + _range(meta)
+        return _NOUNS[tp][plural] + _range(meta, cfg)
     if origin is tuple:
         args = typing.get_args(tp)
         kind = ("non-empty " if "nonempty" in meta else "") + ("tuples" if plural else "tuple")
         kind = kind if plural else f"a {kind}"
         if len(args) == 2 and args[1] is Ellipsis:
             entry = {k: v for k, v in meta.items() if k != "nonempty"}
-            return f"{kind} of {_describe(args[0], entry, plural=True)}"
-        return f"{kind} ({', '.join(_describe(a, {}) for a in args)})"
+            return f"{kind} of {_describe(args[0], entry, cfg, plural=True)}"
+        return f"{kind} ({', '.join(_describe(a, {}, cfg) for a in args)})"
     name = getattr(tp, "__name__", str(tp))
     return f"{name} values" if plural else f"a {name}"
