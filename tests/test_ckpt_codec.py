@@ -103,12 +103,16 @@ def test_packing_round_trips_and_checksum_sees_one_bit():
 
 @pytest.mark.parametrize("bits", [1, 9, 0, 4.0, True])
 def test_bits_outside_2_to_8_are_refused(bits):
-    with pytest.raises(ValueError, match=r"weight_bits must be an integer from 2 to 8, got"):
+    with pytest.raises(ValueError, match=r"CodecConfig.weight_bits must be an integer in \[2, 8\], got"):
         CodecConfig(weight_bits=bits)
-    with pytest.raises(ValueError, match=r"CheckpointConfig.moment_bits must be an integer from 2 to 8"):
-        CheckpointConfig(moment_bits=bits)
-    with pytest.raises(ValueError, match=r"compression must be one of \('none', 'excp', 'lossless'\)"):
-        CheckpointConfig(compression="zip")
+    with pytest.raises(ValueError, match=r"CodecConfig.moment_bits must be an integer in \[2, 8\]"):
+        CheckpointConfig(codec=CodecConfig(moment_bits=bits))
+    with pytest.raises(
+        ValueError, match=r"CodecConfig.mode must be one of \('excp', 'lossless'\), got 'zip'"
+    ):
+        CheckpointConfig(codec=CodecConfig(mode="zip"))
+    with pytest.raises(ValueError, match=r"CheckpointConfig.codec must be a CodecConfig or None, got 'excp'"):
+        CheckpointConfig(codec="excp")
 
 
 # -- the codec on real states ---------------------------------------------------------------------

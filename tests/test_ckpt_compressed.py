@@ -316,7 +316,7 @@ def test_cli_compress_inspect_decompress(tmp_path, single, capsys, monkeypatch):
     assert all(np.array_equal(np.asarray(want[k]), np.asarray(have[k])) for k in want)
     # bad input: a clear message and a non-zero exit
     assert main(["compress", str(plain), str(tmp_path / "bad"), "--weight-bits", "9"]) == 2
-    assert "weight_bits must be an integer from 2 to 8, got 9" in capsys.readouterr().err
+    assert "CodecConfig.weight_bits must be an integer in [2, 8], got 9" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -336,9 +336,8 @@ def test_training_resumes_from_compressed_checkpoints(tmp_path, monkeypatch):
     base = preset.get_config("tiny")
 
     def run(workdir, compression):
-        ck = dataclasses.replace(
-            base.checkpoint, every=4, keep=3, compression=compression, keyframe_every=2, async_save=False
-        )
+        codec = CodecConfig(mode=compression, keyframe_every=2)
+        ck = dataclasses.replace(base.checkpoint, every=4, keep=3, codec=codec, async_save=False)
         cfg = dataclasses.replace(base, workdir=workdir, steps=12, checkpoint=ck, sample_tokens=0)
         return train(dataclasses.replace(cfg, tensorboard=False), progress=False)
 

@@ -1,8 +1,21 @@
-"""ModelConfig / MeshConfig validation: every bad value names the field and what was expected."""
+"""Config validation: every bad value names the field and what was expected; the config package is the
+bottom layer."""
+
+import ast
+import pathlib
+import re
 
 import pytest
 
-from jaxslim.config import MeshConfig, ModelConfig
+from jaxslim.config import (
+    CheckpointConfig,
+    MeshConfig,
+    ModelConfig,
+    MoeConfig,
+    OptimConfig,
+    StageConfig,
+    TrainConfig,
+)
 
 TINY = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64)
 
@@ -19,13 +32,16 @@ TINY = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64)
         ({"head": "mlm"}, "ModelConfig.head='mlm' needs arch='bert'"),
         ({"layer_heads": (4, 4)}, "layer_heads (per-layer widths) needs scan_layers=False"),
         ({"layer_heads": (4,), "scan_layers": False}, "must be a tuple of n_layers=2 integers"),
-        ({"layer_ffn": (64, 65), "scan_layers": False}, "ModelConfig.layer_ffn entries must be <= 64"),
-        ({"norm_eps": -1.0}, "ModelConfig.norm_eps must be a float > 0"),
+        (
+            {"layer_ffn": (64, 65), "scan_layers": False},
+            "ModelConfig.layer_ffn must be a tuple of integers in [0, d_ff=64] or None, got (64, 65)",
+        ),
+        ({"norm_eps": -1.0}, "ModelConfig.norm_eps must be a number > 0"),
     ],
 )
 def test_model_config_errors(changes, message):
     kw = {"arch": "gpt2", **TINY, **changes}
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         ModelConfig(**kw)
 
 
@@ -59,3 +75,48 @@ def test_mesh_config_sizes_and_errors():
         MeshConfig(data=-1, tensor=3).sizes(8)
     with pytest.raises(ValueError, match="maps 'mlp' to unknown mesh axes \\['model'\\]"):
         MeshConfig(rules=(("mlp", "model"),))
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: StageConfig(width=2, depth=True), "StageConfig.depth must be one of (1, 2), got True"),
+        (lambda: MoeConfig(num_experts=True), "MoeConfig.num_experts must be an integer > 0, got True"),
+        (lambda: MoeConfig(jitter=1.0), "MoeConfig.jitter must be a number in [0, 1), got 1.0"),
+        (lambda: OptimConfig(lr=float("nan")), "OptimConfig.lr must be a number > 0, got nan"),
+        (lambda: OptimConfig(clip_norm=float("inf")), "OptimConfig.clip_norm must be a number >= 0, got inf"),
+        (
+            lambda: OptimConfig(agvm_modules=()),
+            "OptimConfig.agvm_modules must be a non-empty tuple of strings",
+        ),
+        (lambda: ModelConfig.gpt2(**TINY, head_dim=0), "ModelConfig.head_dim must be an integer > 0 or None"),
+        (lambda: ModelConfig.gpt2(**TINY, moe={}), "ModelConfig.moe must be a MoeConfig or None, got {}"),
+        (
+            lambda: ModelConfig.gpt2(**TINY, scan_layers=False, layer_ffn=(64, -1)),
+            "ModelConfig.layer_ffn must be a tuple of integers in [0, d_ff=64] or None, got (64, -1)",
+        ),
+        (
+            lambda: ModelConfig.llama(**TINY, eos_token_id=()),
+            "ModelConfig.eos_token_id must be an integer or a non-empty",
+        ),
+        (lambda: MeshConfig(rules=(("mlp",),)), "MeshConfig.rules must be a tuple of tuples (a string, "),
+        (lambda: TrainConfig(workdir=" "), "TrainConfig.workdir must be a non-empty string, got ' '"),
+        (lambda: TrainConfig(data=None), "TrainConfig.data must be a DataConfig, got None"),
+        (lambda: CheckpointConfig(codec="excp"), "CheckpointConfig.codec must be a CodecConfig or None"),
+    ],
+)
+def test_the_validator_reads_annotations_and_declared_ranges(build, message):
+    with pytest.raises(ValueError) as err:
+        build()
+    assert str(err.value).startswith(message)
+
+
+def test_config_is_the_bottom_layer():
+    """The config package imports nothing from jaxslim but itself (at module or function level)."""
+    root = pathlib.Path(__file__).resolve().parents[1] / "jaxslim" / "config"
+    for file in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert not name.startswith("jaxslim") or name.startswith("jaxslim.config"), (file.name, name)

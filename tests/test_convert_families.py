@@ -441,7 +441,8 @@ def test_refusals_name_the_option():
     with pytest.raises(ValueError, match="hf_family='t5' is not a family jaxslim converts"):
         config_to_hf(cfg.replace(hf_family="t5"))
     with pytest.raises(
-        ValueError, match=r"sliding_layers must be a tuple of layer indices in \[0, n_layers=2\)"
+        ValueError,
+        match=r"sliding_layers must be a tuple of integers in \[0, n_layers=2\) or None, got \(2,\)",
     ):
         cfg.replace(sliding_window=4, sliding_layers=(2,))
     with pytest.raises(ValueError, match="RopeScaling.kind must be one of"):

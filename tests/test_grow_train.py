@@ -131,22 +131,19 @@ def test_stage_models_and_errors():
     assert (start.d_model, start.n_heads, start.d_ff, start.n_layers) == (32, 2, 128, 1)
     assert stage_models(final, (STAGE,))[-1] == final
     with pytest.raises(ValueError, match=r"stages\[0\] does not fit.*does not divide n_heads=4"):
-        _cfg("x").replace(stages=(StageConfig(width=8),))
+        start_model(final, (StageConfig(width=8),))
     with pytest.raises(ValueError, match="n_layers=3 must be even"):
-        _cfg("x").replace(model=final.replace(n_layers=3), stages=(StageConfig(depth=2, at_step=5),))
+        start_model(final.replace(n_layers=3), (StageConfig(depth=2, at_step=5),))
+    bert = ModelConfig.bert(vocab_size=64, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=16)
     with pytest.raises(ValueError, match="pre-norm"):
-        TrainConfig(
-            model=ModelConfig.bert(vocab_size=64, d_model=16, n_layers=2, n_heads=2, d_ff=32, max_len=16),
-            data=DataConfig(mlm=True, seq_len=16),
-            stages=(StageConfig(depth=2, at_step=5),),
-        )
+        start_model(bert, (StageConfig(depth=2, at_step=5),))
     with pytest.raises(ValueError, match="must grow"):
         StageConfig()
     with pytest.raises(ValueError, match="at_step values must increase"):
         _cfg("x").replace(stages=(StageConfig(width=2, at_step=10), StageConfig(depth=2, at_step=5)))
     with pytest.raises(ValueError, match="set eval_every"):
         _cfg("x").replace(eval_every=0, stages=(StageConfig(width=2),))
-    with pytest.raises(ValueError, match="threshold must be a negative"):
+    with pytest.raises(ValueError, match=r"StageConfig.threshold must be a number < 0 or None, got 0.1"):
         StageConfig(width=2, threshold=0.1)
 
 

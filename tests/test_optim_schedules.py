@@ -145,7 +145,7 @@ def test_schedules_resume_from_any_step():
             lambda: OptimConfig(trust_min=2.0, trust_max=1.0),
             r"OptimConfig.trust_min=2.0 must not exceed OptimConfig.trust_max=1.0",
         ),
-        (lambda: OptimConfig(noise_eta=-0.1), r"OptimConfig.noise_eta must be a float >= 0, got -0.1"),
+        (lambda: OptimConfig(noise_eta=-0.1), r"OptimConfig.noise_eta must be a number >= 0, got -0.1"),
         (lambda: OptimConfig(name="adam"), r"OptimConfig.name must be one of"),
         (
             lambda: OptimConfig(decay="wsd", decay_shape="inv_sqrt"),

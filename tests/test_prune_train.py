@@ -14,8 +14,7 @@ from jaxslim.data import TextData
 from jaxslim.engine.step import make_eval_step
 from jaxslim.prune import masked_params
 from jaxslim.prune.masks import _named_leaves, _value, nm_axis
-from jaxslim.training import train
-from jaxslim.training import evaluate
+from jaxslim.training import evaluate, train
 
 
 def _tiny(tmp_path, name="run", **prune):
@@ -120,7 +119,7 @@ def test_two_four_straight_through_keeps_dense_weights_and_a_valid_pattern(tmp_p
     "kw, match",
     [
         (dict(kind="unstructured"), "sparsity must be in \\(0, 1\\)"),
-        (dict(kind="unstructured", sparsity=1.0), "sparsity must be in \\[0, 1\\)"),
+        (dict(kind="unstructured", sparsity=1.0), "sparsity must be a number in \\[0, 1\\)"),
         (dict(kind="nm", n=4, m=4), "0 < n < m"),
         (dict(kind="nm", sr_ste_decay=1e-4), "needs ste=True"),
         (dict(kind="heads", sparsity=0.5, allocation="global"), "global"),

@@ -14,7 +14,7 @@ from flax import nnx
 from jaxslim.checkpoint import Checkpointer, IncompatibleCheckpointError
 from jaxslim.cli import train as cli
 from jaxslim.cli.presets import PresetError, available_presets, load_preset
-from jaxslim.config import TrainConfig
+from jaxslim.config import CodecConfig, TrainConfig
 from jaxslim.data import CorpusError
 from jaxslim.method import Method
 from jaxslim.models import Transformer
@@ -61,6 +61,35 @@ def test_moe_overrides_and_preset_options():
         load_preset("thor_shakespeare:tiny,dropless")
 
 
+def test_codec_flags_and_their_flat_shorthand():
+    parse = cli.parse
+    tyro_form = [
+        "checkpoint.codec:codec-config",
+        "--checkpoint.codec.mode",
+        "excp",
+        "--checkpoint.codec.weight-bits",
+        "3",
+    ]
+    flat = ["--checkpoint.compression=excp", "--checkpoint.weight-bits", "3"]
+    assert parse(["shakespeare_gpt:tiny", "--steps", "7", *tyro_form]).checkpoint.codec == CodecConfig(
+        weight_bits=3
+    )
+    cfg = parse(
+        ["switch_shakespeare:tiny", *flat, "--steps", "7", "model.moe:moe-config", "--model.moe.top-k", "2"]
+    )
+    assert (cfg.checkpoint.codec, cfg.model.moe.top_k, cfg.steps) == (CodecConfig(weight_bits=3), 2, 7)
+    lossless = parse(["shakespeare_gpt:tiny", "--checkpoint.compression", "lossless"]).checkpoint.codec
+    assert lossless == CodecConfig(mode="lossless")
+    assert parse(["shakespeare_gpt:tiny", "--checkpoint.compression", "none"]).checkpoint.codec is None
+    assert parse(["shakespeare_gpt:tiny"]).checkpoint.codec is None
+
+
+def test_stages_that_do_not_fit_the_model_are_refused_before_the_run(capsys):
+    assert cli.main(["staged_shakespeare:tiny", "--model.n-layers", "3", "--workdir", "never"]) == 2
+    assert "TrainConfig.stages[0] does not fit the model" in capsys.readouterr().err
+    assert not pathlib.Path("never").exists()
+
+
 def test_unknown_preset_is_a_clear_error(capsys):
     assert cli.main(["no_such_preset"]) == 2
     err = capsys.readouterr().err
@@ -78,7 +107,7 @@ def test_wrong_override_type_is_a_clear_error(capsys):
 
 def test_invalid_override_value_is_a_clear_error(capsys):
     assert cli.main(["shakespeare_gpt:tiny", "--optim.lr", "-1"]) == 2
-    assert "OptimConfig.lr must be a float > 0, got -1.0" in capsys.readouterr().err
+    assert "OptimConfig.lr must be a number > 0, got -1.0" in capsys.readouterr().err
 
 
 def _tiny(tmp_path: pathlib.Path, **changes) -> TrainConfig:

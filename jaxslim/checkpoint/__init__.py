@@ -17,12 +17,11 @@ Example:
     True
 """
 
-from jaxslim.checkpoint.codec import Codec, CodecConfig
+from jaxslim.checkpoint.codec import Codec
 from jaxslim.checkpoint.compressed import (
     CompressedCheckpointer,
     MissingReferenceError,
     checkpointer_from_config,
-    codec_config,
 )
 from jaxslim.checkpoint.manager import (
     Checkpointer,
@@ -34,6 +33,7 @@ from jaxslim.checkpoint.manager import (
     abstract_from_shardings,
     abstract_like,
 )
+from jaxslim.config import CodecConfig
 
 __all__ = [
     "CheckpointSaveError",
@@ -43,7 +43,6 @@ __all__ = [
     "CompressedCheckpointer",
     "MissingReferenceError",
     "checkpointer_from_config",
-    "codec_config",
     "CorruptCheckpointError",
     "IncompatibleCheckpointError",
     "NoCheckpointError",

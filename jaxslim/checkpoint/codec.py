@@ -39,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import warnings
 from typing import Any, NamedTuple
@@ -51,63 +50,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxslim.checkpoint import kmeans, packing
 from jaxslim.checkpoint.roles import find_weights
+from jaxslim.config import CodecConfig
 from jaxslim.sharding import LAYERS
 from jaxslim.tree import is_variable
 
 FORMAT = "jaxslim-compressed-checkpoint"
 FORMAT_VERSION = 1
-MODES = ("excp", "lossless")
 
 RAW, XOR, WEIGHT, MOMENT = "raw", "xor", "weight", "moment"
-
-
-@dataclasses.dataclass(frozen=True)
-class CodecConfig:
-    """How checkpoints are compressed.
-
-    Attributes:
-        mode: ``"excp"`` (lossy: residual, shrinking, k-means codes) or ``"lossless"`` (XOR
-            residual and byte planes; bit-exact).
-        weight_bits: bits of a weight-residual code (2..8): ``2**bits - 1`` centroids and zero.
-        moment_bits: bits of an Adam-moment code (2..8).
-        keyframe_bits: bits of a keyframe's weight codes (2..8); keyframes keep every weight.
-        keyframe_every: a keyframe every this many saves (then ``keyframe_every - 1`` deltas), so a
-            restore applies at most ``keyframe_every - 1`` residuals.
-        alpha: ExCP's ``prune_alpha``, the numerator of the second-moment scaling of the threshold.
-        beta: ExCP's ``prune_beta``: momentum is kept where ``|m| > beta * mean(|m|)``.
-        max_scale: cap of the threshold's scale on the median of ``|dW|`` (2.5 in ExCP).
-        min_size: floating-point leaves with fewer elements (biases, norms, scalars) are stored
-            unchanged in the lossy mode.
-        kmeans_iters: Lloyd iterations of the codebook fit.
-    """
-
-    mode: str = "excp"
-    weight_bits: int = 4
-    moment_bits: int = 4
-    keyframe_bits: int = 8
-    keyframe_every: int = 5
-    alpha: float = 5e-5
-    beta: float = 2.0
-    max_scale: float = 2.5
-    min_size: int = 4096
-    kmeans_iters: int = 10
-
-    def __post_init__(self):
-        o = "CodecConfig"
-        if self.mode not in MODES:
-            raise ValueError(f"{o}.mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("weight_bits", "moment_bits", "keyframe_bits"):
-            b = getattr(self, name)
-            if not isinstance(b, int) or isinstance(b, bool) or not 2 <= b <= 8:
-                raise ValueError(f"{o}.{name} must be an integer from 2 to 8, got {b!r}")
-        for name in ("keyframe_every", "min_size", "kmeans_iters"):
-            n = getattr(self, name)
-            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-                raise ValueError(f"{o}.{name} must be a positive integer, got {n!r}")
-        for name in ("alpha", "beta", "max_scale"):
-            x = getattr(self, name)
-            if not isinstance(x, (int, float)) or isinstance(x, bool) or not x >= 0 or x == float("inf"):
-                raise ValueError(f"{o}.{name} must be a finite number >= 0, got {x!r}")
 
 
 class LeafPlan(NamedTuple):

@@ -53,7 +53,6 @@ from jaxslim.checkpoint.codec import (
     WEIGHT,
     XOR,
     Codec,
-    CodecConfig,
     LeafPlan,
     packed_sharding,
     planes_sharding,
@@ -69,6 +68,7 @@ from jaxslim.checkpoint.manager import (
     _nonfinite_paths,
     restore_with_fallback,
 )
+from jaxslim.config import CheckpointConfig, CodecConfig
 
 log = logging.getLogger(__name__)
 
@@ -579,30 +579,17 @@ def _verify(meta: dict, sums: dict, step: int, directory: Any) -> None:
         )
 
 
-def checkpointer_from_config(cfg: Any, directory: str | os.PathLike[str], **kwargs: Any):
-    """A :class:`Checkpointer`, or a :class:`CompressedCheckpointer` when ``cfg.compression`` asks for one.
+def checkpointer_from_config(cfg: CheckpointConfig, directory: str | os.PathLike[str], **kwargs: Any):
+    """A :class:`Checkpointer`, or a :class:`CompressedCheckpointer` when ``cfg.codec`` is set.
 
     Args:
-        cfg: a :class:`~jaxslim.config.CheckpointConfig`.
+        cfg: when to save, how many to keep, and the codec (``None``: plain Orbax).
         directory: the checkpoint directory.
         **kwargs: passed on (``config_json``, ``read_only``, ...).
     """
     common = dict(
         max_to_keep=cfg.keep, keep_every=cfg.keep_every or None, async_save=cfg.async_save, **kwargs
     )
-    if cfg.compression == "none":
+    if cfg.codec is None:
         return Checkpointer(directory, **common)
-    return CompressedCheckpointer(directory, codec_config(cfg), **common)
-
-
-def codec_config(cfg: Any) -> CodecConfig:
-    """The :class:`CodecConfig` of a :class:`~jaxslim.config.CheckpointConfig`."""
-    return CodecConfig(
-        mode=cfg.compression,
-        weight_bits=cfg.weight_bits,
-        moment_bits=cfg.moment_bits,
-        keyframe_bits=cfg.keyframe_bits,
-        keyframe_every=cfg.keyframe_every,
-        alpha=cfg.alpha,
-        beta=cfg.beta,
-    )
+    return CompressedCheckpointer(directory, cfg.codec, **common)

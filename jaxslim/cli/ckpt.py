@@ -15,12 +15,15 @@ code: trees are read in the layout Orbax stored.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import pathlib
 import sys
+import typing
 from typing import Any
 
-from jaxslim.cli.errors import debug_requested, positive_int, run_command
+from jaxslim.cli.errors import debug_requested, run_command
+from jaxslim.config import CodecConfig
 from jaxslim.paths import absolute, output_dir
 
 
@@ -62,18 +65,19 @@ def _fill(tree: Any, leaves: list[Any]) -> Any:
     return {k: _fill(v, leaves) for k, v in tree.items()}
 
 
-def _codec_args(args):
-    from jaxslim.checkpoint import CodecConfig
+def _codec_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`CodecConfig` field, with the field's choices or type and its default."""
+    hints = typing.get_type_hints(CodecConfig)
+    for f in dataclasses.fields(CodecConfig):
+        flag, tp = "--" + f.name.replace("_", "-"), hints[f.name]
+        if typing.get_origin(tp) is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(tp), default=f.default)
+        else:
+            parser.add_argument(flag, type=tp, default=f.default)
 
-    return CodecConfig(
-        mode=args.mode,
-        weight_bits=args.weight_bits,
-        moment_bits=args.moment_bits,
-        keyframe_bits=args.keyframe_bits,
-        keyframe_every=args.keyframe_every,
-        alpha=args.alpha,
-        beta=args.beta,
-    )
+
+def _codec_args(args: argparse.Namespace) -> CodecConfig:
+    return CodecConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CodecConfig)})
 
 
 def compress(args) -> int:
@@ -122,8 +126,6 @@ def decompress(args) -> int:
     from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer, NoCheckpointError
 
     src, dst = absolute(args.src), absolute(args.dst)
-    from jaxslim.checkpoint.codec import CodecConfig
-
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
     have = comp.all_steps()
     if not have:
@@ -164,7 +166,6 @@ def _tensor_table(meta: dict) -> None:
 
 def inspect(args) -> int:
     from jaxslim.checkpoint import CompressedCheckpointer, NoCheckpointError
-    from jaxslim.checkpoint.codec import CodecConfig
 
     src = absolute(args.src)
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
@@ -201,13 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compress", help="compress a plain checkpoint directory into a new one")
     c.add_argument("src", type=absolute)
     c.add_argument("dst", type=absolute)
-    c.add_argument("--mode", choices=["excp", "lossless"], default="excp")
-    c.add_argument("--weight-bits", type=int, default=4)
-    c.add_argument("--moment-bits", type=int, default=4)
-    c.add_argument("--keyframe-bits", type=int, default=8)
-    c.add_argument("--keyframe-every", type=positive_int, default=5)
-    c.add_argument("--alpha", type=float, default=5e-5)
-    c.add_argument("--beta", type=float, default=2.0)
+    _codec_flags(c)
     c.add_argument("-v", "--verbose", action="store_true", help="per-tensor table of the last step")
     d = sub.add_parser("decompress", help="write plain Orbax checkpoints from a compressed directory")
     d.add_argument("src", type=absolute)

@@ -5,6 +5,10 @@ Usage::
     jaxslim-train [PRESET[:ARG]] [--field.sub-field VALUE ...]
     jaxslim-train shakespeare_gpt --optim.lr 3e-4 --steps 2000 --workdir runs/a
     jaxslim-train shakespeare_gpt:tiny --help     # every field, its type and its preset value
+    jaxslim-train shakespeare_gpt --checkpoint.compression excp --checkpoint.weight-bits 4
+
+``--checkpoint.compression {none,excp,lossless}`` and ``--checkpoint.<codec field>`` are short for
+tyro's ``checkpoint.codec:none`` / ``checkpoint.codec:codec-config --checkpoint.codec.<field>``.
 
 ``PRESET`` is a name in ``configs/`` (default ``shakespeare_gpt``) or a path to a preset file; see
 :mod:`jaxslim.cli.presets`. Running the same command again resumes from the run directory's
@@ -16,6 +20,7 @@ saved, a filesystem error), with a one-line message; ``--debug`` shows the trace
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -23,7 +28,7 @@ from collections.abc import Sequence
 
 from jaxslim.cli.errors import debug_requested, run_command
 from jaxslim.cli.presets import load_preset
-from jaxslim.config import TrainConfig
+from jaxslim.config import CodecConfig, TrainConfig
 
 DEFAULT_PRESET = "shakespeare_gpt"
 
@@ -33,6 +38,7 @@ def parse(argv: Sequence[str]) -> TrainConfig:
 
     Raises:
         PresetError: an unknown or broken preset.
+        ValueError: a stage of a staged run does not fit the model.
         SystemExit: tyro rejected an override (after printing which and why), or ``--help``.
     """
     import tyro
@@ -40,13 +46,58 @@ def parse(argv: Sequence[str]) -> TrainConfig:
     argv = list(argv)
     spec = argv.pop(0) if argv and not argv[0].startswith("-") else DEFAULT_PRESET
     default = load_preset(spec)
-    return tyro.cli(
+    cfg = tyro.cli(
         TrainConfig,
         default=default,
-        args=argv,
+        args=codec_aliases(argv),
         prog=f"jaxslim-train {spec}",
         description=f"Train preset {spec!r}; every flag overrides one field of its TrainConfig.",
     )
+    if cfg.stages:  # whether every stage fits the model is for the growth operators to say
+        from jaxslim.grow.stages import start_model
+
+        start_model(cfg.model, cfg.stages)
+    return cfg
+
+
+def codec_aliases(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the flat codec flags spelled as tyro's ``checkpoint.codec`` subcommand.
+
+    ``--checkpoint.compression MODE`` selects ``checkpoint.codec:none`` (MODE ``none``) or
+    ``checkpoint.codec:codec-config --checkpoint.codec.mode MODE``; ``--checkpoint.<field>`` of a
+    :class:`~jaxslim.config.CodecConfig` field becomes ``--checkpoint.codec.<field>``. Subcommands go
+    after every other flag, as tyro wants.
+
+    Example:
+        >>> codec_aliases(["--steps", "5", "--checkpoint.compression=excp", "--checkpoint.weight-bits", "3"])
+        ['--steps', '5', 'checkpoint.codec:codec-config', '--checkpoint.codec.mode', 'excp', '--checkpoint.codec.weight-bits', '3']
+    """
+    fields = {f.name.replace("_", "-") for f in dataclasses.fields(CodecConfig)}
+    rest: list[str] = []
+    codec: list[str] = []
+    mode = None
+    args = iter(argv)
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        name = flag.removeprefix("--checkpoint.").replace("_", "-")
+        if not flag.startswith("--checkpoint.") or name not in fields | {"compression"}:
+            rest.append(arg)
+            continue
+        value = value if eq else next(args, "")
+        if name == "compression":
+            mode = value
+        else:
+            codec += [f"--checkpoint.codec.{name}", value]
+    if mode is None and not codec:
+        return rest
+    if mode == "none":
+        return [*rest, "checkpoint.codec:none", *codec]
+    return [
+        *rest,
+        "checkpoint.codec:codec-config",
+        *(["--checkpoint.codec.mode", mode] if mode else []),
+        *codec,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxslim.config import ModelConfig, StageConfig
+from jaxslim.config import ModelConfig, StageConfig, TrainConfig
 from jaxslim.grow.depth import Deepen
 from jaxslim.grow.planner import (
     CONSTANTS,
@@ -90,7 +90,7 @@ def stage_models(final: ModelConfig, stages: tuple[StageConfig, ...]) -> list[Mo
 class Staging:
     """The staged-run bookkeeping of a :class:`~jaxslim.config.TrainConfig` (see the module doc)."""
 
-    def __init__(self, cfg, extra: dict[str, Any] | None = None):
+    def __init__(self, cfg: TrainConfig, extra: dict[str, Any] | None = None):
         self.cfg = cfg
         self.models = stage_models(cfg.model, cfg.stages) if cfg.stages else [cfg.model]
         state = (extra or {}).get("stages", {})

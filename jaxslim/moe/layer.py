@@ -12,7 +12,7 @@ to the model), so the train step stays a pure function of its state.
 Example:
     >>> import jax, jax.numpy as jnp
     >>> from flax import nnx
-    >>> from jaxslim.config import ModelConfig, MoeConfig
+    >>> from jaxslim.config import Activation, ModelConfig, MoeConfig
     >>> cfg = ModelConfig.llama(vocab_size=64, d_model=16, n_layers=2, n_heads=2, d_ff=32,
     ...                         moe=MoeConfig(num_experts=4, top_k=2, dispatch="dropless"))
     >>> layer = MoeLayer(cfg, rngs=nnx.Rngs(0))
@@ -29,11 +29,13 @@ Example:
 
 from __future__ import annotations
 
+from typing import get_args
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxslim.config import ModelConfig, MoeConfig
+from jaxslim.config import Activation, ModelConfig, MoeConfig
 from jaxslim.moe.dispatch import ExpertWeights, capacity_moe, dropless_moe, expert_capacity, expert_ffn
 from jaxslim.moe.losses import routing_metrics
 from jaxslim.moe.routing import Routing, priority_order, random_routing, top_k_routing
@@ -41,7 +43,7 @@ from jaxslim.nn import activation as activation_fn
 from jaxslim.nn import dtypes, param
 from jaxslim.sharding import constrain
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+ACTIVATIONS = get_args(Activation)
 _RANDOM_PER = {
     "token": "token",
     "sequence": "sequence",

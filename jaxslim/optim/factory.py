@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import optax
 
+from jaxslim.config import OptimConfig
 from jaxslim.optim.agvm import agvm, agvm_metric_fn, module_labels
 from jaxslim.optim.lamb import lamb, lamb_preset, lars
 from jaxslim.optim.masks import decay_mask
@@ -25,7 +26,7 @@ from jaxslim.optim.trust import trust_ratio_metric_fn
 __all__ = ["build_optimizer", "build_schedule", "decay_mask", "optimizer_metric_fns"]
 
 
-def build_schedule(cfg, total_steps: int) -> optax.Schedule:
+def build_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """The learning-rate schedule of an :class:`~jaxslim.config.OptimConfig` over ``total_steps``."""
     final = cfg.lr * cfg.final_lr_ratio
     tail = int(round(cfg.decay_fraction * total_steps))
@@ -63,7 +64,7 @@ def build_schedule(cfg, total_steps: int) -> optax.Schedule:
     )
 
 
-def _lamb(cfg, learning_rate):
+def _lamb(cfg: OptimConfig, learning_rate):
     kw = dict(b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
     clamp = dict(min_ratio=cfg.trust_min or None, max_ratio=cfg.trust_max or None)
     if cfg.lamb_preset:
@@ -77,7 +78,9 @@ def _lamb(cfg, learning_rate):
     )
 
 
-def build_optimizer(cfg, total_steps: int, *, wrap_schedule=None) -> optax.GradientTransformation:
+def build_optimizer(
+    cfg: OptimConfig, total_steps: int, *, wrap_schedule=None
+) -> optax.GradientTransformation:
     """``cfg`` is an :class:`~jaxslim.config.OptimConfig`; ``wrap_schedule(schedule) -> schedule``
     edits the learning-rate schedule (e.g. the re-warm-up after a growth).
 
@@ -128,7 +131,7 @@ def build_optimizer(cfg, total_steps: int, *, wrap_schedule=None) -> optax.Gradi
     return tx
 
 
-def optimizer_metric_fns(cfg) -> tuple:
+def optimizer_metric_fns(cfg: OptimConfig) -> tuple:
     """The training-step metric functions an :class:`~jaxslim.config.OptimConfig` implies: trust
     ratios for LAMB / LARS, AGVM multipliers when AGVM is on."""
     fns = []

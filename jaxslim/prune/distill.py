@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxslim.config import MeshConfig, OptimConfig
+from jaxslim.config import MeshConfig, ModelConfig, OptimConfig
 from jaxslim.engine import create_train_state, fit, make_train_step, merge_model
 from jaxslim.models import Transformer
 from jaxslim.optim import build_optimizer
@@ -262,7 +262,7 @@ class PruneDistillResult:
     seconds: dict[str, float]
 
 
-def model_macs(cfg, seq_len: float) -> float:
+def model_macs(cfg: ModelConfig, seq_len: float) -> float:
     """MACs of all attention and FFN blocks at ``seq_len`` (Kwon et al.'s cost model, see
     :mod:`jaxslim.prune.flops`) for any widths: per-layer heads and FFN widths, narrowed residual."""
     cm = cost_model(cfg.replace(layer_heads=None, layer_ffn=None), seq_len)

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxslim.config import PruneConfig
 from jaxslim.prune.masks import (
     ALLOCATIONS,
     CRITERIA,
@@ -441,7 +442,7 @@ def straight_through_params(params: Any, opt_state: Any) -> Any:
     return _map(leaf, masks, params)
 
 
-def from_config(cfg: Any, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+def from_config(cfg: PruneConfig, inner: optax.GradientTransformation) -> optax.GradientTransformation:
     """The optimizer a :class:`~jaxslim.config.PruneConfig` asks for: ``inner`` itself when pruning
     is off, else :func:`prune` around it with the cubic schedule (N:M from ``begin_step``; with
     ``ste`` the masks are recomputed every ``update_every`` steps for the whole run)."""

@@ -110,8 +110,9 @@ def train(
     data = data or TextData(cfg.data)  # a bad corpus fails here, before the run directory is claimed
     if cfg.model.vocab_size != data.vocab_size:
         cfg = dataclasses.replace(cfg, model=cfg.model.replace(vocab_size=data.vocab_size))
+    methods = (*methods_of(cfg), *methods)  # a config its methods refuse fails before any write
     with RunDirectory(workdir, lock=jax.process_index() == 0):  # one run per directory, until it ends
-        run = Run(cfg, workdir, data, [*methods_of(cfg), *methods], config_json=config_to_json(cfg))
+        run = Run(cfg, workdir, data, methods, config_json=config_to_json(cfg))
         with jax.set_mesh(run.mesh), nnx.logical_axis_rules(run.rules):
             run.restore_or_init(functools.partial(initial_params, cfg) if cfg.init_from else None)
             run.steps(progress=progress)

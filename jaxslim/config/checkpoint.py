@@ -1,0 +1,66 @@
+"""Checkpoint config: when checkpoints are written, how many are kept, and how they are compressed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from jaxslim.config.validate import Config, at_least, between, positive
+
+
+@dataclass(frozen=True)
+class CodecConfig(Config):
+    """How checkpoints are compressed (:class:`jaxslim.checkpoint.Codec`).
+
+    Attributes:
+        mode: ``"excp"`` (lossy: residual, shrinking, k-means codes) or ``"lossless"`` (XOR
+            residual and byte planes; bit-exact).
+        weight_bits: bits of a weight-residual code (2..8): ``2**bits - 1`` centroids and zero.
+        moment_bits: bits of an Adam-moment code (2..8).
+        keyframe_bits: bits of a keyframe's weight codes (2..8); keyframes keep every weight.
+        keyframe_every: a keyframe every this many saves (then ``keyframe_every - 1`` deltas), so a
+            restore applies at most ``keyframe_every - 1`` residuals.
+        alpha: ExCP's ``prune_alpha``, the numerator of the second-moment scaling of the threshold.
+        beta: ExCP's ``prune_beta``: momentum is kept where ``|m| > beta * mean(|m|)``.
+        max_scale: cap of the threshold's scale on the median of ``|dW|`` (2.5 in ExCP).
+        min_size: floating-point leaves with fewer elements (biases, norms, scalars) are stored
+            unchanged in the lossy mode.
+        kmeans_iters: Lloyd iterations of the codebook fit.
+
+    Example:
+        >>> CodecConfig(mode="lossless").keyframe_every
+        5
+    """
+
+    mode: Literal["excp", "lossless"] = "excp"
+    weight_bits: int = between(2, 8, 4)
+    moment_bits: int = between(2, 8, 4)
+    keyframe_bits: int = between(2, 8, 8)
+    keyframe_every: int = positive(5)
+    alpha: float = at_least(0, 5e-5)
+    beta: float = at_least(0, 2.0)
+    max_scale: float = at_least(0, 2.5)
+    min_size: int = positive(4096)
+    kmeans_iters: int = positive(10)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig(Config):
+    """When and how checkpoints are written.
+
+    Attributes:
+        every: save every this many steps (and at the end); 0 disables checkpointing.
+        keep: keep the last this many checkpoints.
+        keep_every: also keep every checkpoint whose step is a multiple of this (0: none).
+        async_save: write in the background while training continues.
+        codec: ``None`` (plain Orbax) or a :class:`CodecConfig`: ExCP (residual against the previous
+            reconstructed checkpoint, weight-momentum shrinking, k-means codes; lossy) or lossless
+            (XOR residual in byte planes; bit-exact). Training resumes from either. On the command
+            line, ``--checkpoint.compression {none,excp,lossless}`` chooses it.
+    """
+
+    every: int = at_least(0, 100)
+    keep: int = positive(3)
+    keep_every: int = at_least(0, 0)
+    async_save: bool = True
+    codec: CodecConfig | None = None
