@@ -14,7 +14,7 @@ Example:
     >>> from jaxslim.config import MeshConfig
     >>> mesh = make_mesh(MeshConfig(data=-1))
     >>> logical_to_spec(("batch", "length"), MeshConfig().rules, mesh, (8, 16))
-    PartitionSpec('data',)
+    P('data',)
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ when the error lists several things, e.g. every mismatched tensor), never a trac
 (or ``JAXSLIM_DEBUG=1``) lets the exception through with its traceback.
 
 Example:
-    >>> run_command("jaxslim-x", lambda: int("seven"), debug=False)  # doctest: +SKIP
-    jaxslim-x: error: ValueError: invalid literal for int() with base 10: 'seven'
+    >>> import contextlib, sys
+    >>> with contextlib.redirect_stderr(sys.stdout):  # show the message here
+    ...     run_command("jaxslim-x", lambda: int("seven"), debug=False)
+    jaxslim-x: error: invalid literal for int() with base 10: 'seven'
     2
 """
 

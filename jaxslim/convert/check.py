@@ -130,7 +130,7 @@ def failures(
         >>> failures({"logits": {"max_abs": 1.2e-4, "max_rel": 3e-6}})
         []
         >>> failures({"logits": {"max_abs": 1.2e-4, "max_rel": 3e-6}}, atol=1e-4)
-        ['logits: max abs diff 1.200e-04 > atol 1e-04']
+        ['logits: max abs diff 1.200e-04 > atol 0.0001']
     """
     out = []
     for name, d in result.items():
