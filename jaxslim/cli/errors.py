@@ -67,6 +67,7 @@ def run_command(
     Returns:
         The exit status.
     """
+    job_failures: tuple[type[BaseException], ...] = (JobFailed, *failures)
     try:
         status = body()
     except KeyboardInterrupt:
@@ -74,7 +75,7 @@ def run_command(
             raise
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except (JobFailed, *failures) as e:
+    except job_failures as e:
         if debug:
             raise
         print(f"{prog}: failed: {_message(e)}", file=sys.stderr)

@@ -437,6 +437,7 @@ def unit_masks(scores: Any, sparsity: Any, *, kind: Kind = "heads", axes: Any = 
         x, axes = _value(s), _axes_of(table, name, s)
         u = _unit_axis(kind, axes)
         li = _layer_axis(axes)
+        keep_axes: tuple[int, ...]
         if kind == "channels":
             group, keep_axes = "embed", (u,)
         else:
