@@ -56,6 +56,8 @@ class MlmHead(nnx.Module):
 class Transformer(nnx.Module):
     """Embeddings, a (scanned or unscanned) stack of blocks, a final norm and the configured head."""
 
+    hf_source: str | None = None  # the Hugging Face folder a converted model came from (its side files)
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         _, pdt = dtypes(cfg)
         self.cfg = cfg
@@ -114,7 +116,7 @@ class Transformer(nnx.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         pooled = None
-        if self.pooler_w is not None:
+        if self.pooler_w is not None and self.pooler_b is not None:  # built together
             first = x[:, 0]
             pooled = first @ self.pooler_w[...].astype(x.dtype)
             pooled = jnp.tanh(pooled + expand_to(self.pooler_b[...].astype(x.dtype), 2))
