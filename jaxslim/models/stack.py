@@ -20,10 +20,10 @@ from flax import nnx
 
 from jaxslim.config import ModelConfig
 from jaxslim.models.block import Block
+from jaxslim.sharding import LAYERS
 
 if TYPE_CHECKING:  # annotations only: transformer.py imports this module
     from jaxslim.models.transformer import Transformer
-from jaxslim.sharding import LAYERS
 
 
 def _add_layer_axis(var: nnx.Variable) -> nnx.Variable:
