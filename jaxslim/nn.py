@@ -34,6 +34,10 @@ def param(
     if len(shape) != len(axes):
         raise ValueError(f"param shape {tuple(shape)} and logical axes {tuple(axes)} differ in rank")
     if init == "normal":
+        if rngs is None:
+            raise ValueError(
+                f"param: init='normal' draws random values and needs rngs, got None for {tuple(axes)}"
+            )
         value = INIT_STD * jax.random.normal(rngs.params(), tuple(shape), dtype)
     elif init == "zeros":
         value = jnp.zeros(tuple(shape), dtype)
@@ -82,7 +86,8 @@ class Norm(nnx.Module):
         _, pdt = dtypes(cfg)
         width = cfg.d_model if width is None else width
         # a shape of several axes normalises over all of them (OLMo 2's q/k norm over every head)
-        width, axes = (width, axis) if isinstance(width, tuple) else ((width,), (axis,))
+        width = width if isinstance(width, tuple) else (width,)
+        axes = axis if isinstance(axis, tuple) else (axis,)
         self.axes = tuple(range(-len(width), 0))
         self.rms = cfg.rms_norm
         self.eps = cfg.norm_eps
@@ -98,6 +103,7 @@ class Norm(nnx.Module):
             if self.offset:
                 scale = self.offset + scale
             return (h * expand_to(scale, h.ndim)).astype(x.dtype)
+        assert self.bias is not None  # a LayerNorm (not RMS) always has one
         mean = jnp.mean(h, axis=self.axes, keepdims=True)
         h = h - mean
         h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=self.axes, keepdims=True) + self.eps)

@@ -14,7 +14,7 @@ Example:
     >>> from jaxslim.config import MeshConfig
     >>> mesh = make_mesh(MeshConfig(data=-1))
     >>> logical_to_spec(("batch", "length"), MeshConfig().rules, mesh, (8, 16))
-    PartitionSpec('data',)
+    P('data',)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from flax.core import spmd as flax_spmd
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxslim.config import MESH_AXES, MeshConfig
 from jaxslim.tree import is_variable
@@ -62,7 +62,7 @@ def _rule_axes(rules: Rules, name: str | None) -> tuple[str, ...]:
 def logical_to_spec(
     axes: Sequence[str | None],
     rules: Rules,
-    mesh: Mesh | None = None,
+    mesh: Mesh | AbstractMesh | None = None,
     shape: Sequence[int] | None = None,
 ) -> PartitionSpec:
     """Resolves logical axis names to a ``PartitionSpec``.

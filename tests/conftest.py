@@ -1,31 +1,13 @@
-"""Test setup: 8 fake CPU devices, a persistent compile cache, offline Hugging Face, shared fixtures.
-
-The device flags must be set before JAX initialises its backend, so this runs before any test
-module imports jax.
-"""
+"""Shared fixtures and optional-dependency handling; the device, cache and offline setup is in the
+repository root's ``conftest.py``, which pytest loads first."""
 
 import importlib
 import importlib.util
 import os
 import pathlib
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import jax  # noqa: E402
-import pytest  # noqa: E402
-
-_CACHE = (
-    pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "jaxslim" / "jax-tests"
-)
-jax.config.update("jax_compilation_cache_dir", str(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_numpy_rank_promotion", "raise")
+import jax
+import pytest
 
 REQUIRE_ALL = os.environ.get("JAXSLIM_REQUIRE_ALL") == "1"
 

@@ -227,20 +227,24 @@ class Codec:
         """
         if not keyframe and ref is None:
             raise ValueError("a delta needs the previous checkpoint's reconstruction (ref)")
+        refs = ref if ref is not None else {}  # read only for deltas, which have one
         cfg = self.cfg
-        records, recon, stats, sums = {}, {}, {}, {}
+        records: dict[int, Any] = {}
+        recon: dict[int, Any] = {}
+        stats: dict[int, Any] = {}
+        sums: dict[int, Any] = {}
         for i, (p, x) in enumerate(zip(plan, leaves, strict=True)):
             if p.kind == RAW:
                 records[i] = {"value": x}
                 if isinstance(x, jax.Array) and not _is_key(x.dtype):
                     sums[i] = _checksums({"value": x})
             elif p.kind == XOR:
-                r = None if keyframe else ref[i]
+                r = None if keyframe else refs[i]
                 records[i], recon[i] = _settle(_encode_xor(_sig(p), r is None)(x, r))
                 sums[i] = _checksums(records[i])
             elif p.kind == WEIGHT:
                 _encode_weight(
-                    i, p, plan, cfg, keyframe, leaves, None if keyframe else ref[i], records, recon, stats
+                    i, p, plan, cfg, keyframe, leaves, None if keyframe else refs[i], records, recon, stats
                 )
                 for j in (i, p.mu, p.nu):
                     if j >= 0:
@@ -263,6 +267,7 @@ class Codec:
         """
         if not keyframe and ref is None:
             raise ValueError("a delta needs the previous checkpoint's reconstruction (ref)")
+        refs = ref if ref is not None else {}  # read only for deltas, which have one
         recon, sums = {}, {}
         for i, p in enumerate(plan):
             rec = records[i]
@@ -270,10 +275,10 @@ class Codec:
             if arrays:
                 sums[i] = _checksums(arrays)
             if p.kind == XOR:
-                r = None if keyframe else ref[i]
+                r = None if keyframe else refs[i]
                 recon[i] = _settle(_decode_xor(_sig(p), r is None)(rec["planes"], r))
             elif p.kind == WEIGHT:
-                r = None if keyframe else ref[i]
+                r = None if keyframe else refs[i]
                 recon[i] = _decode_codes(_sig(p), bits["weights"], r is None)(
                     rec["planes"], rec["codebook"], r
                 )

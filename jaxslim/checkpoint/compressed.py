@@ -202,6 +202,15 @@ class CompressedCheckpointer:
             self._meta[step] = meta
         return self._meta[step]
 
+    def _chain_metadata(self, step: int) -> dict[str, Any]:
+        """:meth:`metadata` of a step that must be compressed (a step of a delta chain)."""
+        meta = self.metadata(step)
+        if meta is None:
+            raise CorruptCheckpointError(
+                f"step {step} in {self.directory} has no codec metadata, but a compressed chain reads it"
+            )
+        return meta
+
     # -- save ---------------------------------------------------------------------------------------
 
     def save(
@@ -282,14 +291,19 @@ class CompressedCheckpointer:
             if i in sums:
                 entry["checksums"] = {k: int(v) for k, v in sums[i].items()}
             leaves.append(entry)
+        if keyframe:
+            reference_step, keyframe_step = None, step
+        else:
+            assert self._ref_step is not None  # a delta follows a save or a restore, which set it
+            reference_step, keyframe_step = self._ref_step, self._meta[self._ref_step]["keyframe_step"]
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "mode": cfg.mode,
             "step": step,
             "keyframe": keyframe,
-            "reference_step": None if keyframe else self._ref_step,
-            "keyframe_step": step if keyframe else self._meta[self._ref_step]["keyframe_step"],
+            "reference_step": reference_step,
+            "keyframe_step": keyframe_step,
             "bits": self.codec.bits(keyframe),
             "alpha": cfg.alpha,
             "beta": cfg.beta,
@@ -425,7 +439,7 @@ class CompressedCheckpointer:
         records: dict = {}
         chain = self.chain(step)
         for s in chain:
-            m = self.metadata(s)
+            m = self._chain_metadata(s)
             if len(m["leaves"]) != len(target) or any(
                 list(e["shape"]) != list(np.shape(x)) for e, x in zip(m["leaves"], target, strict=True)
             ):
@@ -444,7 +458,7 @@ class CompressedCheckpointer:
             recon, sums = self.codec.decode(plan, records, ref, keyframe=m["keyframe"], bits=m["bits"])
             _verify(m, jax.device_get(sums), s, self.directory)
             ref = recon
-        meta = self.metadata(step)
+        meta = self._chain_metadata(step)
         leaves = [records[i]["value"] if e["kind"] == RAW else recon[i] for i, e in enumerate(meta["leaves"])]
         return leaves, extra, recon, chain
 

@@ -246,7 +246,8 @@ def _all_finite(leaves: list[jax.Array]) -> jax.Array:
 
 def _nonfinite_paths(state: Any) -> list[str]:
     """Paths of the floating-point leaves of ``state`` that hold a NaN or an Inf."""
-    device, host = [], []
+    device: list[tuple[str, jax.Array]] = []
+    host: list[tuple[str, Any]] = []
     for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
         dtype = getattr(x, "dtype", None)
         if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
@@ -597,7 +598,7 @@ class Checkpointer:
         except StepAlreadyExistsError:
             raise  # a ValueError: the caller asked to overwrite a step; nothing was written
         except Exception as e:  # the synchronous part: directories, device-to-host copies, ...
-            self._failed(e)
+            raise self._failed(e, raise_=False) from e
 
     # -- restore ----------------------------------------------------------------------------------
 
@@ -821,7 +822,7 @@ def _join_background_threads(timeout: float) -> None:
     import threading
     import time
 
-    def commit_threads() -> list[threading.Thread]:
+    def commit_threads() -> list[Any]:  # Orbax's private thread class, which adds cancel()
         # Orbax runs each commit future in a thread of this class (and cancels it by ``cancel()``).
         return [
             t

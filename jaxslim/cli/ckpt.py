@@ -106,6 +106,7 @@ def compress(args) -> int:
             state, extra = plain.restore_as_saved(step)
             out.save(step, state, extra=extra, force=True)
             meta = out.metadata(step)
+            assert meta is not None  # a step just saved compressed
             pb, cb = _bytes(src / str(step)), _bytes(tmp / str(step))
             total_plain, total_comp = total_plain + pb, total_comp + cb
             w = [e["stats"] for e in meta["leaves"] if e["kind"] == "weight"]
@@ -117,7 +118,7 @@ def compress(args) -> int:
             )
     plain.close()
     print(f"total {_human(total_plain)} -> {_human(total_comp)}: {total_plain / total_comp:.1f}x")
-    if args.verbose:
+    if args.verbose and meta is not None:  # the last step's; steps is not empty
         _tensor_table(meta)
     return 0
 

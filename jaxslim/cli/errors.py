@@ -17,8 +17,10 @@ when the error lists several things, e.g. every mismatched tensor), never a trac
 (or ``JAXSLIM_DEBUG=1``) lets the exception through with its traceback.
 
 Example:
-    >>> run_command("jaxslim-x", lambda: int("seven"), debug=False)  # doctest: +SKIP
-    jaxslim-x: error: ValueError: invalid literal for int() with base 10: 'seven'
+    >>> import contextlib, sys
+    >>> with contextlib.redirect_stderr(sys.stdout):  # show the message here
+    ...     run_command("jaxslim-x", lambda: int("seven"), debug=False)
+    jaxslim-x: error: invalid literal for int() with base 10: 'seven'
     2
 """
 
@@ -65,6 +67,7 @@ def run_command(
     Returns:
         The exit status.
     """
+    job_failures: tuple[type[BaseException], ...] = (JobFailed, *failures)
     try:
         status = body()
     except KeyboardInterrupt:
@@ -72,7 +75,7 @@ def run_command(
             raise
         print(f"{prog}: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except (JobFailed, *failures) as e:
+    except job_failures as e:
         if debug:
             raise
         print(f"{prog}: failed: {_message(e)}", file=sys.stderr)

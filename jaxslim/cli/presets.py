@@ -11,7 +11,7 @@ packaged preset there). When it holds a file of the same name, a warning names b
 packaged one is used; pass the path to run the local one.
 
 Example:
-    >>> cfg = load_preset("shakespeare_gpt:tiny")  # doctest: +SKIP
+    >>> cfg = load_preset("shakespeare_gpt:tiny")
     >>> cfg.model.arch
     'gpt2'
 """

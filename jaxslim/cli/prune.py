@@ -13,15 +13,20 @@ Example:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import sys
 import time
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from jaxslim.cli.errors import debug_requested, positive_int, run_command
 from jaxslim.paths import absolute, output_dir
+
+if TYPE_CHECKING:  # the command imports jax and the pruning code only once it runs
+    from jaxslim.prune.fisher import MaskLoss
 
 
 def _load_model(spec: str):
@@ -107,7 +112,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     from jaxslim.prune.search import check_budget
     from jaxslim.tree import count_parameters
 
-    metric = "flops" if args.flops else "latency"
+    metric: Literal["flops", "latency"] = "flops" if args.flops else "latency"
     budgets = [check_budget(b, f"--{metric}") for b in (args.flops or args.latency)]
     out = args.out
     existing = [out / f"{metric}-{b:g}" for b in budgets if (out / f"{metric}-{b:g}").exists()]
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         sample = [
             {"tokens": b["tokens"]} for b in bucket_batches([x + [x[-1]] for x in ids[: args.num_samples]])
         ]
-        loss = lm_loss
+        loss: MaskLoss = lm_loss
     else:
         sample = bucket_batches(ids[: args.num_samples], batch_size=args.batch_size)
         loss = distill_loss(seed=args.seed)
@@ -158,7 +163,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             teacher=args.teacher,
             round_to=args.round_to,
             grads=grads,
-            progress=lambda phase, bar=bar: (bar.set_postfix_str(phase), bar.update(1)),
+            progress=functools.partial(_advance, bar),
         )
         bar.close()
         grads = result.grads
@@ -181,8 +186,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "predicted_latency": result.latency,
                 "params_dense": count_parameters(model),
                 "params_slim": count_parameters(small),
-                "layer_heads": list(small.cfg.layer_heads),
-                "layer_ffn": list(small.cfg.layer_ffn),
+                "layer_heads": [small.cfg.heads_in(i) for i in range(small.cfg.n_layers)],
+                "layer_ffn": [small.cfg.ffn_in(i) for i in range(small.cfg.n_layers)],
                 "cosine": float(np.mean(np.sum(emb * dense_emb, -1))),
                 "latency_dense_s": dense_latency,
                 "latency_slim_s": slim_latency,
@@ -198,6 +203,12 @@ def run(args: argparse.Namespace) -> list[dict]:
     if len(rows) > 1:
         _plot(rows, out / "quality_vs_flops.png")
     return rows
+
+
+def _advance(bar: Any, phase: str) -> None:
+    """Shows ``phase`` on the progress bar and counts it done."""
+    bar.set_postfix_str(phase)
+    bar.update(1)
 
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:

@@ -109,7 +109,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     if problems:
         raise ValueError("cannot express this model as a Hugging Face BERT: " + "; ".join(problems))
     arch = {"mlm": "BertForMaskedLM", "cls": "BertForSequenceClassification"}.get(cfg.head, "BertModel")
-    extra = {"num_labels": cfg.num_labels} if cfg.head == "cls" else {}
+    extra: dict[str, int] = {"num_labels": cfg.num_labels} if cfg.head == "cls" else {}
     return arch, dict(
         **extra,
         vocab_size=cfg.vocab_size,

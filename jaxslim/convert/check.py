@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import os
 
+import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 
 from jaxslim.convert.hf import CONFIG, family_of, load_hf
 from jaxslim.convert.io import read_json
 from jaxslim.paths import absolute
 
 
-def difference(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+def difference(ours: npt.ArrayLike, ref: npt.ArrayLike, mask: np.ndarray | None = None) -> dict[str, float]:
     """Max absolute difference and max relative difference of two arrays ``[batch, length, ...]``.
 
     The relative difference is the max absolute difference divided by the largest reference
@@ -101,7 +103,7 @@ def check(
             output_hidden_states=True,
         )
     model.eval()  # inference behaviour, as the reference's: no router jitter, eval capacity
-    ours = model(tokens.astype(np.int32), attention_mask=mask.astype(np.int32))
+    ours = model(jnp.asarray(tokens, jnp.int32), attention_mask=jnp.asarray(mask, jnp.int32))
     result = {"hidden": difference(ours.hidden, ref.hidden_states[-1].numpy(), mask)}
     if ours.logits is not None and getattr(ref, "logits", None) is not None:
         per_token = np.ndim(ours.logits) == 3  # LM heads; a classification head has one row per sequence
@@ -130,7 +132,7 @@ def failures(
         >>> failures({"logits": {"max_abs": 1.2e-4, "max_rel": 3e-6}})
         []
         >>> failures({"logits": {"max_abs": 1.2e-4, "max_rel": 3e-6}}, atol=1e-4)
-        ['logits: max abs diff 1.200e-04 > atol 1e-04']
+        ['logits: max abs diff 1.200e-04 > atol 0.0001']
     """
     out = []
     for name, d in result.items():

@@ -341,7 +341,7 @@ def load_hf(
 def generation_config(cfg: ModelConfig) -> dict:
     """A ``generation_config.json`` holding ``cfg``'s special tokens, for a causal LM whose source
     had none (what ``save_pretrained`` writes from a model config)."""
-    out = {"_from_model_config": True}
+    out: dict[str, object] = {"_from_model_config": True}
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = getattr(cfg, name)
         if value is not None:
@@ -407,7 +407,7 @@ def save_hf(
     carried = [f.name for f in side_files(source)]
     write_generation = cfg.head == "lm" and GENERATION_CONFIG not in carried
     same_dir = source is not None and pathlib.Path(source).resolve() == d.resolve()
-    outputs = (CONFIG, WEIGHTS, INDEX, SHARD_GLOB)
+    outputs: tuple[str, ...] = (CONFIG, WEIGHTS, INDEX, SHARD_GLOB)
     outputs += tuple(() if same_dir else carried) + ((GENERATION_CONFIG,) if write_generation else ())
     clear_outputs(d, outputs, overwrite=overwrite)
     write_tensors(d, tensors, max_shard_bytes=max_shard_bytes)

@@ -189,7 +189,7 @@ def copy_side_files(source: str | os.PathLike | None, directory: pathlib.Path) -
     A source that is ``directory`` itself copies nothing.
     """
     files = side_files(source)
-    if not files or pathlib.Path(source).resolve() == directory.resolve():
+    if not files or source is None or pathlib.Path(source).resolve() == directory.resolve():
         return [f.name for f in files]
     directory.mkdir(parents=True, exist_ok=True)
     for f in files:

@@ -134,6 +134,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
             )
     if problems:
         raise ValueError("cannot express this model as a Hugging Face Mixtral: " + "; ".join(problems))
+    assert m is not None  # moe=None is one of the problems above
     return "MixtralForCausalLM", dict(
         llama.decoder_fields(cfg),
         sliding_window=cfg.sliding_window,

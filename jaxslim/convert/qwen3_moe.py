@@ -99,6 +99,8 @@ def moe_problems(cfg: ModelConfig, family: str) -> list[str]:
 def moe_fields(cfg: ModelConfig) -> dict:
     """The expert fields of a Qwen-MoE config for ``cfg``."""
     m = cfg.moe
+    if m is None:
+        raise ValueError("moe_fields needs a ModelConfig with moe set, got moe=None")
     return dict(
         intermediate_size=cfg.d_ff,
         decoder_sparse_step=m.every,

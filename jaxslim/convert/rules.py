@@ -135,7 +135,7 @@ def _split_interleaved_qkv(a: Array, cfg: ModelConfig) -> list[Array]:
     # GPT-NeoX's query_key_value: rows grouped per head, each [q, k, v] of head_dim rows
     hd = cfg.head_dim_
     if a.ndim == 2:
-        per_head = a.reshape(-1, 3, hd, a.shape[1])  # [heads, 3, hd, d]
+        per_head: Array = a.reshape(-1, 3, hd, a.shape[1])  # [heads, 3, hd, d]
         return [np.ascontiguousarray(per_head[:, j].transpose(2, 0, 1)) for j in range(3)]
     per_head = a.reshape(-1, 3, hd)
     return [np.ascontiguousarray(per_head[:, j]) for j in range(3)]
@@ -458,10 +458,10 @@ def hf_to_flat(
         out.update(zip(targets, values, strict=True))
     for group in experts.values():
         n = expected[group.targets[0]][0]
-        absent = [e for e in range(n) if e not in group.keys]
-        if absent:
+        absent_experts = [e for e in range(n) if e not in group.keys]
+        if absent_experts:
             missing_experts.extend(
-                f"{group.name(e)} (expert {e} of {', '.join(group.targets)})" for e in absent
+                f"{group.name(e)} (expert {e} of {', '.join(group.targets)})" for e in absent_experts
             )
             continue
         shapes = [tuple(expected[t])[1:] for t in group.targets]
@@ -476,15 +476,15 @@ def hf_to_flat(
                 stacked.append(values)
         if len(bad) == n and len({a.shape for _, a in bad}) == 1:
             bad = [("*", bad[0][1])]  # every expert has the same wrong shape: one line, not n
-        for e, array in bad:
-            where = [f"{t}[{e}]" for t in group.targets]
-            misshaped.append(_shape_problem(group.name(e), array, where, shapes, group.rule))
+        for which, array in bad:
+            where = [f"{t}[{which}]" for t in group.targets]
+            misshaped.append(_shape_problem(group.name(which), array, where, shapes, group.rule))
         if not bad:
             out.update({t: np.stack([v[j] for v in stacked]) for j, t in enumerate(group.targets)})
     wrongly_tied = []
     for key, r, targets in tied:
-        loaded = [out.get(t) for t in targets]
-        if any(v is None for v in loaded):
+        loaded = [out[t] for t in targets if t in out]
+        if len(loaded) < len(targets):
             continue  # the tensor it is tied to is already reported as missing or mis-shaped
         try:
             values = r.transform.to_jax(np.asarray(tensors[key]), cfg)

@@ -430,7 +430,7 @@ def corpus_text(
         >>> import pathlib, tempfile
         >>> d = pathlib.Path(tempfile.mkdtemp())
         >>> _ = (d / "a.txt").write_text("to be or not to be")
-        >>> corpus_text(str(d / "a.txt"), cache_dir=d / "cache")  # doctest: +SKIP
+        >>> corpus_text(str(d / "a.txt"), cache_dir=d / "cache")
         ['to be or not to be']
     """
     root = cache_root(cache_dir)

@@ -234,7 +234,7 @@ class TrainIterator:
             (1, 2)
         """
         epoch, index = divmod(self.position, self.num_sequences)
-        state = {
+        state: dict[str, Any] = {
             "version": STATE_VERSION,
             "epoch": int(epoch),
             "index": int(index),
@@ -335,6 +335,7 @@ class Prefetcher:
         # A static method: the thread holds no reference to the Prefetcher, so dropping the
         # Prefetcher (end of a training run) collects it, and __del__ stops the thread.
         while not stop.is_set():
+            item: tuple[Any, Any] | BaseException
             try:
                 item = (next(iterator), iterator.get_state())
             except BaseException as e:  # noqa: BLE001 - handed to the consumer

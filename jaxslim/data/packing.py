@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxslim.data.corpora import cache_root, documents_fingerprint
+from jaxslim.data.shards import ShardedTokens
 from jaxslim.data.tokenizer import Tokenizer
 
 # Bump when the stream layout changes (e.g. where separators go), so old caches are not reused.
@@ -114,7 +115,7 @@ class PackedSequences:
         (3, [[0, 1, 2, 3], [6, 7, 8, 9]])
     """
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, *, causal: bool = True):
+    def __init__(self, tokens: np.ndarray | ShardedTokens, seq_len: int, *, causal: bool = True):
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be a 1-D id stream, got shape {tokens.shape}")
         if seq_len < 1:

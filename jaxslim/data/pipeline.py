@@ -41,7 +41,7 @@ from jaxslim.data.corpora import cache_root, corpus_text
 from jaxslim.data.iterators import Prefetcher, TrainIterator, validation_batches
 from jaxslim.data.masking import MlmMasker
 from jaxslim.data.packing import PackedSequences, tokenize_documents
-from jaxslim.data.shards import PreparedDataError, read_manifest, verify_shards
+from jaxslim.data.shards import Manifest, PreparedDataError, ShardedTokens, read_manifest, verify_shards
 from jaxslim.data.split import split_documents
 from jaxslim.data.tokenizer import cached_bpe, load_tokenizer
 
@@ -94,7 +94,9 @@ class TextData:
 
     def __init__(self, config: DataConfig):
         self.config = config
-        self.manifest = None
+        self.manifest: Manifest | None = None
+        self.train_tokens: np.ndarray | ShardedTokens  # in memory, or prepared shards read on demand
+        self.val_tokens: np.ndarray | ShardedTokens
         if config.manifest is not None:
             self._open_prepared(config)
         else:
@@ -124,7 +126,7 @@ class TextData:
             )
         self._masker = (
             MlmMasker(
-                mask_id=self.tokenizer.mask_id,
+                mask_id=self.tokenizer.mask_id,  # type: ignore[arg-type]  # not None under mlm: checked above
                 vocab_size=self.tokenizer.vocab_size,
                 special_ids=self.tokenizer.special_ids,
                 probability=config.mlm_probability,
@@ -141,6 +143,7 @@ class TextData:
 
     def _open_prepared(self, config: DataConfig) -> None:
         t = time.perf_counter()
+        assert config.manifest is not None  # the caller's condition
         m = read_manifest(pathlib.Path(config.manifest).expanduser().absolute())
         if config.verify_shards:
             verify_shards(m)
@@ -228,7 +231,7 @@ class TextData:
             process_count=count,
             masker=self._masker,
             shuffle="feistel" if prepared else "table",
-            data_id=self.manifest.fingerprint if prepared else None,
+            data_id=self.manifest.fingerprint if self.manifest is not None else None,
         )
         if prepared and self.config.prefetch:
             return Prefetcher(it, self.config.prefetch)
@@ -267,7 +270,9 @@ class TextData:
         """Unigram and bigram validation losses in nats per token (see
         :func:`~jaxslim.data.baselines.ngram_baselines`)."""
         if self.manifest is None:
-            return ngram_baselines(self.train_tokens, self.val_tokens, self.vocab_size)
+            return ngram_baselines(
+                np.asarray(self.train_tokens), np.asarray(self.val_tokens), self.vocab_size
+            )
         # prepared data: fitted and scored on the first BASELINE_TOKENS of each split
         train = self.train_tokens[: min(BASELINE_TOKENS, len(self.train_tokens))]
         val = self.val_tokens[: min(BASELINE_TOKENS, len(self.val_tokens))]

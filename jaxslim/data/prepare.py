@@ -670,10 +670,10 @@ def prepare(
     # of an interrupted run are left over: remove both.
     listed = {s["file"] for split in SPLITS for s in manifest["splits"][split]["shards"]}
     for split in SPLITS:
-        for f in (out / split).glob("*"):
-            ours = f.suffix == ".bin" or ".bin.tmp-" in f.name
-            if ours and f.is_file() and f"{split}/{f.name}" not in listed:
-                f.unlink()
+        for file in (out / split).glob("*"):
+            ours = file.suffix == ".bin" or ".bin.tmp-" in file.name
+            if ours and file.is_file() and f"{split}/{file.name}" not in listed:
+                file.unlink()
     _atomic_write_json(manifest_path, manifest)
     shutil.rmtree(work, ignore_errors=True)
     return read_manifest(out)

@@ -293,7 +293,7 @@ class ShardedTokens:
         pos, done = start, 0
         shard = int(np.searchsorted(self.offsets, start, side="right")) - 1
         item = self.dtype.itemsize
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         while done < n:
             while self.offsets[shard + 1] <= pos:  # skip empty shards
                 shard += 1

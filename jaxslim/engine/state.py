@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxslim.models.transformer import Transformer
 from jaxslim.sharding import Rules, state_shardings
 from jaxslim.tree import is_variable
 
@@ -28,8 +29,8 @@ class TrainState(NamedTuple):
     params: Any
     rest: Any
     opt_state: Any
-    step: jax.Array
-    rng: jax.Array
+    step: Any  # a jax.Array; TrainSetup.shardings holds the same fields' shardings
+    rng: Any
 
 
 class TrainSetup(NamedTuple):
@@ -64,14 +65,15 @@ def train_state_shardings(abs_params: Any, abs_rest: Any, tx, mesh: Mesh, rules:
     return TrainState(param_sh, rest_sh, opt_sh, replicated, replicated)
 
 
-def make_setup(make_model: Callable[[], nnx.Module], tx, mesh: Mesh, rules: Rules) -> TrainSetup:
+def make_setup(make_model: Callable[[], Transformer], tx, mesh: Mesh, rules: Rules) -> TrainSetup:
     """The :class:`TrainSetup` of a model (built abstractly, nothing is allocated)."""
-    graphdef, abs_params, abs_rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
+    # flax annotates split's states after the first as a variadic tuple, which mypy cannot unpack
+    graphdef, abs_params, abs_rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)  # type: ignore[misc]
     return TrainSetup(graphdef, tx, train_state_shardings(abs_params, abs_rest, tx, mesh, rules), mesh)
 
 
 def create_train_state(
-    make_model: Callable[[], nnx.Module],
+    make_model: Callable[[], Transformer],
     tx: optax.GradientTransformation,
     mesh: Mesh,
     rules: Rules,
@@ -104,7 +106,7 @@ def abstract_train_state(state_or_setup: TrainState | TrainSetup, like: TrainSta
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state_or_setup)
 
 
-def merge_model(setup: TrainSetup, state: TrainState) -> nnx.Module:
+def merge_model(setup: TrainSetup, state: TrainState) -> Transformer:
     """The model of ``state`` (for evaluation, sampling or export)."""
     return nnx.merge(setup.graphdef, state.params, state.rest)
 

@@ -58,7 +58,7 @@ def _value(x):
 
 def _split_path(path: tuple, param_paths: set) -> tuple[tuple, tuple] | None:
     """``(prefix, param path)`` when ``path`` ends with the path of a parameter, else ``None``."""
-    keys = []
+    keys: list[Any] = []
     for entry in reversed(path):
         if not isinstance(entry, jax.tree_util.DictKey):
             break
@@ -140,7 +140,7 @@ def grow_train_state(
 
     new_cfg = op.config(cfg)
     abstract = nnx.eval_shape(lambda: Transformer(new_cfg, rngs=nnx.Rngs(0)))
-    _, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
+    _, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)  # type: ignore[misc]  # see make_setup
     shardings = train_state_shardings(abs_params, abs_rest, tx, mesh, rules)
     abs_opt = jax.eval_shape(tx.init, abs_params)
     new_param_paths = variable_paths(abs_params)

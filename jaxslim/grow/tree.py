@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxslim.config import ModelConfig
+from jaxslim.models.transformer import Transformer
 from jaxslim.sharding import logical_axes
 
 Kind = Literal["param", "moment1", "moment2", "mask"]
@@ -88,9 +89,9 @@ def check_shapes(grown: dict[tuple, Any], target: dict[tuple, Any], what: str) -
             )
 
 
-def grow_model(model: nnx.Module, op: GrowthOp) -> nnx.Module:
+def grow_model(model: Transformer, op: GrowthOp) -> Transformer:
     """A new model of ``op.config(model.cfg)`` holding ``model``'s grown weights."""
-    cfg: ModelConfig = model.cfg
+    cfg = model.cfg
     new_cfg = op.config(cfg)
     state = nnx.state(model)
     pure = nest({p: v.get_value() for p, v in variable_paths(state).items()})

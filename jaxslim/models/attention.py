@@ -29,15 +29,15 @@ class Attention(nnx.Module):
         self.wv = param(rngs, (d, n_kv_heads, hd), ("embed", "kv_heads", "head_dim"), pdt)
         self.wo = param(rngs, (n_heads, hd, d), ("heads", "head_dim", "embed"), pdt)
         if cfg.attn_bias:
-            self.bq = param(None, (n_heads, hd), ("heads", "head_dim"), pdt, "zeros")
-            self.bk = param(None, (n_kv_heads, hd), ("kv_heads", "head_dim"), pdt, "zeros")
-            self.bv = param(None, (n_kv_heads, hd), ("kv_heads", "head_dim"), pdt, "zeros")
+            self.bq: nnx.Param | None = param(None, (n_heads, hd), ("heads", "head_dim"), pdt, "zeros")
+            self.bk: nnx.Param | None = param(None, (n_kv_heads, hd), ("kv_heads", "head_dim"), pdt, "zeros")
+            self.bv: nnx.Param | None = param(None, (n_kv_heads, hd), ("kv_heads", "head_dim"), pdt, "zeros")
         else:
             self.bq = self.bk = self.bv = None
         self.bo = param(None, (d,), ("embed",), pdt, "zeros") if cfg.out_bias else None
         if cfg.qk_norm and cfg.qk_norm_scope == "layer":
-            self.q_norm = Norm(cfg, width=(n_heads, hd), axis=("heads", "head_dim"))
-            self.k_norm = Norm(cfg, width=(n_kv_heads, hd), axis=("kv_heads", "head_dim"))
+            self.q_norm: Norm | None = Norm(cfg, width=(n_heads, hd), axis=("heads", "head_dim"))
+            self.k_norm: Norm | None = Norm(cfg, width=(n_kv_heads, hd), axis=("kv_heads", "head_dim"))
         elif cfg.qk_norm:
             self.q_norm = Norm(cfg, width=hd, axis="head_dim")
             self.k_norm = Norm(cfg, width=hd, axis="head_dim")
@@ -87,7 +87,7 @@ class Attention(nnx.Module):
         q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"))
         k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"))
         v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"))
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         window = self.window if window is None else window
         if rope is not None and len(rope) == 4:  # (global cos, sin, local cos, sin): Gemma 3

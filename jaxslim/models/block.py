@@ -28,12 +28,14 @@ class Block(nnx.Module):
             cfg, cfg.heads_in(layer), cfg.kv_heads_in(layer), rngs=rngs, window=cfg.window_of(layer)
         )
         if cfg.is_moe_layer(layer):
-            self.mlp, self.moe = None, MoeLayer(cfg, rngs=rngs)
+            self.mlp: Mlp | None = None
+            self.moe: MoeLayer | None = MoeLayer(cfg, rngs=rngs)
         else:
             self.mlp, self.moe = Mlp(cfg, cfg.ffn_in(layer), rngs=rngs), None
         # Qwen2-MoE: a dense shared expert beside the routed ones, behind a sigmoid gate
-        shared = self.moe is not None and cfg.shared_expert_ffn is not None
-        self.shared = Mlp(cfg, cfg.shared_expert_ffn, rngs=rngs) if shared else None
+        shared_ffn = cfg.shared_expert_ffn if self.moe is not None else None
+        self.shared = Mlp(cfg, shared_ffn, rngs=rngs) if shared_ffn is not None else None
+        shared = self.shared is not None
         gated = shared and cfg.shared_expert_gate
         self.shared_gate = param(rngs, (cfg.d_model, 1), ("embed", None), dtypes(cfg)[1]) if gated else None
         # OLMo 2 has no input norms: its sublayers read the residual stream as it is
@@ -68,6 +70,7 @@ class Block(nnx.Module):
                     s = s * jax.nn.sigmoid(x @ self.shared_gate[...].astype(x.dtype))
                 y = y + s
             return y, aux
+        assert self.mlp is not None  # a dense block: a block has an Mlp or a MoeLayer
         return self.mlp(x, neuron_mask=neuron_mask), None
 
 

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxslim.models.transformer import Transformer
+
 
 def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature: float, top_k: int) -> jax.Array:
     """One token id per row of ``logits: [..., vocab]``; temperature 0 is greedy (argmax)."""
@@ -57,7 +59,7 @@ def _generate(graphdef, state, window_ids, length, rng, *, n_tokens, temperature
 
 
 def generate(
-    model: nnx.Module,
+    model: Transformer,
     prompt: Sequence[int],
     n_tokens: int,
     *,

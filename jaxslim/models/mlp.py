@@ -18,12 +18,14 @@ class Mlp(nnx.Module):
         d = cfg.d_model
         self.act = cfg.activation
         self.wi = param(rngs, (d, d_ff), ("embed", "mlp"), pdt)
-        self.wu = param(rngs, (d, d_ff), ("embed", "mlp"), pdt) if cfg.gated_mlp else None
+        self.wu: nnx.Param | None = param(rngs, (d, d_ff), ("embed", "mlp"), pdt) if cfg.gated_mlp else None
         self.wo = param(rngs, (d_ff, d), ("mlp", "embed"), pdt)
         if cfg.mlp_bias:
-            self.bi = param(None, (d_ff,), ("mlp",), pdt, "zeros")
-            self.bu = param(None, (d_ff,), ("mlp",), pdt, "zeros") if cfg.gated_mlp else None
-            self.bo = param(None, (d,), ("embed",), pdt, "zeros")
+            self.bi: nnx.Param | None = param(None, (d_ff,), ("mlp",), pdt, "zeros")
+            self.bu: nnx.Param | None = (
+                param(None, (d_ff,), ("mlp",), pdt, "zeros") if cfg.gated_mlp else None
+            )
+            self.bo: nnx.Param | None = param(None, (d,), ("embed",), pdt, "zeros")
         else:
             self.bi = self.bu = self.bo = None
 

@@ -12,7 +12,7 @@ whole models.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,9 @@ from flax import nnx
 from jaxslim.config import ModelConfig
 from jaxslim.models.block import Block
 from jaxslim.sharding import LAYERS
+
+if TYPE_CHECKING:  # annotations only: transformer.py imports this module
+    from jaxslim.models.transformer import Transformer
 
 
 def _add_layer_axis(var: nnx.Variable) -> nnx.Variable:
@@ -151,25 +154,25 @@ def stack_trees(cfg: ModelConfig, layers: list[Any]) -> Any:
     return {j: stack(layers[j::p]) for j in range(p)}
 
 
-def unstack_layers(model: nnx.Module) -> nnx.Module:
+def unstack_layers(model: Transformer) -> Transformer:
     """A copy of a scanned model with an unscanned stack (same weights, same outputs)."""
     return _relayout(model, scan=False)
 
 
-def stack_layers(model: nnx.Module) -> nnx.Module:
+def stack_layers(model: Transformer) -> Transformer:
     """A copy of an unscanned, uniform-width model with a scanned stack."""
     return _relayout(model, scan=True)
 
 
-def _relayout(model: nnx.Module, *, scan: bool) -> nnx.Module:
-    cfg: ModelConfig = model.cfg
+def _relayout(model: Transformer, *, scan: bool) -> Transformer:
+    cfg = model.cfg
     if cfg.scan_layers == scan:
         raise ValueError(f"model already has scan_layers={scan}")
     new_cfg = cfg.replace(scan_layers=scan)  # validates: per-layer widths cannot be scanned
     return rebuild(model, new_cfg, lambda pure: pure)
 
 
-def rebuild(model: nnx.Module, new_cfg: ModelConfig, edit_layers) -> nnx.Module:
+def rebuild(model: Transformer, new_cfg: ModelConfig, edit_layers) -> Transformer:
     """A model of ``new_cfg`` holding ``model``'s weights, each layer's tree passed through
     ``edit_layers(list of per-layer trees) -> list`` on the way (layouts converted as needed)."""
     target = nnx.eval_shape(lambda: type(model)(new_cfg, rngs=nnx.Rngs(0)))

@@ -56,6 +56,8 @@ class MlmHead(nnx.Module):
 class Transformer(nnx.Module):
     """Embeddings, a (scanned or unscanned) stack of blocks, a final norm and the configured head."""
 
+    hf_source: str | None = None  # the Hugging Face folder a converted model came from (its side files)
+
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         _, pdt = dtypes(cfg)
         self.cfg = cfg
@@ -63,14 +65,16 @@ class Transformer(nnx.Module):
         self.stack = Stack(cfg, rngs=rngs)
         self.final_norm = Norm(cfg) if cfg.pre_norm else None
         if cfg.pooler:
-            self.pooler_w = param(rngs, (cfg.d_model, cfg.d_model), ("embed", None), pdt)
-            self.pooler_b = param(None, (cfg.d_model,), (None,), pdt, "zeros")
+            self.pooler_w: nnx.Param | None = param(rngs, (cfg.d_model, cfg.d_model), ("embed", None), pdt)
+            self.pooler_b: nnx.Param | None = param(None, (cfg.d_model,), (None,), pdt, "zeros")
         else:
             self.pooler_w = self.pooler_b = None
         self.mlm = MlmHead(cfg, rngs=rngs) if cfg.head == "mlm" else None
         if cfg.head == "cls":  # BERT: a linear classifier on the pooler output; decoders: `score`, no bias
-            self.cls_w = param(rngs, (cfg.d_model, cfg.num_labels), ("embed", None), pdt)
-            self.cls_b = param(None, (cfg.num_labels,), (None,), pdt, "zeros") if cfg.arch == "bert" else None
+            self.cls_w: nnx.Param | None = param(rngs, (cfg.d_model, cfg.num_labels), ("embed", None), pdt)
+            self.cls_b: nnx.Param | None = (
+                param(None, (cfg.num_labels,), (None,), pdt, "zeros") if cfg.arch == "bert" else None
+            )
         else:
             self.cls_w = self.cls_b = None
         untied_lm = cfg.head == "lm" and not cfg.tie_embeddings
@@ -112,7 +116,7 @@ class Transformer(nnx.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         pooled = None
-        if self.pooler_w is not None:
+        if self.pooler_w is not None and self.pooler_b is not None:  # built together
             first = x[:, 0]
             pooled = first @ self.pooler_w[...].astype(x.dtype)
             pooled = jnp.tanh(pooled + expand_to(self.pooler_b[...].astype(x.dtype), 2))

@@ -43,7 +43,7 @@ class ExpertWeights(NamedTuple):
 
     def take(self, idx: jax.Array) -> ExpertWeights:
         """The weights of experts ``idx`` (any integer array; its shape replaces the expert axis)."""
-        return ExpertWeights(*(None if w is None else jnp.take(w, idx, axis=0) for w in self))
+        return ExpertWeights._make(None if w is None else jnp.take(w, idx, axis=0) for w in self)
 
 
 Hidden = Callable[[jax.Array], jax.Array]  # applied to the expert hidden units (activation, dropout)

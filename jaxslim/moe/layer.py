@@ -97,17 +97,19 @@ class MoeLayer(nnx.Module):
                     raise ValueError(f"MoeLayer: {name}={given} contradicts the ModelConfig's {have}")
             _, pdt = dtypes(cfg)
             m, d, f = cfg.moe, cfg.d_model, cfg.expert_ffn
-            act, gated, bias = cfg.activation, cfg.gated_mlp, cfg.mlp_bias
+            act: str = cfg.activation
+            gated, bias = cfg.gated_mlp, cfg.mlp_bias
         elif isinstance(cfg, MoeConfig):
-            f = cfg.d_ff if cfg.d_ff else d_ff
+            width = cfg.d_ff if cfg.d_ff else d_ff
             if cfg.d_ff and d_ff is not None and d_ff != cfg.d_ff:
                 raise ValueError(f"MoeLayer: d_ff={d_ff} contradicts MoeConfig.d_ff={cfg.d_ff}")
-            for name, v in (("d_model", d_model), ("d_ff (or MoeConfig.d_ff)", f)):
+            for name, v in (("d_model", d_model), ("d_ff (or MoeConfig.d_ff)", width)):
                 if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
                     raise ValueError(f"a stand-alone MoeLayer needs {name} as a positive integer, got {v!r}")
             if activation not in ACTIVATIONS:
                 raise ValueError(f"MoeLayer activation must be one of {ACTIVATIONS}, got {activation!r}")
-            m, d, act, pdt = cfg, d_model, activation, jnp.dtype(param_dtype)
+            assert d_model is not None and width is not None  # both checked just above
+            m, d, f, act, pdt = cfg, d_model, width, activation, jnp.dtype(param_dtype)
         else:
             raise TypeError(f"MoeLayer needs a ModelConfig or a MoeConfig, got {type(cfg).__name__}")
         e = m.num_experts
@@ -119,9 +121,9 @@ class MoeLayer(nnx.Module):
         self.wu = param(rngs, (e, d, f), ("exp", "embed", "mlp"), pdt) if gated else None
         self.wo = param(rngs, (e, f, d), ("exp", "mlp", "embed"), pdt)
         if bias:
-            self.bi = param(None, (e, f), ("exp", "mlp"), pdt, "zeros")
-            self.bu = param(None, (e, f), ("exp", "mlp"), pdt, "zeros") if gated else None
-            self.bo = param(None, (e, d), ("exp", "embed"), pdt, "zeros")
+            self.bi: nnx.Param | None = param(None, (e, f), ("exp", "mlp"), pdt, "zeros")
+            self.bu: nnx.Param | None = param(None, (e, f), ("exp", "mlp"), pdt, "zeros") if gated else None
+            self.bo: nnx.Param | None = param(None, (e, d), ("exp", "embed"), pdt, "zeros")
         else:
             self.bi = self.bu = self.bo = None
 
@@ -129,7 +131,12 @@ class MoeLayer(nnx.Module):
         """The expert weights cast to ``dtype``."""
         get = lambda v: None if v is None else v[...].astype(dtype)  # noqa: E731
         return ExpertWeights(
-            get(self.wi), get(self.wo), get(self.wu), get(self.bi), get(self.bu), get(self.bo)
+            self.wi[...].astype(dtype),
+            self.wo[...].astype(dtype),
+            get(self.wu),
+            get(self.bi),
+            get(self.bu),
+            get(self.bo),
         )
 
     def _mode(self) -> str:
@@ -171,10 +178,11 @@ class MoeLayer(nnx.Module):
             if mode == "fixed":
                 idx = jnp.full((1,), m.eval_expert, jnp.int32)
             else:
-                idx = random_routing(
-                    route_key, x.shape[:2], e, per="batch" if mode == "batch" else "sequence"
+                assert route_key is not None  # _needs_rng: random modes always have a key
+                drawn = random_routing(
+                    route_key, (x.shape[0], x.shape[1]), e, per="batch" if mode == "batch" else "sequence"
                 )
-                idx = idx.experts[:, 0, 0] if mode != "batch" else idx.experts[:1, 0, 0]
+                idx = drawn.experts[:, 0, 0] if mode != "batch" else drawn.experts[:1, 0, 0]
             xs = x[None] if idx.shape[0] == 1 else x[:, None]
             y = expert_ffn(xs, w.take(idx), hidden)
             y = y[0] if idx.shape[0] == 1 else y[:, 0]
@@ -195,11 +203,13 @@ class MoeLayer(nnx.Module):
             raise ValueError(f"MoeConfig.group_size={s} must divide the {b * t} tokens of a [{b}, {t}] batch")
         xg = constrain(x.reshape(b * t // s, s, d), ("batch", None, "act_embed"))
         if mode == "topk":
+            assert self.router is not None  # built exactly when the router is "topk"
             jitter = 0.0 if self.deterministic else m.jitter
             routing = top_k_routing(
                 xg, self.router[...], k=m.top_k, renormalize=m.renormalize, jitter=jitter, rng=jitter_key
             )
         else:
+            assert route_key is not None  # _needs_rng: random modes always have a key
             r = random_routing(route_key, (b, t), e, per=_RANDOM_PER[mode])
             routing = Routing(r.experts.reshape(-1, s, 1), r.gates.reshape(-1, s, 1))
         if m.dispatch == "dropless":

@@ -28,6 +28,8 @@ def load_balance_loss(routing: Routing, num_experts: int) -> jax.Array:
     token counts once per chosen expert) and ``P_e`` the mean router probability of ``e``. Equals
     1 when both are uniform.
     """
+    if routing.probs is None:
+        raise ValueError("load_balance_loss needs a learned router's probs; random routing has none")
     chosen = jnp.max(jax.nn.one_hot(routing.experts, num_experts, dtype=jnp.float32), axis=-2)  # [G, S, E]
     f = jnp.mean(chosen, axis=1)
     p = jnp.mean(routing.probs, axis=1)
@@ -50,7 +52,7 @@ def routing_metrics(routing: Routing, kept: jax.Array, num_experts: int) -> dict
     """
     load = jnp.mean(jax.nn.one_hot(routing.experts, num_experts, dtype=jnp.float32), axis=(0, 1, 2))
     out = {"load": load, "dropped": 1.0 - jnp.mean(kept.astype(jnp.float32))}
-    if routing.probs is not None:
+    if routing.probs is not None and routing.logits is not None:  # a learned router
         p = routing.probs
         out.update(
             aux_loss=load_balance_loss(routing, num_experts),

@@ -5,8 +5,8 @@ the positions that carry a loss, gradients through both views. The two views run
 program (``jax.vmap`` over two PRNG keys), not two sequential calls.
 
 Example:
-    >>> from jaxslim.engine.step import lm_objective       # doctest: +SKIP
-    >>> objective = consistency_objective(lm_objective, alpha=5.0, positions=lm_positions)  # doctest: +SKIP
+    >>> from jaxslim.engine import lm_objective
+    >>> objective = consistency_objective(lm_objective, alpha=5.0, positions=lm_positions)
 """
 
 from __future__ import annotations

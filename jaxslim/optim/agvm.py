@@ -39,7 +39,7 @@ class AgvmState(NamedTuple):
     measurements so far; ``inner_state``: the wrapped optimizer's state."""
 
     mu: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's name for a step count; shadows tuple.count
     inner_state: Any
 
 

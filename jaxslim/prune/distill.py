@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from flax import nnx
 
 from jaxslim.config import MeshConfig, ModelConfig, OptimConfig
@@ -71,7 +72,8 @@ def channel_scores(
     gradient of the distance between the model's last hidden states and their disturbed copy.
     """
     d = model.cfg.d_model
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    # flax annotates split's states after the first as a variadic tuple, which mypy cannot unpack
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
     noise = float(noise_std)
 
     @jax.jit
@@ -100,7 +102,7 @@ def channel_scores(
     return scores
 
 
-def slim_channels(model: Transformer, keep: Sequence[int]) -> Transformer:
+def slim_channels(model: Transformer, keep: npt.ArrayLike) -> Transformer:
     """The model restricted to the residual channels ``keep`` (indices into ``d_model``).
 
     Every weight that reads or writes the residual stream (embeddings, norms, attention and FFN
@@ -163,7 +165,7 @@ def distill(
     teacher: Transformer,
     batches: Sequence[dict],
     *,
-    channels: Sequence[int] | None = None,
+    channels: npt.ArrayLike | None = None,
     steps: int = 200,
     lr: float = 1e-4,
     warmup_steps: int = 20,
@@ -216,7 +218,7 @@ def distill(
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         cfg = student.cfg
         state, setup = create_train_state(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), tx, mesh, rules)
-        _, params, rest = nnx.split(student, nnx.Param, ...)
+        _, params, rest = nnx.split(student, nnx.Param, ...)  # type: ignore[misc]  # as above
         state = state._replace(
             params=jax.device_put(params, setup.shardings.params),
             rest=jax.device_put(rest, setup.shardings.rest),

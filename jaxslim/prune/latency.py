@@ -46,7 +46,7 @@ def fit_piecewise(lut: np.ndarray) -> LinearFit:
     lut = np.asarray(lut, np.float64)
     n = np.arange(1, len(lut))
     y = lut[1:]
-    best = None
+    best: tuple[float, LinearFit] | None = None
     for t in range(1, len(lut)):
         x = np.maximum(n - t, 0).astype(np.float64)
         # y ≈ c + slope·x: ordinary least squares in (c, slope), slope >= 0
@@ -60,6 +60,10 @@ def fit_piecewise(lut: np.ndarray) -> LinearFit:
         err = float(np.sum((c + slope * x - y) ** 2))
         if best is None or err < best[0]:
             best = (err, LinearFit(float(c), int(t), float(slope)))
+    if best is None:
+        raise ValueError(
+            f"fit_piecewise needs lut[0] and at least one measured count, got {len(lut)} entries"
+        )
     return best[1]
 
 

@@ -437,12 +437,13 @@ def unit_masks(scores: Any, sparsity: Any, *, kind: Kind = "heads", axes: Any = 
         x, axes = _value(s), _axes_of(table, name, s)
         u = _unit_axis(kind, axes)
         li = _layer_axis(axes)
+        keep_axes: tuple[int, ...]
         if kind == "channels":
             group, keep_axes = "embed", (u,)
         else:
             group, keep_axes = name.rsplit(".", 1)[0], (u,) if li is None else (li, u)
         red = jnp.sum(x, axis=tuple(i for i in range(x.ndim) if i not in keep_axes))
-        if len(keep_axes) == 2 and li > u:
+        if len(keep_axes) == 2 and li is not None and li > u:
             red = red.T
         sums[group] = red if group not in sums else sums[group] + red
     return {g: _per_layer_rows(s, sparsity) for g, s in sums.items()}

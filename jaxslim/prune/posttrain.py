@@ -1,8 +1,19 @@
 """Kwon et al.'s retraining-free pruning in one call: Fisher -> search -> rearrange -> tune.
 
 Example:
-    >>> result = prune_post_training(model, batches, distill_loss(), budget=0.5)  # doctest: +SKIP
-    >>> small = slim(model, result.head_mask, result.neuron_mask)                  # doctest: +SKIP
+    >>> from flax import nnx
+    >>> from jaxslim.config import ModelConfig
+    >>> from jaxslim.models import Transformer
+    >>> from jaxslim.prune import bucket_batches, distill_loss, prune_post_training, slim
+    >>> cfg = ModelConfig.bert(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16)
+    >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
+    >>> sentences = [[(7 * i + j) % 63 + 1 for j in range(8 + i % 8)] for i in range(16)]  # token ids
+    >>> r = prune_post_training(model, bucket_batches(sentences, batch_size=8), distill_loss(), budget=0.5)
+    >>> r.flops <= 0.5
+    True
+    >>> small = slim(model, r.head_mask, r.neuron_mask)
+    >>> small.cfg.layer_heads, small.cfg.layer_ffn
+    ((3, 2), (21, 24))
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def rearrange(
     """
     n, layers, heads = head_grads.shape
     g_grads = np.asarray(head_grads).reshape(n, layers, heads // group_size, group_size).sum(-1)
-    g_mask = np.asarray(head_mask, bool).reshape(layers, heads // group_size, group_size).any(-1)
+    g_mask = np.any(np.asarray(head_mask, bool).reshape(layers, heads // group_size, group_size), axis=-1)
     new_h = np.stack([rearrange_layer(g_grads[:, layer], g_mask[layer]) for layer in range(layers)])
     new_n = np.stack([rearrange_layer(neuron_grads[:, layer], neuron_mask[layer]) for layer in range(layers)])
     return np.repeat(new_h, group_size, axis=-1), new_n

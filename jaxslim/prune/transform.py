@@ -82,15 +82,15 @@ class PruneState(NamedTuple):
 
     masks: Any
     inner_state: Any
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's name for a step count; shadows tuple.count
     rng: jax.Array
 
 
 class _Config(NamedTuple):
     sparsity: Schedule | None
-    kind: str
-    criterion: str
-    allocation: str
+    kind: Kind
+    criterion: Criterion
+    allocation: Allocation
     n: int
     m: int
     begin_step: int

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from jaxslim.models.stack import unstack_layers
+from jaxslim.models.transformer import Transformer
 from jaxslim.nn import expand_to
 
 
@@ -129,7 +130,7 @@ def _solve(ata, atr, keep, current, damp, max_scale):
 
 
 def tune_masks(
-    model: nnx.Module,
+    model: Transformer,
     batches: Iterable[Mapping[str, np.ndarray]],
     head_mask: np.ndarray,
     neuron_mask: np.ndarray,
@@ -172,11 +173,11 @@ def tune_masks(
     nt = np.ones_like(ns) if teacher_neuron_mask is None else np.asarray(teacher_neuron_mask, np.float64)
     data = []
     for batch in batches:
-        batch = {
+        inputs = {
             k: jnp.asarray(v) for k, v in batch.items() if k in ("tokens", "attention_mask", "token_type_ids")
         }
-        x, mask, rope = _embed(model, batch)
-        data.append([x, x, mask, rope, _valid(batch, x)])
+        x, mask, rope = _embed(model, inputs)
+        data.append([x, x, mask, rope, _valid(inputs, x)])
     if not data:
         raise ValueError("tune_masks got no batches: pass at least one example")
     rows = []

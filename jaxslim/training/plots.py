@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Sequence
 
 from matplotlib.figure import Figure  # the OO API: no pyplot state, no backend switch
 
@@ -41,6 +42,7 @@ def plot(
     for ax, key in zip(axes[0], keys, strict=False):
         for run in runs:
             path = run / "metrics.jsonl" if run.is_dir() else run
+            steps: Sequence[float]  # the steps, or the values of ``x`` at them
             steps, values = load_series(path, key)
             where = dict(zip(*load_series(path, x), strict=True)) if x != "step" else None
             if where is not None:  # keep the points whose x was logged at the same step

@@ -20,7 +20,8 @@ def param_table(params: nnx.State, *, max_rows: int = 60) -> str:
     Also warns, in the last line, when more than 2% of the parameter bytes are replicated on a
     mesh with an fsdp, tensor or expert axis (usually a rule that does not match).
     """
-    rows, groups = [], defaultdict(int)
+    rows: list[str] = []
+    groups: defaultdict[str, int] = defaultdict(int)
     total = replicated_bytes = total_bytes = 0
     for path, var in nnx.to_flat_state(params):
         value = var.get_value()
