@@ -87,7 +87,7 @@ def validate(cfg: Config) -> None:
     Raises:
         ValueError: ``Owner.field must be <what it accepts>, got <value>`` for the first bad field.
     """
-    for name, accepts, describe in _checks(type(cfg)):
+    for name, accepts, describe in _checks(type(cfg)):  # type: ignore[arg-type]  # classes hash by identity
         value = getattr(cfg, name)
         if not accepts(value, cfg):
             raise ValueError(f"{type(cfg).__name__}.{name} must be {describe(cfg)}, got {value!r}")

@@ -51,7 +51,7 @@ def fit(
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"fit: steps must be an integer >= 0, got {steps!r}")
     pool = batches if isinstance(batches, (list, tuple)) else None
-    it = None if pool is not None else iter(batches)
+    it = iter(batches)
     if pool is not None and steps and not pool:
         raise ValueError("fit: no batches to train on")
     losses: list[float] = []

@@ -8,6 +8,8 @@ inside the injected optimizer: gradient noise, global-norm clipping, the optimiz
 
 from __future__ import annotations
 
+from typing import Any
+
 import optax
 
 from jaxslim.config import OptimConfig
@@ -65,8 +67,8 @@ def build_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
 
 
 def _lamb(cfg: OptimConfig, learning_rate):
-    kw = dict(b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
-    clamp = dict(min_ratio=cfg.trust_min or None, max_ratio=cfg.trust_max or None)
+    kw: dict[str, Any] = dict(b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    clamp: dict[str, Any] = dict(min_ratio=cfg.trust_min or None, max_ratio=cfg.trust_max or None)
     if cfg.lamb_preset:
         # a preset brings its own eps, trust mask, clamp, clip and bias correction; a clamp set in
         # the config replaces the preset's, and the config's clip is applied outside the preset

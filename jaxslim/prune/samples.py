@@ -119,7 +119,7 @@ def embed_sentences(
         e = (h * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
         return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
 
-    out = {}
+    out: dict[int, np.ndarray] = {}
     for b in batches:
         emb = np.asarray(run(state, b["tokens"], b["attention_mask"], head_mask, neuron_mask))
         out.update(zip(b["index"].tolist(), emb, strict=True))

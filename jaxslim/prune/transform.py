@@ -458,11 +458,12 @@ def from_config(cfg: PruneConfig, inner: optax.GradientTransformation) -> optax.
             update_every=cfg.update_every,
         )
     if cfg.ste:
-        window = {"begin_step": cfg.begin_step, "end_step": None, "update_every": cfg.update_every}
+        end_step = None
     else:
-        window = cubic_update_window(
+        end_step = cubic_update_window(
             begin_step=cfg.begin_step, num_updates=cfg.num_updates, update_every=cfg.update_every
-        )
+        )["end_step"]
+    assert cfg.kind != "none"  # cfg.enabled
     return prune(
         inner,
         sparsity,
@@ -473,7 +474,9 @@ def from_config(cfg: PruneConfig, inner: optax.GradientTransformation) -> optax.
         m=cfg.m,
         ste=cfg.ste,
         sr_ste_decay=cfg.sr_ste_decay,
-        **window,
+        begin_step=cfg.begin_step,
+        end_step=end_step,
+        update_every=cfg.update_every,
     )
 
 

@@ -160,6 +160,7 @@ def initial_params(cfg: TrainConfig, setup: TrainSetup, state: TrainState):
             and the layer layout; the message lists the differing fields.
     """
 
+    assert cfg.init_from is not None  # train() passes this function only then
     path = absolute(cfg.init_from)
     if not path.is_dir():
         raise FileNotFoundError(f"TrainConfig.init_from={cfg.init_from!r} is not a model directory")

@@ -169,7 +169,7 @@ class Run:
             )
         for warning in warnings:
             self.say(warning)
-        if self.resumed_from is not None:
+        if ckpt is not None and self.resumed_from is not None:
             self.say(f"resuming from step {self.resumed_from} (checkpoint in {ckpt.directory})")
         self.writer = default_writers(self.workdir, tensorboard=self.cfg.tensorboard)
         if self.resumed_from is None:
@@ -249,7 +249,7 @@ class Run:
                     self._hooks("eval", done)
                     self.writer.write_scalars(done, {**self.eval_metrics, **self._hook_metrics("log", done)})
                 self.writer.flush()  # metrics.jsonl is complete up to the last logged step
-                if is_save:
+                if ckpt is not None and is_save:
                     ckpt.save(done, self.state, extra=self.checkpoint_extra())
                     self._hooks("save", done)
             if not self.eval_metrics:
@@ -288,9 +288,9 @@ class Run:
         cfg = self.cfg
         if not (cfg.sample_tokens and self.is_main):
             return None
-        params = compose(
-            [lambda p, m=m: m.sample_params(p, self.state.opt_state) for m in self.methods], self.state.params
-        )
+        params = self.state.params
+        for m in self.methods:
+            params = m.sample_params(params, self.state.opt_state)
         model = merge_model(self.setup, self.state._replace(params=params))
         model.eval()
         prompt = self.data.tokenizer.encode(cfg.sample_prompt) or [self.data.tokenizer.eos_id]
