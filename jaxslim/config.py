@@ -316,6 +316,8 @@ class ModelConfig:
             ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX / Pythia).
         local_rope_theta: RoPE base of the sliding-window layers, which then use plain RoPE while
             the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3); None: one RoPE for all.
+        pooler_activation: the pooler's activation: ``"tanh"`` (BERT's pooler, RoBERTa's
+            classifier) or ``"relu"`` (DistilBERT's ``pre_classifier``).
     """
 
     arch: Literal["bert", "gpt2", "llama"]
@@ -368,6 +370,7 @@ class ModelConfig:
     pad_positions: bool = False
     shared_expert_ffn: int | None = None
     shared_expert_gate: bool = True
+    pooler_activation: Literal["tanh", "relu"] = "tanh"
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -523,6 +526,7 @@ class ModelConfig:
                 raise ValueError(
                     f"{o}.eos_token_id must be an int, a non-empty tuple of ints or None, got {eos!r}"
                 )
+        _check_choice(o, "pooler_activation", self.pooler_activation, ("tanh", "relu"))
 
     # -- derived -------------------------------------------------------------------------------
     def window_of(self, layer: int) -> int:
