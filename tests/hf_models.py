@@ -7,6 +7,15 @@ import json
 import numpy as np
 
 VOCAB = 99
+# a tiny Llama (grouped-query attention) that several test files extend
+LLAMA = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=48,
+)
 
 
 def perturbed(model):
@@ -49,16 +58,7 @@ def tiny(kind: str):
             vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0
         )
         return build_hf("GPT2Config", "GPT2LMHeadModel", kw)
-    kw = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=48,
-        tie_word_embeddings=kind == "llama_tied",
-        rope_theta=500.0,
-    )
+    kw = dict(LLAMA, tie_word_embeddings=kind == "llama_tied", rope_theta=500.0)
     return build_hf("LlamaConfig", "LlamaForCausalLM", kw)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import require
 from hf_models import (
+    LLAMA,
     VOCAB,
     assert_exports_and_reloads,
     assert_parity,
@@ -30,15 +31,7 @@ _BERT = dict(
     vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37
 )
 _DISTIL = dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=40)
-_LLAMA = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=48,
-    pad_token_id=PAD,
-)
+_LLAMA = dict(LLAMA, pad_token_id=PAD)
 _GEMMA = dict(_LLAMA, head_dim=8, num_labels=3)
 KINDS = {
     "roberta": ("RobertaConfig", "RobertaModel", dict(_BERT, max_position_embeddings=40, type_vocab_size=1)),
