@@ -2,7 +2,7 @@
 id), DistilBERT, and of the task-head and bare classes: sequence classification of the BERT family
 (BERT, RoBERTa, XLM-R, DistilBERT: a dense layer + tanh / ReLU on the first token, then the
 classifier) and of the Llama family (Llama, Qwen2, Qwen3, Mistral, Gemma 1-3: ``score`` on the last
-token that is not padding), and LlamaModel."""
+token that is not padding), and the bare models (LlamaModel, Qwen2Model, Gemma3TextModel)."""
 
 import json
 
@@ -75,6 +75,12 @@ KINDS = {
         dict(_GEMMA, sliding_window=5, layer_types=["sliding_attention", "full_attention"]),
     ),
     "llama_model": ("LlamaConfig", "LlamaModel", _LLAMA),
+    "qwen2_model": ("Qwen2Config", "Qwen2Model", _LLAMA),
+    "gemma3_model": (
+        "Gemma3TextConfig",
+        "Gemma3TextModel",
+        dict(_GEMMA, sliding_window=5, layer_types=["sliding_attention", "full_attention"]),
+    ),
 }
 
 
