@@ -16,12 +16,19 @@ import json
 
 import numpy as np
 import pytest
-from conftest import require
-from hf_models import VOCAB, torch_outputs
-from safetensors.numpy import load_file
+from hf_models import (
+    VOCAB,
+    assert_exports_and_reloads,
+    assert_parity,
+    assert_round_trip_bit_exact,
+    build_hf,
+    max_diff,
+    torch_outputs,
+)
 
+from conftest import require
 from jaxslim.config import ModelConfig, RopeScaling
-from jaxslim.convert import config_from_hf, config_to_hf, flat_params, load_hf, save_hf
+from jaxslim.convert import config_from_hf, config_to_hf, load_hf, save_hf
 
 pytestmark = pytest.mark.torch
 
@@ -261,18 +268,10 @@ KINDS = list(FAMILIES)
 
 
 def build(kind: str, *, feature: bool = True, seed: int = 0):
-    torch = require("torch")
-    transformers = require("transformers")
+    require("torch")
+    require("transformers")
     config_cls, model_cls, on, off = FAMILIES[kind]
-    cfg = getattr(transformers, config_cls)(**{**_COMMON, **(on if feature else off)})
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    model = getattr(transformers, model_cls)(cfg).eval()
-    with torch.no_grad():  # random norms and biases, so a dropped one cannot hide behind ones/zeros
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return build_hf(config_cls, model_cls, {**_COMMON, **(on if feature else off)}, seed=seed)
 
 
 def feature_off(kind: str, model):
@@ -314,53 +313,31 @@ def saved(request, tmp_path_factory):
     return kind, model, path
 
 
-def _max_diff(a, b, mask) -> float:
-    return float(np.abs(np.asarray(a) - b)[mask.astype(bool)].max())
-
-
 def test_parity_and_the_feature_matters(saved):
     kind, ref_model, path = saved
     ids, mask = inputs()
     ref_hidden, ref_logits = torch_outputs(ref_model, ids, mask)
     _, off_logits = torch_outputs(feature_off(kind, ref_model), ids, mask)
-    assert _max_diff(off_logits, ref_logits, mask) > 100 * TOL, "the input does not exercise the feature"
+    assert max_diff(off_logits, ref_logits, mask) > 100 * TOL, "the input does not exercise the feature"
     for scan in (True, False):
-        model = load_hf(path, scan_layers=scan)
-        out = model(ids.astype(np.int32), attention_mask=mask)
-        assert _max_diff(out.hidden, ref_hidden, mask) <= TOL
-        assert _max_diff(out.logits, ref_logits, mask) <= TOL
+        assert_parity(load_hf(path, scan_layers=scan), ref_hidden, ref_logits, ids, mask, TOL)
     # left padding: the window counts positions in the sequence, as transformers' does
     left = mask[:, ::-1].copy()
     ref_hidden, _ = torch_outputs(ref_model, ids, left)
-    assert _max_diff(load_hf(path)(ids.astype(np.int32), attention_mask=left).hidden, ref_hidden, left) <= TOL
+    assert max_diff(load_hf(path)(ids.astype(np.int32), attention_mask=left).hidden, ref_hidden, left) <= TOL
 
 
 def test_save_hf_writes_the_same_family_that_reloads_with_the_same_outputs(saved, tmp_path):
-    kind, ref_model, path = saved
+    _, ref_model, path = saved
     out_dir = save_hf(load_hf(path), tmp_path / "export")
-    hf = json.loads((out_dir / "config.json").read_text())
-    assert hf["architectures"] == [type(ref_model).__name__]
-    ours, theirs = load_file(str(out_dir / "model.safetensors")), load_file(str(path / "model.safetensors"))
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
-    reloaded = type(ref_model).from_pretrained(out_dir, attn_implementation="eager").eval()
-    ids, mask = inputs(seed=1)
-    for a, b in zip(torch_outputs(reloaded, ids, mask), torch_outputs(ref_model, ids, mask), strict=True):
-        np.testing.assert_array_equal(a, b)
+    reloaded = assert_exports_and_reloads(ref_model, path, out_dir, *inputs(seed=1))
     for field in ("bos_token_id", "eos_token_id", "pad_token_id", "sliding_window"):
         assert getattr(reloaded.config, field, None) == getattr(ref_model.config, field, None), field
 
 
 def test_load_save_load_is_bit_exact(saved, tmp_path):
     _, _, path = saved
-    first = load_hf(path)
-    again = load_hf(save_hf(first, tmp_path / "once"))
-    a, b = flat_params(first), flat_params(again)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    assert again.cfg == first.cfg
+    assert_round_trip_bit_exact(path, tmp_path)
 
 
 def test_config_round_trip(saved):

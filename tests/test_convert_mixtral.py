@@ -11,10 +11,11 @@ import re
 import jax
 import numpy as np
 import pytest
-from conftest import require
 from flax import nnx
+from hf_models import build_hf
 from safetensors.numpy import load_file, save_file
 
+from conftest import require
 from jaxslim.cli.convert import main
 from jaxslim.config import ModelConfig, MoeConfig
 from jaxslim.convert import (
@@ -46,9 +47,8 @@ MIXTRAL = ModelConfig.llama(
 def _tiny_torch(kind: str):
     """A seeded tiny PyTorch Mixtral: ``untied`` (4 experts, top-2) or ``tied`` (tied head, head_dim
     other than d_model / n_heads, one KV head, 3 experts, top-1, router jitter, another RoPE base)."""
-    torch = require("torch")
-    transformers = require("transformers")
-    torch.manual_seed(0)
+    require("torch")
+    require("transformers")
     kw = dict(
         vocab_size=VOCAB,
         hidden_size=32,
@@ -70,14 +70,7 @@ def _tiny_torch(kind: str):
             router_aux_loss_coef=0.02,
             rope_parameters={"rope_type": "default", "rope_theta": 123.0},
         )
-    cfg = transformers.MixtralConfig(**kw)
-    cfg._attn_implementation = "eager"
-    model = transformers.MixtralForCausalLM(cfg).eval()
-    with torch.no_grad():  # random norms, so a mapping mistake cannot hide behind ones
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return build_hf("MixtralConfig", "MixtralForCausalLM", kw)
 
 
 def _inputs(seed: int = 0):

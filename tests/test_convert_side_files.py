@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import require
-from hf_models import VOCAB
+from hf_models import LLAMA, build_hf
 
+from conftest import require
 from jaxslim.cli.convert import main
 from jaxslim.convert import check, failures, load_hf, load_jaxslim, save_hf, save_jaxslim
 
@@ -17,15 +17,10 @@ pytestmark = pytest.mark.torch
 
 
 def _llama(eos=(6, 7)):
-    torch = require("torch")
-    transformers = require("transformers")
-    cfg = transformers.LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=48,
+    require("torch")
+    require("transformers")
+    kw = dict(
+        LLAMA,
         bos_token_id=5,
         eos_token_id=list(eos),
         pad_token_id=3,
@@ -38,13 +33,7 @@ def _llama(eos=(6, 7)):
             "original_max_position_embeddings": 64,
         },
     )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return build_hf("LlamaConfig", "LlamaForCausalLM", kw)
 
 
 def _tokenizer():

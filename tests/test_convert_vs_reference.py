@@ -4,10 +4,19 @@ import json
 
 import numpy as np
 import pytest
-from conftest import require
-from hf_models import VOCAB, inputs, tiny, torch_outputs
+from hf_models import (
+    VOCAB,
+    assert_exports_and_reloads,
+    assert_round_trip_bit_exact,
+    build_hf,
+    inputs,
+    max_diff,
+    tiny,
+    torch_outputs,
+)
 from safetensors.numpy import load_file
 
+from conftest import require
 from jaxslim.config import ModelConfig
 from jaxslim.convert import config_from_hf, config_to_hf, flat_params, load_hf, save_hf
 
@@ -22,12 +31,8 @@ def build(kind: str):
     """A seeded tiny PyTorch model: the kinds of ``hf_models.tiny`` plus two variants."""
     if kind not in ("gpt2_untied", "llama_bias"):
         return tiny(kind)
-    import torch
-    import transformers
-
-    torch.manual_seed(1)
     if kind == "gpt2_untied":
-        cfg = transformers.GPT2Config(
+        kw = dict(
             vocab_size=VOCAB,
             n_embd=32,
             n_layer=2,
@@ -36,29 +41,21 @@ def build(kind: str):
             n_positions=64,
             tie_word_embeddings=False,
         )
-        cls = transformers.GPT2LMHeadModel
-    else:
-        cfg = transformers.LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=16,
-            intermediate_size=40,
-            attention_bias=True,
-            mlp_bias=True,
-            tie_word_embeddings=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 123.0},
-        )
-        cls = transformers.LlamaForCausalLM
-    cfg._attn_implementation = "eager"
-    model = cls(cfg).eval()
-    with torch.no_grad():  # random norms and biases, so a mapping mistake cannot hide behind ones/zeros
-        for p in model.parameters():
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+        return build_hf("GPT2Config", "GPT2LMHeadModel", kw, seed=1)
+    kw = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        intermediate_size=40,
+        attention_bias=True,
+        mlp_bias=True,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 123.0},
+    )
+    return build_hf("LlamaConfig", "LlamaForCausalLM", kw, seed=1)
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -70,10 +67,6 @@ def saved(request, tmp_path_factory):
     return request.param, model, path
 
 
-def _max_diff(a, b, mask) -> float:
-    return float(np.abs(np.asarray(a) - b)[mask.astype(bool)].max())
-
-
 def test_parity_scanned_and_unscanned(saved):
     kind, ref_model, path = saved
     ids, mask = inputs()
@@ -83,9 +76,9 @@ def test_parity_scanned_and_unscanned(saved):
     for scan, model in models.items():
         assert model.cfg.scan_layers == scan
         out = model(ids.astype(np.int32), attention_mask=mask)
-        assert _max_diff(out.hidden, ref_hidden, mask) <= 1e-5
+        assert max_diff(out.hidden, ref_hidden, mask) <= 1e-5
         if ref_logits is not None:
-            assert out.logits is not None and _max_diff(out.logits, ref_logits, mask) <= 1e-5
+            assert out.logits is not None and max_diff(out.logits, ref_logits, mask) <= 1e-5
         outs[scan] = out
     # the same arrays in both layouts, hence the same outputs up to XLA's loop-vs-unrolled rounding
     scanned, unscanned = flat_params(models[True]), flat_params(models[False])
@@ -99,36 +92,21 @@ def test_parity_scanned_and_unscanned(saved):
     # left padding too: fully masked query rows must not leak NaNs into real tokens
     left = mask[:, ::-1].copy()
     ref_hidden, _ = torch_outputs(ref_model, ids, left)
-    assert _max_diff(models[True](ids.astype(np.int32), attention_mask=left).hidden, ref_hidden, left) <= 1e-5
+    assert max_diff(models[True](ids.astype(np.int32), attention_mask=left).hidden, ref_hidden, left) <= 1e-5
     tied = kind in ("gpt2", "llama_tied")
     assert (models[True].lm_head is None) == (tied or kind.startswith("bert"))
 
 
 def test_save_hf_reloads_in_transformers_with_same_tensors_and_outputs(saved, tmp_path):
-    kind, ref_model, path = saved
+    _, ref_model, path = saved
     out_dir = save_hf(load_hf(path), tmp_path / "export")
     # the exported file holds exactly the tensors transformers itself saved (buffers aside)
-    ours, theirs = load_file(str(out_dir / "model.safetensors")), load_file(str(path / "model.safetensors"))
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
-    assert json.loads((out_dir / "config.json").read_text())["architectures"] == [type(ref_model).__name__]
-    reloaded = type(ref_model).from_pretrained(out_dir, attn_implementation="eager").eval()
-    ids, mask = inputs(seed=1)
-    for a, b in zip(torch_outputs(reloaded, ids, mask), torch_outputs(ref_model, ids, mask), strict=True):
-        if b is not None:
-            np.testing.assert_array_equal(a, b)
+    assert_exports_and_reloads(ref_model, path, out_dir, *inputs(seed=1))
 
 
 def test_load_save_load_is_bit_exact(saved, tmp_path):
     _, _, path = saved
-    first = load_hf(path)
-    again = load_hf(save_hf(first, tmp_path / "once"))
-    a, b = flat_params(first), flat_params(again)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    assert again.cfg == first.cfg
+    assert_round_trip_bit_exact(path, tmp_path)
 
 
 def test_config_round_trip(saved):
@@ -152,8 +130,8 @@ def test_sharded_checkpoint_with_index(kind, tmp_path):
     ids, mask = inputs()
     ref_hidden, ref_logits = torch_outputs(ref_model, ids, mask)
     got = load_hf(out)(ids.astype(np.int32), attention_mask=mask)
-    assert _max_diff(got.hidden, ref_hidden, mask) <= 1e-5
-    assert _max_diff(got.logits, ref_logits, mask) <= 1e-5
+    assert max_diff(got.hidden, ref_hidden, mask) <= 1e-5
+    assert max_diff(got.logits, ref_logits, mask) <= 1e-5
     reloaded = type(ref_model).from_pretrained(out, attn_implementation="eager").eval()
     np.testing.assert_array_equal(torch_outputs(reloaded, ids, mask)[0], ref_hidden)
 
@@ -174,7 +152,7 @@ def test_pretraining_checkpoint_loads_as_masked_lm(tmp_path):
     ref = transformers.BertForMaskedLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     ids, mask = inputs()
     _, ref_logits = torch_outputs(ref, ids, mask)
-    assert _max_diff(model(ids.astype(np.int32), attention_mask=mask).logits, ref_logits, mask) <= 1e-5
+    assert max_diff(model(ids.astype(np.int32), attention_mask=mask).logits, ref_logits, mask) <= 1e-5
 
 
 def test_bfloat16_checkpoint(tmp_path):
@@ -191,8 +169,8 @@ def test_bfloat16_checkpoint(tmp_path):
     )
     ref_hidden, ref_logits = torch_outputs(fp32.eval(), ids, mask)
     out = model(ids.astype(np.int32), attention_mask=mask)
-    assert _max_diff(out.hidden, ref_hidden, mask) <= 1e-5
-    assert _max_diff(out.logits, ref_logits, mask) <= 1e-5
+    assert max_diff(out.hidden, ref_hidden, mask) <= 1e-5
+    assert max_diff(out.logits, ref_logits, mask) <= 1e-5
     # written back in bf16, the file holds the original bits
     out_dir = save_hf(model, tmp_path / "again", dtype="bfloat16")
     ours = load_file(str(out_dir / "model.safetensors"))

@@ -162,6 +162,8 @@ class ModelConfig(Config):
             ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX / Pythia).
         local_rope_theta: RoPE base of the sliding-window layers, which then use plain RoPE while
             the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3); None: one RoPE for all.
+        pooler_activation: the pooler's activation: ``"tanh"`` (BERT's pooler, RoBERTa's
+            classifier) or ``"relu"`` (DistilBERT's ``pre_classifier``).
     """
 
     arch: Literal["bert", "gpt2", "llama"]
@@ -214,6 +216,7 @@ class ModelConfig(Config):
     pad_positions: bool = False
     shared_expert_ffn: int | None = positive(None)
     shared_expert_gate: bool = True
+    pooler_activation: Literal["tanh", "relu"] = "tanh"
 
     def _check(self) -> None:
         o = "ModelConfig"

@@ -106,6 +106,8 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         problems.append("grouped-query heads or a head_dim other than d_model / n_heads")
     if cfg.pad_positions:
         problems.append("pad_positions=True (that is RoBERTa: set hf_family='roberta')")
+    if cfg.pooler_activation != "tanh":
+        problems.append(f"pooler_activation={cfg.pooler_activation!r} (BERT's pooler is tanh)")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face BERT: " + "; ".join(problems))
     arch = {"mlm": "BertForMaskedLM", "cls": "BertForSequenceClassification"}.get(cfg.head, "BertModel")

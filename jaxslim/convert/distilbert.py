@@ -4,7 +4,8 @@ A DistilBERT is a post-norm BERT without token types or pooler (``ModelConfig.be
 pooler=False)``) under its own names: ``transformer.layer.{i}.attention.q_lin`` ... ``out_lin``,
 ``sa_layer_norm``, ``ffn.lin1`` / ``lin2``, ``output_layer_norm``; the masked-LM head is
 ``vocab_transform``, ``vocab_layer_norm`` and ``vocab_projector`` (tied to the word embeddings,
-with a bias). Sinusoidal position tables (``sinusoidal_pos_embds``) are refused by name.
+with a bias); the sequence classifier is ``pre_classifier`` + ReLU + ``classifier`` on the first
+token (a pooler with ``pooler_activation="relu"``). Sinusoidal position tables (``sinusoidal_pos_embds``) are refused by name.
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from collections.abc import Collection
 
 from jaxslim.config import ModelConfig
 from jaxslim.convert import bert
-from jaxslim.convert.rules import HEADS_BIAS, LINEAR, LINEAR_FROM_HEADS, LINEAR_TO_HEADS, Rule, rule
+from jaxslim.convert.rules import (
+    HEADS_BIAS,
+    LINEAR,
+    LINEAR_FROM_HEADS,
+    LINEAR_TO_HEADS,
+    Rule,
+    num_labels,
+    rule,
+)
 
-ARCHITECTURES = ("DistilBertModel", "DistilBertForMaskedLM")
+ARCHITECTURES = ("DistilBertModel", "DistilBertForMaskedLM", "DistilBertForSequenceClassification")
 MODEL_TYPE = "distilbert"
 HF_CONFIG = "DistilBertConfig"
 PREFIX = "distilbert."
@@ -38,6 +47,7 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         KeyError: a required field is absent.
     """
     del tensor_names
+    cls = architecture == "DistilBertForSequenceClassification"
     if hf.get("sinusoidal_pos_embds"):
         raise ValueError("DistilBERT sinusoidal_pos_embds=True is not supported; only learned positions")
     act = hf.get("activation", "gelu")
@@ -55,8 +65,10 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         type_vocab_size=0,
         norm_eps=1e-12,  # fixed in DistilBERT's layers
         activation=bert.ACTIVATIONS[act],
-        head="mlm" if architecture == "DistilBertForMaskedLM" else "none",
-        pooler=False,
+        head="mlm" if architecture == "DistilBertForMaskedLM" else "cls" if cls else "none",
+        num_labels=num_labels(hf) if cls else 2,
+        pooler=cls,
+        pooler_activation="relu",
         pad_token_id=hf.get("pad_token_id", 0),
         hf_family=MODEL_TYPE,
     )
@@ -71,10 +83,12 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     problems = []
     if cfg.arch != "bert":
         problems.append(f"arch={cfg.arch!r} (DistilBERT is a BERT-style encoder)")
-    if cfg.head not in ("none", "mlm"):
-        problems.append(f"head={cfg.head!r}")
-    if cfg.type_vocab_size or cfg.pooler:
-        problems.append("token types or a pooler (DistilBERT has neither)")
+    if cfg.type_vocab_size:
+        problems.append(f"type_vocab_size={cfg.type_vocab_size} (DistilBERT has no token types)")
+    if cfg.pooler != (cfg.head == "cls"):
+        problems.append(f"pooler={cfg.pooler} with head={cfg.head!r} (only DistilBERT's classifier has one)")
+    if cfg.pooler and cfg.pooler_activation != "relu":
+        problems.append(f"pooler_activation={cfg.pooler_activation!r} (DistilBERT's pre_classifier is ReLU)")
     if cfg.norm_eps != 1e-12:
         problems.append(f"norm_eps={cfg.norm_eps} (DistilBERT's is 1e-12)")
     if not (cfg.attn_bias and cfg.mlp_bias) or cfg.activation not in bert.ACTIVATIONS_TO_HF:
@@ -83,8 +97,10 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         problems.append("grouped-query heads or a head_dim other than d_model / n_heads")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face DistilBERT: " + "; ".join(problems))
-    arch = "DistilBertForMaskedLM" if cfg.head == "mlm" else "DistilBertModel"
-    return arch, dict(
+    arch = {"mlm": "DistilBertForMaskedLM", "cls": "DistilBertForSequenceClassification"}
+    extra = {"num_labels": cfg.num_labels} if cfg.head == "cls" else {}
+    return arch.get(cfg.head, "DistilBertModel"), dict(
+        **extra,
         vocab_size=cfg.vocab_size,
         dim=cfg.d_model,
         n_layers=cfg.n_layers,
@@ -130,4 +146,10 @@ def rules(cfg: ModelConfig) -> list[Rule]:
     ]
     if cfg.head == "mlm":
         out.append(rule("vocab_projector.weight", "embed.tokens", head=True, tied=True))
+    out += [
+        rule("pre_classifier.weight", "pooler_w", transform=LINEAR, head=True),
+        rule("pre_classifier.bias", "pooler_b", head=True),
+        rule("classifier.weight", "cls_w", transform=LINEAR, head=True),
+        rule("classifier.bias", "cls_b", head=True),
+    ]
     return out

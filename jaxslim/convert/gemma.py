@@ -9,7 +9,12 @@ A Gemma is a Llama-style decoder with three differences, all ``ModelConfig`` fla
 
 Gemma 2 (:mod:`~jaxslim.convert.gemma2`) adds normalised sublayer outputs, soft-capping and
 alternating local/global layers; Gemma 3 (:mod:`~jaxslim.convert.gemma3`) q/k norms and a separate
-RoPE base for the local layers.
+RoPE base for the local layers. Those two modules are data for the builders here
+(:func:`sandwich_config`, :func:`sandwich_to_hf`), which read and write what every generation
+after the first shares.
+
+Each generation converts its causal LM, its ``*ForSequenceClassification`` (``score`` on the last
+token that is not padding, without soft-capping) and its bare ``*Model``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from jaxslim.config import ModelConfig
 from jaxslim.convert import llama
 from jaxslim.convert.rules import Rule, rule
 
-ARCHITECTURES = ("GemmaForCausalLM",)
+ARCHITECTURES = ("GemmaForCausalLM", "GemmaForSequenceClassification", "GemmaModel")
 MODEL_TYPE = "gemma"
 HF_CONFIG = "GemmaConfig"
 PREFIX = llama.PREFIX
@@ -42,10 +47,7 @@ DEFAULTS = dict(
 )
 
 
-def prefix_for(architecture: str) -> str:
-    """Backbone prefix that ``architecture`` writes."""
-    del architecture
-    return PREFIX
+prefix_for = llama.prefix_for
 
 
 def refuse_bidirectional(hf: dict, family: str) -> None:
@@ -56,7 +58,9 @@ def refuse_bidirectional(hf: dict, family: str) -> None:
         )
 
 
-def gemma_config(hf: dict, family: str, *, activation_field: str, rope: bool = True, **extra) -> ModelConfig:
+def gemma_config(
+    hf: dict, family: str, architecture: str, *, activation_field: str, rope: bool = True, **extra
+) -> ModelConfig:
     """The :class:`ModelConfig` of any Gemma generation: Llama-style fields plus Gemma's flags."""
     refuse_bidirectional(hf, family)
     if hf.get("attention_bias"):
@@ -72,7 +76,7 @@ def gemma_config(hf: dict, family: str, *, activation_field: str, rope: bool = T
         rope=rope,
     )
     decoder.update(extra)
-    return ModelConfig.llama(**decoder, norm_offset=1.0, embed_scale=True)
+    return ModelConfig.llama(**llama.head_of(architecture, hf), **decoder, norm_offset=1.0, embed_scale=True)
 
 
 def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | None = None) -> ModelConfig:
@@ -82,15 +86,23 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         ValueError: a feature jaxslim does not compute (named).
         KeyError: a required field is absent.
     """
-    del architecture, tensor_names
-    return gemma_config({**DEFAULTS, **hf}, "Gemma", activation_field="hidden_act", hf_family=MODEL_TYPE)
+    del tensor_names
+    return gemma_config(
+        {**DEFAULTS, **hf}, "Gemma", architecture, activation_field="hidden_act", hf_family=MODEL_TYPE
+    )
 
 
 def expressible(cfg: ModelConfig, family: str, **allowed) -> list[str]:
     """What ``cfg`` uses that the Gemma generation ``family`` cannot express; Gemma's own flags
     must be on."""
     problems = llama.expressible(
-        cfg, family, activation="gelu_tanh", norm_offset=True, embed_scale=True, **allowed
+        cfg,
+        family,
+        activation="gelu_tanh",
+        norm_offset=True,
+        embed_scale=True,
+        heads=llama.HEADS,
+        **allowed,
     )
     if cfg.norm_offset != 1.0:
         problems.append(f"norm_offset={cfg.norm_offset} ({family}'s RMSNorm multiplies by 1 + w)")
@@ -99,11 +111,13 @@ def expressible(cfg: ModelConfig, family: str, **allowed) -> list[str]:
     return problems
 
 
-def fields(cfg: ModelConfig) -> dict:
-    """The config fields every Gemma generation writes."""
+def fields(cfg: ModelConfig, family: str) -> tuple[str, dict]:
+    """The class name of ``cfg``'s head in the generation ``family`` (``"Gemma2"``) and the config
+    fields every Gemma generation writes."""
+    arch, extra = llama.head_to_hf(cfg, family)
     out = llama.decoder_fields(cfg)
     del out["hidden_act"]
-    return dict(out, attention_bias=False)
+    return arch, dict(out, **extra, attention_bias=False)
 
 
 def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
@@ -115,7 +129,8 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     problems = expressible(cfg, "Gemma")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face Gemma: " + "; ".join(problems))
-    return ARCHITECTURES[0], dict(fields(cfg), hidden_act="gelu_pytorch_tanh")
+    arch, out = fields(cfg, "Gemma")
+    return arch, dict(out, hidden_act="gelu_pytorch_tanh")
 
 
 def rules(cfg: ModelConfig) -> list[Rule]:
@@ -138,3 +153,81 @@ def sandwich_rules(cfg: ModelConfig) -> list[Rule]:
         else:
             out.append(r)
     return out
+
+
+def layer_windows(hf: dict, family: str, default_types: list[str]) -> dict:
+    """``sliding_window`` and ``sliding_layers`` of a Gemma 2 / 3 config from its ``layer_types``."""
+    n = hf["num_hidden_layers"]
+    types = hf.get("layer_types") or default_types
+    if len(types) != n or any(t not in ("sliding_attention", "full_attention") for t in types):
+        raise ValueError(
+            f"{family} layer_types must list 'sliding_attention' / 'full_attention' for each of the {n} "
+            f"layers, got {types!r}"
+        )
+    window = hf.get("sliding_window")
+    sliding = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    if window is None:
+        if sliding:
+            raise ValueError(f"{family} layer_types has sliding_attention layers but sliding_window is null")
+        return dict(sliding_window=None, sliding_layers=None)
+    return dict(sliding_window=window, sliding_layers=None if len(sliding) == n else sliding)
+
+
+def layer_types(cfg: ModelConfig) -> list[str]:
+    """``layer_types`` of ``cfg``: which layers attend within the sliding window."""
+    return ["sliding_attention" if cfg.window_of(i) else "full_attention" for i in range(cfg.n_layers)]
+
+
+def sandwich_config(hf: dict, family: str, architecture: str, *, local_every: int, **extra) -> ModelConfig:
+    """The :class:`ModelConfig` of a Gemma 2 / 3 ``config.json`` (its family's defaults already
+    merged in): Gemma's flags, normalised sublayer outputs, soft-capping, ``query_pre_attn_scalar``
+    and local layers from ``layer_types`` (by default all but every ``local_every``-th)."""
+    n = hf["num_hidden_layers"]
+    default = ["sliding_attention" if (i + 1) % local_every else "full_attention" for i in range(n)]
+    return gemma_config(
+        hf,
+        family,
+        architecture,
+        activation_field="hidden_activation",
+        **layer_windows(hf, family, default),
+        post_norms=True,
+        attn_softcap=hf.get("attn_logit_softcapping"),
+        logit_softcap=hf.get("final_logit_softcapping"),
+        attn_scale_dim=hf["query_pre_attn_scalar"],
+        **extra,
+    )
+
+
+def sandwich_to_hf(cfg: ModelConfig, family: str, class_family: str, **allowed) -> tuple[str, dict]:
+    """The class name and config arguments of a Gemma 2 / 3 (``family`` names it in messages,
+    ``class_family`` in class names) that also allows the flags in ``allowed``.
+
+    Raises:
+        ValueError: ``cfg`` uses something the generation cannot express (all of it named).
+    """
+    problems = expressible(
+        cfg,
+        family,
+        sliding_window=True,
+        sliding_layers=True,
+        post_norms=True,
+        attn_softcap=True,
+        logit_softcap=True,
+        attn_scale_dim=True,
+        **allowed,
+    )
+    for flag in ("post_norms", *allowed):
+        if isinstance(getattr(cfg, flag), bool) and not getattr(cfg, flag):
+            problems.append(f"{flag}=False (every {family} has it)")
+    if problems:
+        raise ValueError(f"cannot express this model as a Hugging Face {family}: " + "; ".join(problems))
+    arch, out = fields(cfg, class_family)
+    return arch, dict(
+        out,
+        hidden_activation="gelu_pytorch_tanh",
+        sliding_window=cfg.sliding_window,
+        layer_types=layer_types(cfg),
+        attn_logit_softcapping=cfg.attn_softcap,
+        final_logit_softcapping=cfg.logit_softcap,
+        query_pre_attn_scalar=cfg.attn_scale_dim if cfg.attn_scale_dim is not None else cfg.head_dim_,
+    )

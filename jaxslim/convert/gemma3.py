@@ -1,4 +1,5 @@
-"""Gemma 3 text models (``Gemma3ForCausalLM``) <-> jaxslim.
+"""Gemma 3 text models (``Gemma3ForCausalLM``, ``Gemma3TextForSequenceClassification``,
+``Gemma3TextModel``) <-> jaxslim.
 
 Beyond Gemma 2 (:mod:`~jaxslim.convert.gemma2`): q/k RMSNorm (``qk_norm``, scaled by ``1 + w`` like
 every Gemma norm), five local layers for each global one by default (``sliding_window_pattern``
@@ -14,20 +15,17 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from jaxslim.config import ModelConfig
-from jaxslim.convert import gemma, gemma2, llama
+from jaxslim.convert import gemma, llama
 from jaxslim.convert.rules import Rule, rule
 
-ARCHITECTURES = ("Gemma3ForCausalLM",)
+ARCHITECTURES = ("Gemma3ForCausalLM", "Gemma3TextForSequenceClassification", "Gemma3TextModel")
 MODEL_TYPE = "gemma3_text"
 HF_CONFIG = "Gemma3TextConfig"
 PREFIX = gemma.PREFIX
 IGNORE = gemma.IGNORE
 
 
-def prefix_for(architecture: str) -> str:
-    """Backbone prefix that ``architecture`` writes."""
-    del architecture
-    return PREFIX
+prefix_for = gemma.prefix_for
 
 
 def _ropes(hf: dict) -> tuple[float, object, float]:
@@ -60,27 +58,20 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         ValueError: a feature jaxslim does not compute (named).
         KeyError: a required field is absent.
     """
-    del architecture, tensor_names
+    del tensor_names
     hf = {**gemma.DEFAULTS, "max_position_embeddings": 131_072, "sliding_window": 4096, **hf}
     hf.setdefault("query_pre_attn_scalar", 256)
-    n = hf["num_hidden_layers"]
-    pattern = hf.get("sliding_window_pattern") or 6
-    default = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
     theta, scaling, local = _ropes(hf)
-    return gemma.gemma_config(
+    return gemma.sandwich_config(
         hf,
         "Gemma 3",
-        activation_field="hidden_activation",
+        architecture,
+        local_every=hf.get("sliding_window_pattern") or 6,
         rope=False,
         rope_theta=theta,
         rope_scaling=scaling,
         local_rope_theta=local,
-        **gemma2.layer_windows(hf, "Gemma 3", default),
-        post_norms=True,
         qk_norm=True,
-        attn_softcap=hf.get("attn_logit_softcapping"),
-        logit_softcap=hf.get("final_logit_softcapping"),
-        attn_scale_dim=hf["query_pre_attn_scalar"],
         hf_family=MODEL_TYPE,
     )
 
@@ -91,39 +82,15 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     Raises:
         ValueError: ``cfg`` uses something a HF Gemma 3 cannot express (all of it named).
     """
-    problems = gemma.expressible(
-        cfg,
-        "Gemma 3",
-        sliding_window=True,
-        sliding_layers=True,
-        post_norms=True,
-        qk_norm=True,
-        attn_softcap=True,
-        logit_softcap=True,
-        attn_scale_dim=True,
-        local_rope_theta=True,
-    )
-    for flag in ("post_norms", "qk_norm"):
-        if not getattr(cfg, flag):
-            problems.append(f"{flag}=False (every Gemma 3 has it)")
-    if problems:
-        raise ValueError("cannot express this model as a Hugging Face Gemma 3: " + "; ".join(problems))
-    fields = gemma.fields(cfg)
+    arch, fields = gemma.sandwich_to_hf(cfg, "Gemma 3", "Gemma3Text", qk_norm=True, local_rope_theta=True)
     del fields["rope_theta"]
     local = cfg.local_rope_theta if cfg.local_rope_theta is not None else cfg.rope_theta
     fields["rope_parameters"] = {
         "full_attention": llama.rope_to_hf(cfg),
         "sliding_attention": {"rope_type": "default", "rope_theta": float(local)},
     }
-    return ARCHITECTURES[0], dict(
-        fields,
-        hidden_activation="gelu_pytorch_tanh",
-        sliding_window=cfg.sliding_window,
-        layer_types=gemma2.layer_types(cfg),
-        attn_logit_softcapping=cfg.attn_softcap,
-        final_logit_softcapping=cfg.logit_softcap,
-        query_pre_attn_scalar=cfg.attn_scale_dim if cfg.attn_scale_dim is not None else cfg.head_dim_,
-        use_bidirectional_attention=False,
+    return arch.replace("Gemma3TextForCausalLM", "Gemma3ForCausalLM"), dict(
+        fields, use_bidirectional_attention=False
     )
 
 

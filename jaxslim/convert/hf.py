@@ -230,20 +230,31 @@ def _scanned_key(rest: str, slot: int, period: int) -> str:
     return f"{_SCANNED_BLOCK}{rest}" if period == 1 else f"{_SCANNED_BLOCK}{slot}.{rest}"
 
 
-def scan_flat(flat: Mapping[str, np.ndarray], n_layers: int, period: int = 1) -> dict[str, np.ndarray]:
+def scan_flat(
+    flat: Mapping[str, np.ndarray], n_layers: int, period: int = 1, *, consume: bool = False
+) -> dict[str, np.ndarray]:
     """Unscanned flat params (``stack.blocks.<i>.x``) -> scanned ones: ``stack.blocks.x`` stacked
     over layers, or for a period-``p`` stack (mixtures of experts, see
-    :attr:`ModelConfig.layer_period`) ``stack.blocks.<i % p>.x`` stacked over groups of ``p`` layers."""
+    :attr:`ModelConfig.layer_period`) ``stack.blocks.<i % p>.x`` stacked over groups of ``p`` layers.
+    With ``consume=True`` the entries of ``flat`` (a dict) are removed as they are stacked, so the
+    unscanned and scanned copies of a model do not coexist."""
     out: dict[str, np.ndarray] = {}
     per_layer: dict[tuple[str, int], dict[int, np.ndarray]] = {}
-    for key, value in flat.items():
+    items = list(flat.items())
+    if consume:
+        if not isinstance(flat, dict):
+            raise TypeError(f"scan_flat(consume=True) needs a dict to empty, got {type(flat).__name__}")
+        flat.clear()
+    for key, value in items:
         m = _BLOCK.match(key)
         if m is None:
             out[key] = value
         else:
             i = int(m[1])
             per_layer.setdefault((m[2], i % period), {})[i // period] = value
-    for (rest, slot), groups in per_layer.items():
+    items.clear()
+    for rest, slot in list(per_layer):
+        groups = per_layer.pop((rest, slot))
         out[_scanned_key(rest, slot, period)] = np.stack([groups[g] for g in range(n_layers // period)])
     return out
 
@@ -266,15 +277,23 @@ def unscan_flat(flat: Mapping[str, np.ndarray], n_layers: int, period: int = 1) 
     return out
 
 
-def model_from_flat(cfg: ModelConfig, flat: Mapping[str, np.ndarray]) -> Transformer:
+def model_from_flat(
+    cfg: ModelConfig, flat: Mapping[str, np.ndarray], *, consume: bool = False
+) -> Transformer:
     """A model of ``cfg`` holding the arrays of ``flat`` (paths in ``cfg``'s own layout), cast to
-    ``cfg.param_dtype``. The model is built abstractly first, so no random weights are drawn."""
+    ``cfg.param_dtype``. The model is built abstractly first, so no random weights are drawn. With
+    ``consume=True`` each entry of ``flat`` (a dict) is removed once it is on the device, so the
+    host and device copies of a model do not coexist."""
+    if consume and not isinstance(flat, dict):
+        raise TypeError(f"model_from_flat(consume=True) needs a dict to empty, got {type(flat).__name__}")
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
     dtype = jnp.dtype(cfg.param_dtype)
     filled = []
     for path, var in nnx.to_flat_state(state):
-        value = flat[".".join(map(str, path))]
+        key = ".".join(map(str, path))
+        value = flat.pop(key) if isinstance(flat, dict) and consume else flat[key]
         filled.append((path, var.replace(jnp.asarray(value, dtype))))
+        del value
     return nnx.merge(graphdef, nnx.from_flat_state(filled))
 
 
@@ -332,8 +351,8 @@ def load_hf(
     del tensors
     if scan_layers:
         cfg = cfg.replace(scan_layers=True)
-        flat = scan_flat(flat, cfg.n_layers, cfg.layer_period)
-    model = model_from_flat(cfg, flat)
+        flat = scan_flat(flat, cfg.n_layers, cfg.layer_period, consume=True)
+    model = model_from_flat(cfg, flat, consume=True)
     model.hf_source = str(d)  # where save_hf finds the tokenizer and generation settings again
     return model
 

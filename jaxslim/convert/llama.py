@@ -32,6 +32,7 @@ MODEL_TYPE = "llama"
 HF_CONFIG = "LlamaConfig"
 PREFIX = "model."
 IGNORE = (r"rotary_emb\.inv_freq$",)  # RoPE frequency buffer of old checkpoints
+HEADS = ("lm", "cls", "none")  # causal LM, *ForSequenceClassification, bare *Model
 
 B = "stack.blocks.{i}."
 L = "layers.{i}."
@@ -320,9 +321,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     Raises:
         ValueError: ``cfg`` uses something a HF Llama cannot express (all of it named).
     """
-    problems = expressible(
-        cfg, "Llama", attn_bias=True, out_bias=True, mlp_bias=True, heads=("lm", "cls", "none")
-    )
+    problems = expressible(cfg, "Llama", attn_bias=True, out_bias=True, mlp_bias=True, heads=HEADS)
     if cfg.attn_bias != cfg.out_bias:
         problems.append(
             f"attn_bias={cfg.attn_bias} with attn_out_bias={cfg.attn_out_bias} (Llama's attention_bias "

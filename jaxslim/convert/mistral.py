@@ -13,7 +13,7 @@ from jaxslim.config import ModelConfig
 from jaxslim.convert import llama
 from jaxslim.convert.rules import Rule
 
-ARCHITECTURES = ("MistralForCausalLM",)
+ARCHITECTURES = ("MistralForCausalLM", "MistralForSequenceClassification", "MistralModel")
 MODEL_TYPE = "mistral"
 HF_CONFIG = "MistralConfig"
 PREFIX = llama.PREFIX
@@ -25,10 +25,7 @@ _DEFAULTS = dict(
 )
 
 
-def prefix_for(architecture: str) -> str:
-    """Backbone prefix that ``architecture`` writes."""
-    del architecture
-    return PREFIX
+prefix_for = llama.prefix_for
 
 
 def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | None = None) -> ModelConfig:
@@ -44,7 +41,7 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         >>> cfg.sliding_window, cfg.hf_family
         (8, 'mistral')
     """
-    del architecture, tensor_names
+    del tensor_names
     if hf.get("layer_types") and any(t != "sliding_attention" for t in hf["layer_types"]):
         raise ValueError(
             "Mistral layer_types with full-attention layers is not supported: MistralForCausalLM applies "
@@ -52,6 +49,7 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         )
     hf = {**_DEFAULTS, **hf}
     return ModelConfig.llama(
+        **llama.head_of(architecture, hf),
         **llama.decoder_config(hf, "Mistral", max_len=4096 * 32, norm_eps=1e-6, theta=10000.0),
         sliding_window=hf.get("sliding_window"),
         hf_family=MODEL_TYPE,
@@ -64,10 +62,11 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     Raises:
         ValueError: ``cfg`` uses something a HF Mistral cannot express (all of it named).
     """
-    problems = llama.expressible(cfg, "Mistral", sliding_window=True)
+    problems = llama.expressible(cfg, "Mistral", sliding_window=True, heads=llama.HEADS)
     if problems:
         raise ValueError("cannot express this model as a Hugging Face Mistral: " + "; ".join(problems))
-    return ARCHITECTURES[0], dict(llama.decoder_fields(cfg), sliding_window=cfg.sliding_window)
+    arch, head_fields = llama.head_to_hf(cfg, "Mistral")
+    return arch, dict(llama.decoder_fields(cfg), **head_fields, sliding_window=cfg.sliding_window)
 
 
 def rules(cfg: ModelConfig) -> list[Rule]:

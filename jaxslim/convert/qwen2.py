@@ -21,7 +21,7 @@ from jaxslim.config import ModelConfig
 from jaxslim.convert import llama
 from jaxslim.convert.rules import Rule
 
-ARCHITECTURES = ("Qwen2ForCausalLM",)
+ARCHITECTURES = ("Qwen2ForCausalLM", "Qwen2ForSequenceClassification", "Qwen2Model")
 MODEL_TYPE = "qwen2"
 HF_CONFIG = "Qwen2Config"
 PREFIX = llama.PREFIX
@@ -39,10 +39,7 @@ DEFAULTS = dict(
 )
 
 
-def prefix_for(architecture: str) -> str:
-    """Backbone prefix that ``architecture`` writes."""
-    del architecture
-    return PREFIX
+prefix_for = llama.prefix_for
 
 
 def window_from_hf(hf: dict, family: str) -> dict:
@@ -82,9 +79,10 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         ValueError: a feature jaxslim does not compute (named).
         KeyError: a required field is absent.
     """
-    del architecture, tensor_names
+    del tensor_names
     hf = {**DEFAULTS, **hf}
     return ModelConfig.llama(
+        **llama.head_of(architecture, hf),
         **llama.decoder_config(hf, "Qwen2", max_len=32768, norm_eps=1e-6, theta=10000.0),
         **window_from_hf(hf, "Qwen2"),
         attn_bias=True,
@@ -99,12 +97,15 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     Raises:
         ValueError: ``cfg`` uses something a HF Qwen2 cannot express (all of it named).
     """
-    problems = llama.expressible(cfg, "Qwen2", sliding_window=True, sliding_layers=True, attn_bias=True)
+    problems = llama.expressible(
+        cfg, "Qwen2", sliding_window=True, sliding_layers=True, attn_bias=True, heads=llama.HEADS
+    )
     if not cfg.attn_bias:
         problems.append("attn_bias=False (Qwen2 always has q/k/v biases)")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face Qwen2: " + "; ".join(problems))
-    return ARCHITECTURES[0], dict(llama.decoder_fields(cfg), **window_to_hf(cfg))
+    arch, head_fields = llama.head_to_hf(cfg, "Qwen2")
+    return arch, dict(llama.decoder_fields(cfg), **head_fields, **window_to_hf(cfg))
 
 
 def rules(cfg: ModelConfig) -> list[Rule]:

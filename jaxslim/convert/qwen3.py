@@ -13,17 +13,14 @@ from jaxslim.config import ModelConfig
 from jaxslim.convert import llama, qwen2
 from jaxslim.convert.rules import Rule, rule
 
-ARCHITECTURES = ("Qwen3ForCausalLM",)
+ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen3ForSequenceClassification", "Qwen3Model")
 MODEL_TYPE = "qwen3"
 HF_CONFIG = "Qwen3Config"
 PREFIX = llama.PREFIX
 IGNORE = llama.IGNORE
 
 
-def prefix_for(architecture: str) -> str:
-    """Backbone prefix that ``architecture`` writes."""
-    del architecture
-    return PREFIX
+prefix_for = llama.prefix_for
 
 
 def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | None = None) -> ModelConfig:
@@ -33,10 +30,11 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         ValueError: a feature jaxslim does not compute (named).
         KeyError: a required field is absent.
     """
-    del architecture, tensor_names
+    del tensor_names
     hf = {**qwen2.DEFAULTS, "head_dim": 128, **hf}
     bias = bool(hf.get("attention_bias", False))
     return ModelConfig.llama(
+        **llama.head_of(architecture, hf),
         **llama.decoder_config(hf, "Qwen3", max_len=32768, norm_eps=1e-6, theta=10000.0),
         **qwen2.window_from_hf(hf, "Qwen3"),
         attn_bias=bias,
@@ -52,7 +50,14 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         ValueError: ``cfg`` uses something a HF Qwen3 cannot express (all of it named).
     """
     problems = llama.expressible(
-        cfg, "Qwen3", sliding_window=True, sliding_layers=True, qk_norm=True, attn_bias=True, out_bias=True
+        cfg,
+        "Qwen3",
+        sliding_window=True,
+        sliding_layers=True,
+        qk_norm=True,
+        attn_bias=True,
+        out_bias=True,
+        heads=llama.HEADS,
     )
     if not cfg.qk_norm:
         problems.append("qk_norm=False (Qwen3 always normalises queries and keys)")
@@ -63,8 +68,9 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         )
     if problems:
         raise ValueError("cannot express this model as a Hugging Face Qwen3: " + "; ".join(problems))
-    return ARCHITECTURES[0], dict(
-        llama.decoder_fields(cfg), **qwen2.window_to_hf(cfg), attention_bias=cfg.attn_bias
+    arch, head_fields = llama.head_to_hf(cfg, "Qwen3")
+    return arch, dict(
+        llama.decoder_fields(cfg), **head_fields, **qwen2.window_to_hf(cfg), attention_bias=cfg.attn_bias
     )
 
 

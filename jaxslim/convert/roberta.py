@@ -4,7 +4,9 @@ A RoBERTa is a BERT whose learned positions skip the padding id: a real token's 
 ``pad_token_id + 1 + (real tokens before it)`` and padding sits at ``pad_token_id``
 (``ModelConfig.pad_positions``), which is why its table has ``max_len + 2`` rows (514). The
 backbone's tensor names are BERT's under ``roberta.``; the masked-LM head is ``lm_head.dense``,
-``lm_head.layer_norm``, ``lm_head.bias`` and a decoder tied to the word embeddings. XLM-R
+``lm_head.layer_norm``, ``lm_head.bias`` and a decoder tied to the word embeddings. The
+sequence classifier (``classifier.dense`` + tanh + ``classifier.out_proj`` on the first token, no
+pooler) is BERT's pooler and classifier under other names. XLM-R
 (:mod:`~jaxslim.convert.xlm_roberta`) is the same model under other class names.
 """
 
@@ -16,7 +18,7 @@ from jaxslim.config import ModelConfig
 from jaxslim.convert import bert
 from jaxslim.convert.rules import LINEAR, Rule, rule
 
-ARCHITECTURES = ("RobertaModel", "RobertaForMaskedLM")
+ARCHITECTURES = ("RobertaModel", "RobertaForMaskedLM", "RobertaForSequenceClassification")
 MODEL_TYPE = "roberta"
 HF_CONFIG = "RobertaConfig"
 PREFIX = "roberta."
@@ -34,8 +36,9 @@ def prefix_for(architecture: str) -> str:
 def encoder_config(hf: dict, architecture: str, tensor_names, family: str, model_type: str) -> ModelConfig:
     """The :class:`ModelConfig` of a RoBERTa-style ``config.json`` (RoBERTa, XLM-R)."""
     hf = {**DEFAULTS, **hf}
-    as_bert = "BertForMaskedLM" if architecture.endswith("ForMaskedLM") else "BertModel"
-    cfg = bert.config_from_hf(hf, as_bert, tensor_names)
+    as_bert = "Bert" + architecture[architecture.index("For") :] if "For" in architecture else "BertModel"
+    # the classifier's dense + tanh layer is the pooler, whatever the tensor names say
+    cfg = bert.config_from_hf(hf, as_bert, None if as_bert.endswith("Classification") else tensor_names)
     return cfg.replace(
         pad_positions=True,
         bos_token_id=hf.get("bos_token_id"),
@@ -55,15 +58,13 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
 
 
 def encoder_to_hf(cfg: ModelConfig, family: str, prefix: str) -> tuple[str, dict]:
-    """The class name (``prefix`` + Model / ForMaskedLM) and config arguments of a RoBERTa-style
-    encoder."""
-    problems = []
+    """The class name (``prefix`` + Model / ForMaskedLM / ForSequenceClassification) and config
+    arguments of a RoBERTa-style encoder."""
     if not cfg.pad_positions:
-        problems.append(f"pad_positions=False ({family} counts positions from pad_token_id + 1)")
-    if cfg.head == "cls":
-        problems.append(f"head='cls' ({family}'s classifier has its own dense + tanh layer)")
-    if problems:
-        raise ValueError(f"cannot express this model as a Hugging Face {family}: " + "; ".join(problems))
+        raise ValueError(
+            f"cannot express this model as a Hugging Face {family}: pad_positions=False ({family} counts "
+            "positions from pad_token_id + 1)"
+        )
     arch, fields = bert.config_to_hf(cfg.replace(pad_positions=False))
     fields.update(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id)
     return arch.replace("Bert", prefix), fields
@@ -80,8 +81,16 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
 
 def rules(cfg: ModelConfig) -> list[Rule]:
     """The key map of a RoBERTa-style model described by ``cfg``: BERT's backbone and RoBERTa's
-    masked-LM head."""
-    out = bert.backbone_rules(cfg) + [
+    masked-LM head or sequence classifier."""
+    out = bert.backbone_rules(cfg)
+    if cfg.head == "cls":  # the classifier's first layer takes the pooler's place
+        return [r for r in out if not r.hf.startswith("pooler.")] + [
+            rule("classifier.dense.weight", "pooler_w", transform=LINEAR, head=True),
+            rule("classifier.dense.bias", "pooler_b", head=True),
+            rule("classifier.out_proj.weight", "cls_w", transform=LINEAR, head=True),
+            rule("classifier.out_proj.bias", "cls_b", head=True),
+        ]
+    out += [
         rule("lm_head.dense.weight", "mlm.w", transform=LINEAR, head=True),
         rule("lm_head.dense.bias", "mlm.b", head=True),
         rule("lm_head.layer_norm.weight", "mlm.norm.scale", head=True),

