@@ -19,8 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -175,6 +177,38 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
         return x
     spec = logical_to_spec(axes, rules, mesh, x.shape)
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+@contextlib.contextmanager
+def step_context(mesh: Mesh, rules: Rules) -> Iterator[None]:
+    """The mesh and logical axis rules a traced step runs under, entered inside the trace.
+
+    ``jax.set_mesh`` cannot be entered inside ``jax.jit``; its abstract mesh can, and that is all
+    :func:`constrain` and ``with_sharding_constraint`` need. A step whose traced body enters this
+    compiles to the same executable whatever context its caller is in (or none).
+    """
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nnx.logical_axis_rules(tuple(rules)):
+        yield
+
+
+def in_step_context(fn: Callable, mesh: Mesh, rules: Rules) -> Callable:
+    """``fn`` traced under :func:`step_context` (wrap a step's body before ``jax.jit``).
+
+    Example:
+        >>> from jaxslim.config import MeshConfig
+        >>> mesh_cfg = MeshConfig(data=-1)
+        >>> mesh = make_mesh(mesh_cfg)
+        >>> f = jax.jit(in_step_context(lambda x: constrain(x, ("batch",)), mesh, mesh_cfg.rules))
+        >>> f(jnp.ones(8)).shape
+        (8,)
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with step_context(mesh, rules):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 # -- the layer axis -------------------------------------------------------------------------------

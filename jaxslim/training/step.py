@@ -5,6 +5,11 @@ micro-batches (``lax.scan``), adds any auxiliary loss terms (the hook later feat
 balance losses, THOR consistency and the like) and metric functions, and never applies a
 non-finite update: it keeps the previous parameters and reports ``nonfinite=1`` so the loop can stop
 with the step named while the last good checkpoint stays intact.
+
+Steps own their context: each traces under the setup's mesh and logical axis rules
+(:func:`jaxslim.sharding.step_context`), so a step a user builds and lowers without any
+``jax.set_mesh`` / ``nnx.logical_axis_rules`` is the executable ``jaxslim-train`` runs and
+``jaxslim-aot`` compiles.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxslim.sharding import in_step_context
 from jaxslim.training.losses import causal_lm_loss, mlm_loss
 from jaxslim.training.state import TrainSetup, TrainState
 
@@ -216,7 +222,7 @@ def make_train_step(
 
     in_shardings = (setup.shardings, batch_sharding)
     return jax.jit(
-        step,
+        in_step_context(step, setup.mesh, setup.rules),
         in_shardings=in_shardings,
         out_shardings=(setup.shardings, None),
         donate_argnums=(0,) if donate else (),
@@ -241,4 +247,6 @@ def make_eval_step(
         _, metrics, _ = objective(model, batch, jax.random.wrap_key_data(state.rng))
         return metrics
 
-    return jax.jit(eval_step, in_shardings=(setup.shardings, batch_sharding))
+    return jax.jit(
+        in_step_context(eval_step, setup.mesh, setup.rules), in_shardings=(setup.shardings, batch_sharding)
+    )
