@@ -15,7 +15,7 @@ def get_config(arg: str = "") -> TrainConfig:
         raise ValueError(f"llama2_7b takes '' or 'tiny', got {arg!r}")
     tiny = arg == "tiny"
     shapes = (
-        {"vocab_size": 512, "d_model": 128, "n_layers": 2, "n_heads": 4, "d_ff": 384, "max_len": 256}
+        {"vocab_size": 1024, "d_model": 512, "n_layers": 2, "n_heads": 4, "d_ff": 1024, "max_len": 256}
         if tiny
         else {
             "vocab_size": 32000,

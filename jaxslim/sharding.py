@@ -179,6 +179,28 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def shard_gradient(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    """``x`` unchanged; its gradient is constrained to logical ``axes`` (a no-op without a mesh).
+
+    A weight's gradient inside a scanned stack is a sum over the batch's devices; constraining it
+    to the weight's own (FSDP-sharded) axes where it is produced makes the partitioner reduce-scatter
+    it there, instead of all-reducing the whole gradient and slicing it later.
+    """
+    return x
+
+
+def _shard_gradient_fwd(x, axes):
+    return x, None
+
+
+def _shard_gradient_bwd(axes, _, g):
+    return (constrain(g, axes),)
+
+
+shard_gradient.defvjp(_shard_gradient_fwd, _shard_gradient_bwd)
+
+
 @contextlib.contextmanager
 def step_context(mesh: Mesh, rules: Rules) -> Iterator[None]:
     """The mesh and logical axis rules a traced step runs under, entered inside the trace.

@@ -11,7 +11,7 @@ the one it runs. ``--topology`` takes MaxText's names (``v5e-256``, ``v5p-128``,
 ``v6e-64``) or the compiler's (``v5e:16x16``); without it, the step is compiled for the local devices
 (on a machine with accelerators, those). Prints per-chip HBM against the chip's, the collectives per
 step, the analytic FLOPs and a roofline estimate; ``--out DIR`` also writes ``aot.json`` and the
-serialized executable (``executable.bin``). Needs libtpu for TPU topologies:
+serialized executable (``executable.bin``) with its HLO (``hlo.txt``). Needs libtpu for TPU topologies:
 ``pip install 'jaxslim[aot]'`` (or ``make aot``). Exit status: 0 when the step fits, 1 when it does
 not, 2 on bad input.
 """
@@ -79,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 payload, _, _ = serialize(compiled)
                 (out / "executable.bin").write_bytes(payload)
-            print(f"wrote {out / 'aot.json'}" + (f" and {out / 'executable.bin'}" if compiled else ""))
+                (out / "hlo.txt").write_text(compiled.as_text())
+            print(f"wrote aot.json" + (", executable.bin and hlo.txt" if compiled else "") + f" to {out}")
         return 0 if report.fits else 1
 
     return run_command("jaxslim-aot", body, debug=debug, failures=())

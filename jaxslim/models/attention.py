@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.models.layers import Norm, apply_rope, dtypes, expand_to, param
+from jaxslim.models.layers import Norm, apply_rope, dtypes, expand_to, param, read
 from jaxslim.sharding import constrain
 
 
@@ -45,7 +45,7 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
 
     def _project(self, x, w, b, axes):
-        y = jnp.einsum("btd,dhk->bthk", x, w[...].astype(x.dtype))
+        y = jnp.einsum("btd,dhk->bthk", x, read(w, x.dtype))
         if b is not None:
             y = y + expand_to(b[...].astype(x.dtype), y.ndim)
         return constrain(y, axes)
@@ -77,7 +77,7 @@ class Attention(nnx.Module):
         out = self.contexts(x, mask=mask, rope=rope, window=window)
         if head_mask is not None:
             out = out * expand_to(head_mask.astype(out.dtype)[:, None], out.ndim)
-        y = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(x.dtype))
+        y = jnp.einsum("bthk,hkd->btd", out, read(self.wo, x.dtype))
         if self.bo is not None:
             y = y + expand_to(self.bo[...].astype(x.dtype), y.ndim)
         return constrain(y, ("batch", "length", "act_embed"))
@@ -107,7 +107,7 @@ class Attention(nnx.Module):
         """Each head's contribution to the output, ``[batch, length, heads, embed]`` (bias excluded):
         the attention output is their sum plus ``bo``."""
         out = self.contexts(x, mask=mask, rope=rope, window=window)
-        return jnp.einsum("bthk,hkd->bthd", out, self.wo[...].astype(x.dtype))
+        return jnp.einsum("bthk,hkd->bthd", out, read(self.wo, x.dtype))
 
 
 def _windowed(mask: jax.Array | None, length: int, window) -> jax.Array | None:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.models.layers import Embeddings, Norm, activation, dtypes, expand_to, param, rope_tables
+from jaxslim.models.layers import Embeddings, Norm, activation, dtypes, expand_to, param, read, rope_tables
 from jaxslim.models.stack import Stack
 
 
@@ -88,6 +88,7 @@ class Transformer(nnx.Module):
         head_mask: jax.Array | None = None,
         neuron_mask: jax.Array | None = None,
         rng: jax.Array | None = None,
+        logits: bool = True,
     ) -> ModelOutput:
         """Runs the model on ``tokens: [batch, length]`` (int).
 
@@ -99,6 +100,8 @@ class Transformer(nnx.Module):
             neuron_mask: ``[layers, d_ff]`` multipliers of each FFN hidden unit (dense FFNs only).
             rng: PRNG key for the stochastic parts of expert layers in training (THOR's draws,
                 router jitter, expert dropout); each layer folds in its index.
+            logits: False skips an LM head (``logits=None``): a loss that computes them piece by
+                piece from ``hidden`` with :meth:`lm_logits` never holds all of them.
         """
         self._check_mask("head_mask", head_mask, self.cfg.n_heads)
         self._check_mask("neuron_mask", neuron_mask, self.cfg.d_ff)
@@ -116,18 +119,26 @@ class Transformer(nnx.Module):
             first = x[:, 0]
             pooled = first @ self.pooler_w[...].astype(x.dtype)
             pooled = jnp.tanh(pooled + expand_to(self.pooler_b[...].astype(x.dtype), 2))
-        logits = None
+        out = None
         if self.mlm is not None:
-            logits = self.mlm(x, self.embed)
-        elif cfg.head == "lm":
-            logits = self.embed.attend(x) if self.lm_head is None else x @ self.lm_head[...].astype(x.dtype)
+            out = self._finish_logits(self.mlm(x, self.embed))
+        elif cfg.head == "lm" and logits:
+            out = self.lm_logits(x)
         elif cfg.head == "cls":
-            logits = self._classify(tokens, x, pooled)
-        if logits is not None:
-            logits = logits.astype(jnp.float32)
-            if cfg.logit_softcap is not None:
-                logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
-        return ModelOutput(hidden=x, logits=logits, pooled=pooled, moe=moe)
+            out = self._finish_logits(self._classify(tokens, x, pooled))
+        return ModelOutput(hidden=x, logits=out, pooled=pooled, moe=moe)
+
+    def lm_logits(self, hidden: jax.Array) -> jax.Array:
+        """The LM head on (final-normed) ``hidden: [..., d_model]``: float32 ``[..., vocab]``."""
+        logits = (
+            self.embed.attend(hidden) if self.lm_head is None else hidden @ read(self.lm_head, hidden.dtype)
+        )
+        return self._finish_logits(logits)
+
+    def _finish_logits(self, logits: jax.Array) -> jax.Array:
+        logits = logits.astype(jnp.float32)
+        cap = self.cfg.logit_softcap
+        return logits if cap is None else cap * jnp.tanh(logits / cap)
 
     def _classify(self, tokens, x, pooled):
         """``[batch, num_labels]`` logits: of the pooler output (BERT) or of the last token that is not

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 
 from jaxslim.sharding import in_step_context
-from jaxslim.training.losses import causal_lm_loss, mlm_loss
+from jaxslim.training.losses import causal_lm_loss, chunked_causal_lm_loss, mlm_loss
 from jaxslim.training.state import TrainSetup, TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -37,10 +37,25 @@ MetricFn = Callable[[TrainState, Any, Any], dict]
 ParamsView = Callable[[Any, Any], Any]
 
 
+# longer sequences are scored LM_LOSS_CHUNK positions at a time (never all float32 logits at once)
+LM_LOSS_CHUNK = 512
+
+
 def lm_objective(model, batch, rng):
     """Causal LM on ``batch["tokens"]: [b, t + 1]`` (inputs and shifted targets); optional
-    ``batch["weights"]: [b, t]`` zeroes the loss of padding (the last validation batch)."""
+    ``batch["weights"]: [b, t]`` zeroes the loss of padding (the last validation batch).
+
+    Sequences longer than ``LM_LOSS_CHUNK`` (and a multiple of it) are scored chunk by chunk
+    (:func:`~jaxslim.training.losses.chunked_causal_lm_loss`); the output's ``logits`` are None then.
+    """
     tokens = batch["tokens"]
+    t = tokens.shape[1] - 1
+    if t > LM_LOSS_CHUNK and t % LM_LOSS_CHUNK == 0 and hasattr(model, "lm_logits"):
+        out = model(tokens[:, :-1], rng=rng, logits=False)
+        loss, metrics = chunked_causal_lm_loss(
+            model.lm_logits, out.hidden, tokens[:, 1:], batch.get("weights"), chunk=LM_LOSS_CHUNK
+        )
+        return loss, metrics, out
     out = model(tokens[:, :-1], rng=rng)
     loss, metrics = causal_lm_loss(out.logits, tokens[:, 1:], batch.get("weights"))
     return loss, metrics, out
