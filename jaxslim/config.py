@@ -20,6 +20,18 @@ from typing import Any, Literal
 ARCHS = ("bert", "gpt2", "llama")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 HEADS = ("none", "mlm", "lm", "cls")
+# what a rematerialised block keeps for the backward pass (jaxslim.models.stack.remat_policy)
+REMAT_POLICIES = (
+    "full",
+    "none",
+    "save_dots",
+    "dots_with_no_batch_dims",
+    "save_qkv_proj",
+    "save_out_proj",
+    "save_qkv_out_proj",
+    "offload",
+)
+ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -277,7 +289,7 @@ class ModelConfig:
         layer_heads: per-layer query-head counts of a slimmed model (unscanned only).
         layer_ffn: per-layer FFN widths of a slimmed model (unscanned only).
         scan_layers: stack the blocks on a leading ``layers`` axis and run them with ``lax.scan``.
-        remat: rematerialise each block in the backward pass.
+        remat: rematerialise each block in the backward pass (what it keeps: ``remat_policy``).
         dtype: compute dtype; ``param_dtype``: storage dtype of the weights.
         pad_token_id: padding token of the tokenizer, kept for conversion.
         moe: mixture-of-experts FFNs (:class:`MoeConfig`); None for a dense model.
@@ -316,6 +328,14 @@ class ModelConfig:
             ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX / Pythia).
         local_rope_theta: RoPE base of the sliding-window layers, which then use plain RoPE while
             the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3); None: one RoPE for all.
+        remat_policy: with ``remat``, what each block keeps for the backward pass (MaxText's
+            names): ``"full"`` nothing (recompute the block), ``"none"`` everything (no
+            recomputation), ``"save_dots"`` every matmul output, ``"dots_with_no_batch_dims"``
+            matmul outputs without batch dimensions, ``"save_qkv_proj"`` the query / key / value
+            projections, ``"save_out_proj"`` the attention output projection,
+            ``"save_qkv_out_proj"`` both, ``"offload"`` the projections moved to host memory.
+        attention: the attention kernel: ``"auto"`` (splash on TPU, cuDNN on GPU, XLA elsewhere),
+            ``"xla"``, ``"cudnn"`` or ``"splash"`` (TPU Pallas).
     """
 
     arch: Literal["bert", "gpt2", "llama"]
@@ -368,6 +388,17 @@ class ModelConfig:
     pad_positions: bool = False
     shared_expert_ffn: int | None = None
     shared_expert_gate: bool = True
+    remat_policy: Literal[
+        "full",
+        "none",
+        "save_dots",
+        "dots_with_no_batch_dims",
+        "save_qkv_proj",
+        "save_out_proj",
+        "save_qkv_out_proj",
+        "offload",
+    ] = "full"
+    attention: Literal["auto", "xla", "cudnn", "splash"] = "auto"
 
     def __post_init__(self):
         o = "ModelConfig"
@@ -450,6 +481,8 @@ class ModelConfig:
                 )
 
         self._check_attention_variants()
+        _check_choice(o, "remat_policy", self.remat_policy, REMAT_POLICIES)
+        _check_choice(o, "attention", self.attention, ATTENTION_BACKENDS)
 
     def _check_attention_variants(self) -> None:
         o = "ModelConfig"

@@ -127,9 +127,13 @@ def build_train_step(cfg: TrainConfig, devices: list | None = None):
 def weight_sized(found: list[Collective], state: Any, *, kinds=("all-reduce",)) -> list[str]:
     """Collectives of ``kinds`` whose buffer holds at least as many elements as the smallest matrix
     weight of one layer (what a gradient all-reduce instead of a reduce-scatter looks like)."""
+    from jaxslim.sharding import LAYERS, logical_axes
+
     sizes = []
-    for leaf in jax.tree.leaves(state.params):
-        shape = leaf.shape[1:] if len(leaf.shape) > 2 else leaf.shape  # a scanned stack: per layer
+    axes = jax.tree.leaves(logical_axes(state.params), is_leaf=lambda x: isinstance(x, tuple))
+    for leaf, names in zip(jax.tree.leaves(state.params), axes, strict=True):
+        # one layer's matrix: a scanned stack's layers axis left out
+        shape = [n for n, a in zip(leaf.shape, names, strict=True) if a != LAYERS]
         if len(shape) >= 2:
             sizes.append(math.prod(shape))
     if not sizes:

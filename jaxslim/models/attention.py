@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxslim.config import ModelConfig
 from jaxslim.models.layers import Norm, apply_rope, dtypes, expand_to, param, read
@@ -44,11 +45,11 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def _project(self, x, w, b, axes):
+    def _project(self, x, w, b, axes, name: str):
         y = jnp.einsum("btd,dhk->bthk", x, read(w, x.dtype))
         if b is not None:
             y = y + expand_to(b[...].astype(x.dtype), y.ndim)
-        return constrain(y, axes)
+        return checkpoint_name(constrain(y, axes), name)  # the remat policies' names
 
     def __call__(
         self,
@@ -80,13 +81,13 @@ class Attention(nnx.Module):
         y = jnp.einsum("bthk,hkd->btd", out, read(self.wo, x.dtype))
         if self.bo is not None:
             y = y + expand_to(self.bo[...].astype(x.dtype), y.ndim)
-        return constrain(y, ("batch", "length", "act_embed"))
+        return checkpoint_name(constrain(y, ("batch", "length", "act_embed")), "out_proj")
 
     def contexts(self, x: jax.Array, *, mask: jax.Array | None, rope=None, window=None) -> jax.Array:
         """Each head's attention output before the output projection: ``[batch, length, heads, head_dim]``."""
-        q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"))
-        k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"))
-        v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"))
+        q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"), "query_proj")
+        k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"), "key_proj")
+        v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"), "value_proj")
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         window = self.window if window is None else window

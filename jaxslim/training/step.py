@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxslim.sharding import in_step_context
+from jaxslim.sharding import compiler_options, in_step_context
 from jaxslim.training.losses import causal_lm_loss, chunked_causal_lm_loss, mlm_loss
 from jaxslim.training.state import TrainSetup, TrainState
 
@@ -241,6 +241,7 @@ def make_train_step(
         in_shardings=in_shardings,
         out_shardings=(setup.shardings, None),
         donate_argnums=(0,) if donate else (),
+        compiler_options=compiler_options(setup.mesh),
     )
 
 
@@ -263,5 +264,7 @@ def make_eval_step(
         return metrics
 
     return jax.jit(
-        in_step_context(eval_step, setup.mesh, setup.rules), in_shardings=(setup.shardings, batch_sharding)
+        in_step_context(eval_step, setup.mesh, setup.rules),
+        in_shardings=(setup.shardings, batch_sharding),
+        compiler_options=compiler_options(setup.mesh),
     )
