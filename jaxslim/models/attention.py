@@ -1,5 +1,6 @@
 """Multi-head attention with grouped-query heads, RoPE, padding masks and a per-head output mask;
-optionally q/k RMSNorm and a sliding window.
+optionally q/k RMSNorm and a sliding window. The kernel is chosen by ``cfg.attention``
+(:mod:`jaxslim.models.attention_kernels`: splash on TPU, cuDNN on GPU, XLA elsewhere).
 
 Weights keep an explicit heads axis (``wq: [embed, heads, head_dim]``, ``wo: [heads, head_dim,
 embed]``), so pruning, slimming and tensor parallelism address heads directly.
@@ -13,6 +14,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from jaxslim.config import ModelConfig
+from jaxslim.models.attention_kernels import dot_product_attention
 from jaxslim.models.layers import Norm, apply_rope, dtypes, expand_to, param, read
 from jaxslim.sharding import constrain
 
@@ -63,7 +65,8 @@ class Attention(nnx.Module):
         """Attends ``x: [batch, length, embed]``.
 
         Args:
-            mask: boolean, broadcastable to ``[batch, heads, q_len, kv_len]``; True = attend.
+            mask: boolean, broadcastable to ``[batch, heads, q_len, kv_len]``; True = attend. A
+                causal model's causality is applied by the kernel (``cfg.causal``), not the mask.
             rope: cos/sin tables from :func:`~jaxslim.models.layers.rope_tables`.
             head_mask: ``[heads]`` multipliers of each head's output (the Fisher-pruning seam).
             window: sliding window (0: none); default this layer's own (``cfg.window_of``).
@@ -100,9 +103,10 @@ class Attention(nnx.Module):
         mask = _windowed(mask, x.shape[1], window)
         cfg = self.cfg
         scale = None if cfg.attn_scale_dim is None else float(cfg.attn_scale_dim) ** -0.5
-        if cfg.attn_softcap is None:
-            return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
-        return _softcapped_attention(q, k, v, mask, scale or q.shape[-1] ** -0.5, float(cfg.attn_softcap))
+        softcap = None if cfg.attn_softcap is None else float(cfg.attn_softcap)
+        return dot_product_attention(
+            q, k, v, mask=mask, causal=cfg.causal, scale=scale, softcap=softcap, backend=cfg.attention
+        )
 
     def head_outputs(self, x: jax.Array, *, mask: jax.Array | None, rope=None, window=None) -> jax.Array:
         """Each head's contribution to the output, ``[batch, length, heads, embed]`` (bias excluded):
@@ -122,16 +126,3 @@ def _windowed(mask: jax.Array | None, length: int, window) -> jax.Array | None:
     k = jnp.arange(length)[None, :]
     band = ((window <= 0) | (q - k < window))[None, None]
     return band if mask is None else mask & band
-
-
-def _softcapped_attention(q, k, v, mask, scale: float, cap: float) -> jax.Array:
-    """Attention whose scores become ``cap * tanh(score / cap)`` before masking (Gemma 2), which
-    ``jax.nn.dot_product_attention`` does not offer; softmax in float32."""
-    group = q.shape[2] // k.shape[2]
-    k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
-    scores = cap * jnp.tanh(scores / cap)
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)

@@ -154,8 +154,8 @@ class Transformer(nnx.Module):
         return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0] @ w
 
     def embed_inputs(self, tokens, *, attention_mask=None, token_type_ids=None, positions=None):
-        """The stack's inputs: embedded tokens ``[b, t, d]``, the boolean attention mask (padding and
-        causality, broadcastable to ``[b, heads, t, t]``) and the RoPE tables (or None; with
+        """The stack's inputs: embedded tokens ``[b, t, d]``, the boolean padding mask ``[b, 1, 1, t]``
+        (or None; a causal model's attention adds causality itself) and the RoPE tables (or None; with
         ``local_rope_theta``, the global cos and sin followed by the sliding layers' own)."""
         cfg = self.cfg
         b, t = tokens.shape
@@ -172,12 +172,8 @@ class Transformer(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         x = self.embed(tokens, positions, token_type_ids)
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask.astype(bool)[:, None, None, :]
-        if cfg.causal:
-            causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
-            mask = causal if mask is None else mask & causal
+        # padding only: attention applies causality itself, never as a [t, t] mask
+        mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
         rope = None
         if cfg.rope:
             rope = rope_tables(
