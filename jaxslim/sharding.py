@@ -296,3 +296,97 @@ def split_layers(x: jax.Array, axes: Sequence[str | None] | None) -> list[jax.Ar
     if i is None:
         return [x]
     return [jnp.take(x, j, axis=i) for j in range(x.shape[i])]
+
+
+# -- FSDP weight gradients ------------------------------------------------------------------------
+
+
+def weight_einsum(
+    spec: str,
+    x: jax.Array,
+    w: jax.Array,
+    w_axes: Sequence[str | None],
+    x_axes: Sequence[str | None],
+    y_axes: Sequence[str | None],
+) -> jax.Array:
+    """``jnp.einsum(spec, x, w)`` whose weight gradient is reduce-scattered explicitly.
+
+    ``spec`` is ``"x,w->y"`` with every letter of ``w`` in ``x`` or ``y``. Under a mesh and rules,
+    the backward pass computes each device's partial weight gradient from its own activations
+    (``shard_map``) and sums it over the batch's mesh axes with ``psum_scatter`` onto the weight's
+    own sharding (``psum`` over batch axes the weight is not split on). Left to itself the TPU
+    compiler all-reduces a scanned stack's whole weight gradients and slices them afterwards
+    (measured on Llama-2-7B shapes on v5e-256). Without a mesh this is a plain einsum.
+    """
+    return _weight_einsum(spec, tuple(w_axes), tuple(x_axes), tuple(y_axes), x, w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _weight_einsum(spec, w_axes, x_axes, y_axes, x, w):
+    return jnp.einsum(spec, x, w)
+
+
+def _weight_einsum_fwd(spec, w_axes, x_axes, y_axes, x, w):
+    return jnp.einsum(spec, x, w), (x, w)
+
+
+def _weight_einsum_bwd(spec, w_axes, x_axes, y_axes, res, g):
+    x, w = res
+    ins, y_sub = spec.split("->")
+    x_sub, w_sub = ins.split(",")
+    dx = jnp.einsum(f"{y_sub},{w_sub}->{x_sub}", g, w)
+    dw_spec = f"{x_sub},{y_sub}->{w_sub}"
+    rules = flax_spmd.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    plan = None if not rules or mesh.empty else _reduction_plan(rules, mesh, w_axes, x_axes, y_axes, x, g, w)
+    if plan is None:
+        return dx, constrain(jnp.einsum(dw_spec, x, g), w_axes).astype(w.dtype)
+    x_spec, g_spec, w_spec, steps = plan
+
+    def local(xl, gl):
+        dw = jnp.einsum(dw_spec, xl, gl)
+        for axis, dim in steps:
+            dw = (
+                jax.lax.psum(dw, axis)
+                if dim is None
+                else jax.lax.psum_scatter(dw, axis, scatter_dimension=dim, tiled=True)
+            )
+        return dw
+
+    dw = jax.shard_map(local, mesh=mesh, in_specs=(x_spec, g_spec), out_specs=w_spec, check_vma=False)(x, g)
+    return dx, dw.astype(w.dtype)
+
+
+_weight_einsum.defvjp(_weight_einsum_fwd, _weight_einsum_bwd)
+
+
+def _spec_axes(spec: PartitionSpec, ndim: int) -> list[tuple[str, ...]]:
+    entries = list(spec) + [None] * (ndim - len(spec))
+    return [() if e is None else (e,) if isinstance(e, str) else tuple(e) for e in entries]
+
+
+def _reduction_plan(rules, mesh, w_axes, x_axes, y_axes, x, g, w):
+    """Specs of x, g and the weight, and the ``(mesh axis, scatter dim or None)`` reductions that
+    turn per-device partial gradients into the weight's sharding; None when the weight's sharding
+    cannot be reached that way (then the plain constrained gradient is used)."""
+    x_spec = logical_to_spec(x_axes, rules, mesh, x.shape)
+    g_spec = logical_to_spec(y_axes, rules, mesh, g.shape)
+    w_spec = logical_to_spec(w_axes, rules, mesh, w.shape)
+    x_ax, g_ax, w_ax = _spec_axes(x_spec, x.ndim), _spec_axes(g_spec, g.ndim), _spec_axes(w_spec, w.ndim)
+    batch = [a for a in x_ax[0]]  # the contraction over the batch is what each device does partially
+    if g_ax[0] != x_ax[0]:
+        return None
+    # mesh axes already splitting a weight dimension through the activations (tensor parallelism)
+    carried = {a for axes in x_ax[1:] + g_ax[1:] for a in axes}
+    steps = []
+    for axis in batch:
+        dims = [i for i, axes in enumerate(w_ax) if axis in axes]
+        steps.append((axis, dims[0] if dims else None))
+    for axes in w_ax:
+        for a in axes:
+            if a not in batch and a not in carried:
+                return None
+        scattered = [a for a in axes if a in batch]
+        if scattered and axes[: len(scattered)] != tuple(scattered):
+            return None  # psum_scatter splits major-first: the batch axes must lead that dimension
+    return x_spec, g_spec, w_spec, steps

@@ -125,24 +125,22 @@ def build_train_step(cfg: TrainConfig, devices: list | None = None):
 
 
 def weight_sized(found: list[Collective], state: Any, *, kinds=("all-reduce",)) -> list[str]:
-    """Collectives of ``kinds`` whose buffer holds at least as many elements as the smallest matrix
-    weight of one layer (what a gradient all-reduce instead of a reduce-scatter looks like)."""
+    """Collectives of ``kinds`` whose buffer is a whole weight matrix of one layer (as many elements
+    as one): what an all-reduced gradient looks like where FSDP should reduce-scatter it. A data-
+    parallel all-reduce of an FSDP shard is smaller and not listed."""
     from jaxslim.sharding import LAYERS, logical_axes
 
-    sizes = []
+    sizes = set()
     axes = jax.tree.leaves(logical_axes(state.params), is_leaf=lambda x: isinstance(x, tuple))
     for leaf, names in zip(jax.tree.leaves(state.params), axes, strict=True):
         # one layer's matrix: a scanned stack's layers axis left out
         shape = [n for n, a in zip(leaf.shape, names, strict=True) if a != LAYERS]
         if len(shape) >= 2:
-            sizes.append(math.prod(shape))
-    if not sizes:
-        return []
-    smallest = min(sizes)
+            sizes.add(math.prod(shape))
     return [
         f"{c.dtype}[{','.join(map(str, c.shape))}] x{c.runs}"
         for c in found
-        if c.kind in kinds and c.elements >= smallest
+        if c.kind in kinds and c.elements in sizes
     ]
 
 

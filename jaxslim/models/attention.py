@@ -15,7 +15,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jaxslim.config import ModelConfig
 from jaxslim.models.attention_kernels import dot_product_attention
-from jaxslim.models.layers import Norm, apply_rope, dtypes, expand_to, param, read
+from jaxslim.models.layers import Norm, apply_rope, dtypes, expand_to, param, project
 from jaxslim.sharding import constrain
 
 
@@ -48,7 +48,7 @@ class Attention(nnx.Module):
             self.q_norm = self.k_norm = None
 
     def _project(self, x, w, b, axes, name: str):
-        y = jnp.einsum("btd,dhk->bthk", x, read(w, x.dtype))
+        y = project("btd,dhk->bthk", x, w, ("batch", "length", "act_embed"), axes)
         if b is not None:
             y = y + expand_to(b[...].astype(x.dtype), y.ndim)
         return checkpoint_name(constrain(y, axes), name)  # the remat policies' names
@@ -81,7 +81,8 @@ class Attention(nnx.Module):
         out = self.contexts(x, mask=mask, rope=rope, window=window)
         if head_mask is not None:
             out = out * expand_to(head_mask.astype(out.dtype)[:, None], out.ndim)
-        y = jnp.einsum("bthk,hkd->btd", out, read(self.wo, x.dtype))
+        heads = ("batch", "length", "act_heads", "head_dim")
+        y = project("bthk,hkd->btd", out, self.wo, heads, ("batch", "length", "act_embed"))
         if self.bo is not None:
             y = y + expand_to(self.bo[...].astype(x.dtype), y.ndim)
         return checkpoint_name(constrain(y, ("batch", "length", "act_embed")), "out_proj")
@@ -112,7 +113,7 @@ class Attention(nnx.Module):
         """Each head's contribution to the output, ``[batch, length, heads, embed]`` (bias excluded):
         the attention output is their sum plus ``bo``."""
         out = self.contexts(x, mask=mask, rope=rope, window=window)
-        return jnp.einsum("bthk,hkd->bthd", out, read(self.wo, x.dtype))
+        return jnp.einsum("bthk,hkd->bthd", out, self.wo[...].astype(x.dtype))
 
 
 def _windowed(mask: jax.Array | None, length: int, window) -> jax.Array | None:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig, RopeScaling
-from jaxslim.sharding import constrain, shard_gradient
+from jaxslim.sharding import constrain, shard_gradient, weight_einsum
 
 INIT_STD = 0.02  # BERT / GPT-2 / Llama all initialise weights with N(0, 0.02^2)
 
@@ -53,6 +53,22 @@ def read(var: nnx.Variable, dtype) -> jax.Array:
     if not axes or len(axes) < value.ndim:
         return value
     return shard_gradient(value, tuple(axes)[len(axes) - value.ndim :])
+
+
+def _weight_axes(var: nnx.Variable, ndim: int) -> tuple | None:
+    axes = var.get_metadata().get("out_sharding")
+    return tuple(axes)[len(axes) - ndim :] if axes and len(axes) >= ndim else None
+
+
+def project(spec: str, x: jax.Array, var: nnx.Variable, x_axes: tuple, y_axes: tuple) -> jax.Array:
+    """``einsum(spec, x, weight)`` in ``x``'s dtype, the weight's gradient reduce-scattered onto its
+    sharding (:func:`~jaxslim.sharding.weight_einsum`); ``x_axes`` / ``y_axes`` are the logical axes of
+    ``x`` and the result. An ``x`` of another rank than ``x_axes`` gets a plain einsum."""
+    w = var[...].astype(x.dtype)
+    axes = _weight_axes(var, w.ndim)
+    if axes is None or x.ndim != len(x_axes):
+        return jnp.einsum(spec, x, read(var, x.dtype))
+    return weight_einsum(spec, x, w, axes, x_axes, y_axes)
 
 
 def expand_to(v: jax.Array, ndim: int) -> jax.Array:
@@ -182,8 +198,9 @@ class Embeddings(nnx.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the token table (a tied output head)."""
-        w = read(self.tokens, x.dtype)
-        return jnp.einsum("btd,vd->btv", x, w)
+        return project(
+            "btd,vd->btv", x, self.tokens, ("batch", "length", "act_embed"), ("batch", "length", "act_vocab")
+        )
 
 
 def rope_frequencies(

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.models.layers import Embeddings, Norm, activation, dtypes, expand_to, param, read, rope_tables
+from jaxslim.models.layers import Embeddings, Norm, activation, dtypes, expand_to, param, project, rope_tables
 from jaxslim.models.stack import Stack
 
 
@@ -131,7 +131,15 @@ class Transformer(nnx.Module):
     def lm_logits(self, hidden: jax.Array) -> jax.Array:
         """The LM head on (final-normed) ``hidden: [..., d_model]``: float32 ``[..., vocab]``."""
         logits = (
-            self.embed.attend(hidden) if self.lm_head is None else hidden @ read(self.lm_head, hidden.dtype)
+            self.embed.attend(hidden)
+            if self.lm_head is None
+            else project(
+                "btd,dv->btv",
+                hidden,
+                self.lm_head,
+                ("batch", "length", "act_embed"),
+                ("batch", "length", "act_vocab"),
+            )
         )
         return self._finish_logits(logits)
 
