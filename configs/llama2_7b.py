@@ -1,5 +1,5 @@
-"""Llama-2-7B shapes, sized for a v5e-256 pod: 4 sequences of 2048 tokens per chip (MaxText's
-published v5e-256 llama2_7b configuration), FSDP over every chip, bf16 compute, AdamW.
+"""Llama-2-7B shapes, sized for a v5e-256 pod: 4 sequences of 2048 tokens per chip with remat
+policy ``save_qkv_proj`` (MaxText's v5e-256 llama2_7b configuration), FSDP over every chip, bf16 compute, AdamW.
 
 ``get_config("")`` is the real shape (``jaxslim-aot llama2_7b --topology v5e-256``: per-chip HBM in
 benchmarks/README.md); ``get_config("tiny")`` keeps the recipe at a few MB for tests
@@ -28,7 +28,9 @@ def get_config(arg: str = "") -> TrainConfig:
     )
     seq_len = 128 if tiny else 2048
     return TrainConfig(
-        model=ModelConfig.llama(**shapes, norm_eps=1e-5, dtype="bfloat16", remat=True),
+        model=ModelConfig.llama(
+            **shapes, norm_eps=1e-5, dtype="bfloat16", remat=True, remat_policy="save_qkv_proj"
+        ),
         mesh=MeshConfig(data=1, fsdp=-1),
         data=DataConfig(corpus="shakespeare", seq_len=seq_len, batch_size=8 if tiny else 1024),
         optim=OptimConfig(lr=3e-4, warmup_steps=2000, weight_decay=0.1, b2=0.95, clip_norm=1.0),
