@@ -67,3 +67,30 @@ def test_tiny_llama_train_step_compiles_for_v5e_2x2_and_reduce_scatters(tmp_path
     assert report["collectives"]["reduce-scatter"]["runs"] > 0
     assert report["estimate"]["step_s"] > 0 and 0 < report["estimate"]["mfu"] <= 1
     assert (tmp_path / "aot" / "executable.bin").stat().st_size > 0
+
+
+MESHES = """
+from jaxslim.aot import parse_topology, topology_devices
+from jaxslim.config import MeshConfig
+from jaxslim.sharding import make_mesh
+for spec, slices, cfg in [
+    ("v5p-128", 1, MeshConfig(data=1, fsdp=-1, expert=8)),
+    ("v5e-16", 2, MeshConfig(data=2, fsdp=-1)),
+]:
+    devices = topology_devices(parse_topology(spec, slices))
+    mesh = make_mesh(cfg, devices)
+    print(spec, slices, dict(mesh.shape), sorted({getattr(d, "slice_index", 0) for d in mesh.devices[0].flat}))
+"""
+
+
+def test_pod_meshes_split_physical_axes_and_put_slices_on_data():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
+    proc = subprocess.run([aot_python(), "-c", MESHES], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    # expert=8 on a 4x4x4 torus splits a physical axis of 4 (jax.make_mesh alone refuses)
+    assert lines[0] == "v5p-128 1 {'data': 1, 'fsdp': 8, 'tensor': 1, 'expert': 8} [0]"
+    # two v5e-16 slices: each data index is one slice
+    assert lines[1] == "v5e-16 2 {'data': 2, 'fsdp': 16, 'tensor': 1, 'expert': 1} [0]"
