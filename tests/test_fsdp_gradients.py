@@ -1,5 +1,6 @@
-"""FSDP gradients computed per device and reduce-scattered (``weight_einsum``, the embedding
-lookup's custom gradient, the chunked LM loss) equal the plain single-device gradients."""
+"""FSDP gradients (weight gradients constrained to the weights' sharding, the embedding lookup's
+custom gradient, the chunked LM loss) equal the plain single-device gradients and come out in the
+weights' own sharding."""
 
 import jax
 import jax.numpy as jnp

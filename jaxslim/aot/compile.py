@@ -10,7 +10,6 @@ wrapped by the pruning transform), objective, loss terms and metrics, built by
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,8 +124,8 @@ def build_train_step(cfg: TrainConfig, devices: list | None = None):
 
 
 def weight_sized(found: list[Collective], state: Any, *, kinds=("all-reduce",)) -> list[str]:
-    """Collectives of ``kinds`` whose buffer is a whole weight matrix of one layer (as many elements
-    as one): what an all-reduced gradient looks like where FSDP should reduce-scatter it. A data-
+    """Collectives of ``kinds`` whose buffer is a whole weight matrix of one layer (its dimensions, in
+    any order): what an all-reduced gradient looks like where FSDP should reduce-scatter it. A data-
     parallel all-reduce of an FSDP shard is smaller and not listed."""
     from jaxslim.sharding import LAYERS, logical_axes
 
@@ -136,11 +135,11 @@ def weight_sized(found: list[Collective], state: Any, *, kinds=("all-reduce",)) 
         # one layer's matrix: a scanned stack's layers axis left out
         shape = [n for n, a in zip(leaf.shape, names, strict=True) if a != LAYERS]
         if len(shape) >= 2:
-            sizes.add(math.prod(shape))
+            sizes.add(tuple(sorted(shape)))
     return [
         f"{c.dtype}[{','.join(map(str, c.shape))}] x{c.runs}"
         for c in found
-        if c.kind in kinds and c.elements in sizes
+        if c.kind in kinds and tuple(sorted(c.shape)) in sizes
     ]
 
 

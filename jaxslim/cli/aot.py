@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 payload, _, _ = serialize(compiled)
                 (out / "executable.bin").write_bytes(payload)
                 (out / "hlo.txt").write_text(compiled.as_text())
-            print(f"wrote aot.json" + (", executable.bin and hlo.txt" if compiled else "") + f" to {out}")
+            print("wrote aot.json" + (", executable.bin and hlo.txt" if compiled else "") + f" to {out}")
         return 0 if report.fits else 1
 
     return run_command("jaxslim-aot", body, debug=debug, failures=())

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig, RopeScaling
-from jaxslim.sharding import constrain, shard_gradient, weight_einsum
+from jaxslim.sharding import constrain, shard_gradient
 
 INIT_STD = 0.02  # BERT / GPT-2 / Llama all initialise weights with N(0, 0.02^2)
 
@@ -55,20 +55,11 @@ def read(var: nnx.Variable, dtype) -> jax.Array:
     return shard_gradient(value, tuple(axes)[len(axes) - value.ndim :])
 
 
-def _weight_axes(var: nnx.Variable, ndim: int) -> tuple | None:
-    axes = var.get_metadata().get("out_sharding")
-    return tuple(axes)[len(axes) - ndim :] if axes and len(axes) >= ndim else None
-
-
 def project(spec: str, x: jax.Array, var: nnx.Variable, x_axes: tuple, y_axes: tuple) -> jax.Array:
-    """``einsum(spec, x, weight)`` in ``x``'s dtype, the weight's gradient reduce-scattered onto its
-    sharding (:func:`~jaxslim.sharding.weight_einsum`); ``x_axes`` / ``y_axes`` are the logical axes of
-    ``x`` and the result. An ``x`` of another rank than ``x_axes`` gets a plain einsum."""
-    w = var[...].astype(x.dtype)
-    axes = _weight_axes(var, w.ndim)
-    if axes is None or x.ndim != len(x_axes):
-        return jnp.einsum(spec, x, read(var, x.dtype))
-    return weight_einsum(spec, x, w, axes, x_axes, y_axes)
+    """``einsum(spec, x, weight)`` in ``x``'s dtype, the weight's gradient constrained to its
+    sharding (:func:`read`); ``x_axes`` / ``y_axes`` name the logical axes of ``x`` and the result."""
+    del x_axes, y_axes  # kept at the call sites: they document the layouts the einsum maps
+    return jnp.einsum(spec, x, read(var, x.dtype))
 
 
 def expand_to(v: jax.Array, ndim: int) -> jax.Array:
