@@ -76,8 +76,8 @@ class AotReport:
         e = self.estimate
         if e:
             lines.append(
-                f"roofline estimate: compute {e['compute_s'] * 1e3:.1f} ms, ICI {e['comm_s'] * 1e3:.1f} ms, "
-                f"step >= {e['step_s'] * 1e3:.1f} ms, MFU <= {e['mfu'] * 100:.1f}% (estimate, not a measurement)"
+                f"roofline estimate: compute {e['compute_s'] * 1e3:.3g} ms, ICI {e['comm_s'] * 1e3:.3g} ms, "
+                f"step >= {e['step_s'] * 1e3:.3g} ms, MFU <= {e['mfu'] * 100:.1f}% (estimate, not a measurement)"
             )
         return "\n".join(lines)
 
