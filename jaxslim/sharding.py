@@ -19,8 +19,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -40,12 +42,44 @@ LAYERS = "layers"
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Builds the ``(data, fsdp, tensor, expert)`` mesh described by ``cfg``.
 
-    Axis types are always given explicitly (``jax.make_mesh`` would default to Explicit).
+    Axis types are always given explicitly (``jax.make_mesh`` would default to Explicit). An axis
+    that is not a product of the TPU torus's physical axes splits one; devices of several slices
+    (multi-slice) put the slices on the ``data`` axis.
     """
     devices = list(jax.devices() if devices is None else devices)
     sizes = cfg.sizes(len(devices))
     kind = AxisType.Auto if cfg.axis_type == "auto" else AxisType.Explicit
-    return jax.make_mesh(sizes, MESH_AXES, axis_types=(kind,) * len(sizes), devices=devices)
+    types = (kind,) * len(sizes)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:
+        return Mesh(_hybrid_devices(sizes, devices, slices), MESH_AXES, axis_types=types)
+    try:
+        return jax.make_mesh(sizes, MESH_AXES, axis_types=types, devices=devices)
+    except NotImplementedError:
+        # an axis that is no product of the torus's physical axes (expert=8 on a 4x4x4 v5p):
+        # split a physical axis, as MaxText does
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
+        return Mesh(grid, MESH_AXES, axis_types=types)
+
+
+def _hybrid_devices(sizes: Sequence[int], devices: list, slices: int) -> np.ndarray:
+    """Devices of a multi-slice mesh: the slices (joined by the data-center network) split the
+    ``data`` axis, each slice's devices fill the rest over its fast interconnect."""
+    from jax.experimental import mesh_utils
+
+    data = MESH_AXES.index("data")
+    if sizes[data] % slices:
+        raise ValueError(
+            f"a mesh over {slices} slices puts them on the data axis, so MeshConfig.data must be a "
+            f"multiple of {slices}; got data={sizes[data]} (mesh {dict(zip(MESH_AXES, sizes, strict=True))})"
+        )
+    ici = list(sizes)
+    ici[data] //= slices
+    dcn = [1] * len(sizes)
+    dcn[data] = slices
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
 
 
 def _rule_axes(rules: Rules, name: str | None) -> tuple[str, ...]:
@@ -172,6 +206,77 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
         return x
     spec = logical_to_spec(axes, rules, mesh, x.shape)
     return jax.lax.with_sharding_constraint(x, spec)
+
+
+# XLA options for steps on a TPU mesh, only those MaxText uses (benchmarks/xla_flags_library.py,
+# REDUCE_SCATTER_FUSION): without them the TPU compiler leaves a weight gradient's all-reduce and
+# dynamic-slice apart when the slice is fused into a scanned stack's gradient accumulation, so every
+# chip all-reduces every whole weight gradient (measured: Llama-2-7B shapes on v5e-256) instead
+# of reduce-scattering it.
+TPU_COMPILER_OPTIONS = {
+    "xla_tpu_use_minor_sharding_for_major_trivial_input": "true",
+    "xla_tpu_relayout_group_size_threshold_for_reduce_scatter": "1",
+}
+
+
+def compiler_options(mesh: Mesh) -> dict[str, str] | None:
+    """The XLA options a step on ``mesh`` compiles with (:data:`TPU_COMPILER_OPTIONS` on TPU)."""
+    platform = mesh.devices.flat[0].platform if mesh.devices.size else ""
+    return dict(TPU_COMPILER_OPTIONS) if platform == "tpu" else None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def shard_gradient(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    """``x`` unchanged; its gradient is constrained to logical ``axes`` (a no-op without a mesh).
+
+    A weight's gradient inside a scanned stack is a sum over the batch's devices; constraining it
+    to the weight's own (FSDP-sharded) axes where it is produced makes the partitioner reduce-scatter
+    it there, instead of all-reducing the whole gradient and slicing it later.
+    """
+    return x
+
+
+def _shard_gradient_fwd(x, axes):
+    return x, None
+
+
+def _shard_gradient_bwd(axes, _, g):
+    return (constrain(g, axes),)
+
+
+shard_gradient.defvjp(_shard_gradient_fwd, _shard_gradient_bwd)
+
+
+@contextlib.contextmanager
+def step_context(mesh: Mesh, rules: Rules) -> Iterator[None]:
+    """The mesh and logical axis rules a traced step runs under, entered inside the trace.
+
+    ``jax.set_mesh`` cannot be entered inside ``jax.jit``; its abstract mesh can, and that is all
+    :func:`constrain` and ``with_sharding_constraint`` need. A step whose traced body enters this
+    compiles to the same executable whatever context its caller is in (or none).
+    """
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nnx.logical_axis_rules(tuple(rules)):
+        yield
+
+
+def in_step_context(fn: Callable, mesh: Mesh, rules: Rules) -> Callable:
+    """``fn`` traced under :func:`step_context` (wrap a step's body before ``jax.jit``).
+
+    Example:
+        >>> from jaxslim.config import MeshConfig
+        >>> mesh_cfg = MeshConfig(data=-1)
+        >>> mesh = make_mesh(mesh_cfg)
+        >>> f = jax.jit(in_step_context(lambda x: constrain(x, ("batch",)), mesh, mesh_cfg.rules))
+        >>> f(jnp.ones(8)).shape
+        (8,)
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with step_context(mesh, rules):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 # -- the layer axis -------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ LAYERS = (
     ("convert",),
     ("grow", "prune"),
     ("training",),
+    ("aot",),
     ("cli",),
 )
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}

@@ -16,7 +16,17 @@ Example:
 from jaxslim.config.checkpoint import CheckpointConfig, CodecConfig
 from jaxslim.config.data import MAX_BPE_VOCAB, MIN_BPE_VOCAB, DataConfig
 from jaxslim.config.mesh import DEFAULT_RULES, MESH_AXES, MeshConfig
-from jaxslim.config.model import DTYPES, Activation, Dtype, ModelConfig, RopeScaling
+from jaxslim.config.model import (
+    ATTENTION_BACKENDS,
+    DTYPES,
+    REMAT_POLICIES,
+    Activation,
+    AttentionBackend,
+    Dtype,
+    ModelConfig,
+    RematPolicy,
+    RopeScaling,
+)
 from jaxslim.config.moe import MoeConfig
 from jaxslim.config.optim import OptimConfig
 from jaxslim.config.prune import PruneConfig
@@ -24,6 +34,10 @@ from jaxslim.config.train import StageConfig, TrainConfig
 from jaxslim.config.validate import Config, at_least, between, bounded, nonempty, positive, validate
 
 __all__ = [
+    "ATTENTION_BACKENDS",
+    "REMAT_POLICIES",
+    "AttentionBackend",
+    "RematPolicy",
     "DEFAULT_RULES",
     "DTYPES",
     "MAX_BPE_VOCAB",

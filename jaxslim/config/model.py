@@ -17,6 +17,20 @@ from jaxslim.config.validate import Config, at_least, between, bounded, nonempty
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPES: tuple[str, ...] = get_args(Dtype)
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+# what a rematerialised block keeps for the backward pass (jaxslim.models.stack.remat_policy)
+RematPolicy = Literal[
+    "full",
+    "none",
+    "save_dots",
+    "dots_with_no_batch_dims",
+    "save_qkv_proj",
+    "save_out_proj",
+    "save_qkv_out_proj",
+    "offload",
+]
+REMAT_POLICIES: tuple[str, ...] = get_args(RematPolicy)
+AttentionBackend = Literal["auto", "xla", "cudnn", "splash"]
+ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 
 
 @dataclass(frozen=True)
@@ -123,7 +137,7 @@ class ModelConfig(Config):
         layer_heads: per-layer query-head counts of a slimmed model (unscanned only).
         layer_ffn: per-layer FFN widths of a slimmed model (unscanned only).
         scan_layers: stack the blocks on a leading ``layers`` axis and run them with ``lax.scan``.
-        remat: rematerialise each block in the backward pass.
+        remat: rematerialise each block in the backward pass (what it keeps: ``remat_policy``).
         dtype: compute dtype; ``param_dtype``: storage dtype of the weights.
         pad_token_id: padding token of the tokenizer, kept for conversion.
         moe: mixture-of-experts FFNs (:class:`MoeConfig`); None for a dense model.
@@ -164,6 +178,14 @@ class ModelConfig(Config):
             the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3); None: one RoPE for all.
         pooler_activation: the pooler's activation: ``"tanh"`` (BERT's pooler, RoBERTa's
             classifier) or ``"relu"`` (DistilBERT's ``pre_classifier``).
+        remat_policy: with ``remat``, what each block keeps for the backward pass (MaxText's
+            names): ``"full"`` nothing (recompute the block), ``"none"`` everything (no
+            recomputation), ``"save_dots"`` every matmul output, ``"dots_with_no_batch_dims"``
+            matmul outputs without batch dimensions, ``"save_qkv_proj"`` the query / key / value
+            projections, ``"save_out_proj"`` the attention output projection,
+            ``"save_qkv_out_proj"`` both, ``"offload"`` the projections moved to host memory.
+        attention: the attention kernel: ``"auto"`` (splash on TPU, cuDNN on GPU, XLA elsewhere),
+            ``"xla"``, ``"cudnn"`` or ``"splash"`` (TPU Pallas).
     """
 
     arch: Literal["bert", "gpt2", "llama"]
@@ -217,6 +239,8 @@ class ModelConfig(Config):
     shared_expert_ffn: int | None = positive(None)
     shared_expert_gate: bool = True
     pooler_activation: Literal["tanh", "relu"] = "tanh"
+    remat_policy: RematPolicy = "full"
+    attention: AttentionBackend = "auto"
 
     def _check(self) -> None:
         o = "ModelConfig"

@@ -34,12 +34,14 @@ class TrainState(NamedTuple):
 
 
 class TrainSetup(NamedTuple):
-    """Everything static about a state: the model graph, the optimizer and the shardings."""
+    """Everything static about a state: the model graph, the optimizer, the shardings, and the mesh
+    and logical axis rules its steps trace under (step factories enter them themselves)."""
 
     graphdef: nnx.GraphDef
     tx: optax.GradientTransformation
     shardings: TrainState
     mesh: Mesh
+    rules: Rules = ()
 
 
 def variable_shardings(state: Any, mesh: Mesh, rules: Rules) -> Any:
@@ -69,7 +71,8 @@ def make_setup(make_model: Callable[[], Transformer], tx, mesh: Mesh, rules: Rul
     """The :class:`TrainSetup` of a model (built abstractly, nothing is allocated)."""
     # flax annotates split's states after the first as a variadic tuple, which mypy cannot unpack
     graphdef, abs_params, abs_rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)  # type: ignore[misc]
-    return TrainSetup(graphdef, tx, train_state_shardings(abs_params, abs_rest, tx, mesh, rules), mesh)
+    shardings = train_state_shardings(abs_params, abs_rest, tx, mesh, rules)
+    return TrainSetup(graphdef, tx, shardings, mesh, tuple(rules))
 
 
 def create_train_state(
@@ -86,14 +89,28 @@ def create_train_state(
     ``optax.tree_map_params``); a plain ``jax.jit(tx.init)`` would leave them on one device.
     """
     setup = make_setup(make_model, tx, mesh, rules)
+    state = jax.jit(_initializer(make_model, tx, seed), out_shardings=setup.shardings)()
+    return state, setup
 
+
+def _initializer(make_model: Callable[[], nnx.Module], tx, seed: int) -> Callable[[], TrainState]:
     def init():
         _, params, rest = nnx.split(make_model(), nnx.Param, ...)
         rng = jax.random.key_data(jax.random.key(seed + 1))
         return TrainState(params, rest, tx.init(params), jnp.zeros((), jnp.int32), rng)
 
-    state = jax.jit(init, out_shardings=setup.shardings)()
-    return state, setup
+    return init
+
+
+def create_abstract_train_state(
+    make_model: Callable[[], Transformer], tx, mesh: Mesh, rules: Rules, *, seed: int = 0
+) -> tuple[TrainState, TrainSetup]:
+    """What :func:`create_train_state` would return, as ``jax.ShapeDtypeStruct``s carrying their
+    shardings: nothing is allocated, so a step can be lowered and compiled for a model of any size
+    (``step.lower(state, batch).compile()``)."""
+    setup = make_setup(make_model, tx, mesh, rules)
+    shapes = jax.eval_shape(_initializer(make_model, tx, seed))
+    return abstract_train_state(setup, like=shapes), setup
 
 
 def abstract_train_state(state_or_setup: TrainState | TrainSetup, like: TrainState | None = None):

@@ -5,6 +5,11 @@ micro-batches (``lax.scan``), adds any auxiliary loss terms (the hook later feat
 balance losses, THOR consistency and the like) and metric functions, and never applies a
 non-finite update: it keeps the previous parameters and reports ``nonfinite=1`` so the loop can stop
 with the step named while the last good checkpoint stays intact.
+
+Steps own their context: each traces under the setup's mesh and logical axis rules
+(:func:`jaxslim.sharding.step_context`), so a step a user builds and lowers without any
+``jax.set_mesh`` / ``nnx.logical_axis_rules`` is the executable ``jaxslim-train`` runs and
+``jaxslim-aot`` compiles.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxslim.engine.losses import causal_lm_loss, mlm_loss
+from jaxslim.engine.losses import causal_lm_loss, chunked_causal_lm_loss, mlm_loss
 from jaxslim.engine.state import TrainSetup, TrainState
+from jaxslim.sharding import compiler_options, in_step_context
 
 Batch = Mapping[str, jax.Array]
 # (model, batch, rng) -> (loss, metrics, model output)
@@ -31,10 +37,25 @@ MetricFn = Callable[[TrainState, Any, Any], dict]
 ParamsView = Callable[[Any, Any], Any]
 
 
+# longer sequences are scored LM_LOSS_CHUNK positions at a time (never all float32 logits at once)
+LM_LOSS_CHUNK = 512
+
+
 def lm_objective(model, batch, rng):
     """Causal LM on ``batch["tokens"]: [b, t + 1]`` (inputs and shifted targets); optional
-    ``batch["weights"]: [b, t]`` zeroes the loss of padding (the last validation batch)."""
+    ``batch["weights"]: [b, t]`` zeroes the loss of padding (the last validation batch).
+
+    Sequences longer than ``LM_LOSS_CHUNK`` (and a multiple of it) are scored chunk by chunk
+    (:func:`~jaxslim.engine.losses.chunked_causal_lm_loss`); the output's ``logits`` are None then.
+    """
     tokens = batch["tokens"]
+    t = tokens.shape[1] - 1
+    if t > LM_LOSS_CHUNK and t % LM_LOSS_CHUNK == 0 and hasattr(model, "lm_logits"):
+        out = model(tokens[:, :-1], rng=rng, logits=False)
+        loss, metrics = chunked_causal_lm_loss(
+            model.lm_logits, out.hidden, tokens[:, 1:], batch.get("weights"), chunk=LM_LOSS_CHUNK
+        )
+        return loss, metrics, out
     out = model(tokens[:, :-1], rng=rng)
     loss, metrics = causal_lm_loss(out.logits, tokens[:, 1:], batch.get("weights"))
     return loss, metrics, out
@@ -216,10 +237,11 @@ def make_train_step(
 
     in_shardings = (setup.shardings, batch_sharding)
     return jax.jit(
-        step,
+        in_step_context(step, setup.mesh, setup.rules),
         in_shardings=in_shardings,
         out_shardings=(setup.shardings, None),
         donate_argnums=(0,) if donate else (),
+        compiler_options=compiler_options(setup.mesh),
     )
 
 
@@ -241,4 +263,8 @@ def make_eval_step(
         _, metrics, _ = objective(model, batch, jax.random.wrap_key_data(state.rng))
         return metrics
 
-    return jax.jit(eval_step, in_shardings=(setup.shardings, batch_sharding))
+    return jax.jit(
+        in_step_context(eval_step, setup.mesh, setup.rules),
+        in_shardings=(setup.shardings, batch_sharding),
+        compiler_options=compiler_options(setup.mesh),
+    )

@@ -1,5 +1,6 @@
 """Multi-head attention with grouped-query heads, RoPE, padding masks and a per-head output mask;
-optionally q/k RMSNorm and a sliding window.
+optionally q/k RMSNorm and a sliding window. The kernel is chosen by ``cfg.attention``
+(:mod:`jaxslim.models.attention_kernels`: splash on TPU, cuDNN on GPU, XLA elsewhere).
 
 Weights keep an explicit heads axis (``wq: [embed, heads, head_dim]``, ``wo: [heads, head_dim,
 embed]``), so pruning, slimming and tensor parallelism address heads directly.
@@ -10,9 +11,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxslim.config import ModelConfig
-from jaxslim.nn import Norm, apply_rope, dtypes, expand_to, param
+from jaxslim.models.attention_kernels import dot_product_attention
+from jaxslim.nn import Norm, apply_rope, dtypes, expand_to, param, project
 from jaxslim.sharding import constrain
 
 
@@ -44,11 +47,11 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def _project(self, x, w, b, axes):
-        y = jnp.einsum("btd,dhk->bthk", x, w[...].astype(x.dtype))
+    def _project(self, x, w, b, axes, name: str):
+        y = project("btd,dhk->bthk", x, w, ("batch", "length", "act_embed"), axes)
         if b is not None:
             y = y + expand_to(b[...].astype(x.dtype), y.ndim)
-        return constrain(y, axes)
+        return checkpoint_name(constrain(y, axes), name)  # the remat policies' names
 
     def __call__(
         self,
@@ -62,7 +65,8 @@ class Attention(nnx.Module):
         """Attends ``x: [batch, length, embed]``.
 
         Args:
-            mask: boolean, broadcastable to ``[batch, heads, q_len, kv_len]``; True = attend.
+            mask: boolean, broadcastable to ``[batch, heads, q_len, kv_len]``; True = attend. A
+                causal model's causality is applied by the kernel (``cfg.causal``), not the mask.
             rope: cos/sin tables from :func:`~jaxslim.nn.rope_tables`.
             head_mask: ``[heads]`` multipliers of each head's output (the Fisher-pruning seam).
             window: sliding window (0: none); default this layer's own (``cfg.window_of``).
@@ -77,16 +81,17 @@ class Attention(nnx.Module):
         out = self.contexts(x, mask=mask, rope=rope, window=window)
         if head_mask is not None:
             out = out * expand_to(head_mask.astype(out.dtype)[:, None], out.ndim)
-        y = jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(x.dtype))
+        heads = ("batch", "length", "act_heads", "head_dim")
+        y = project("bthk,hkd->btd", out, self.wo, heads, ("batch", "length", "act_embed"))
         if self.bo is not None:
             y = y + expand_to(self.bo[...].astype(x.dtype), y.ndim)
-        return constrain(y, ("batch", "length", "act_embed"))
+        return checkpoint_name(constrain(y, ("batch", "length", "act_embed")), "out_proj")
 
     def contexts(self, x: jax.Array, *, mask: jax.Array | None, rope=None, window=None) -> jax.Array:
         """Each head's attention output before the output projection: ``[batch, length, heads, head_dim]``."""
-        q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"))
-        k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"))
-        v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"))
+        q = self._project(x, self.wq, self.bq, ("batch", "length", "act_heads", "head_dim"), "query_proj")
+        k = self._project(x, self.wk, self.bk, ("batch", "length", "act_kv_heads", "head_dim"), "key_proj")
+        v = self._project(x, self.wv, self.bv, ("batch", "length", "act_kv_heads", "head_dim"), "value_proj")
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         window = self.window if window is None else window
@@ -99,9 +104,10 @@ class Attention(nnx.Module):
         mask = _windowed(mask, x.shape[1], window)
         cfg = self.cfg
         scale = None if cfg.attn_scale_dim is None else float(cfg.attn_scale_dim) ** -0.5
-        if cfg.attn_softcap is None:
-            return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="xla")
-        return _softcapped_attention(q, k, v, mask, scale or q.shape[-1] ** -0.5, float(cfg.attn_softcap))
+        softcap = None if cfg.attn_softcap is None else float(cfg.attn_softcap)
+        return dot_product_attention(
+            q, k, v, mask=mask, causal=cfg.causal, scale=scale, softcap=softcap, backend=cfg.attention
+        )
 
     def head_outputs(self, x: jax.Array, *, mask: jax.Array | None, rope=None, window=None) -> jax.Array:
         """Each head's contribution to the output, ``[batch, length, heads, embed]`` (bias excluded):
@@ -121,16 +127,3 @@ def _windowed(mask: jax.Array | None, length: int, window) -> jax.Array | None:
     k = jnp.arange(length)[None, :]
     band = ((window <= 0) | (q - k < window))[None, None]
     return band if mask is None else mask & band
-
-
-def _softcapped_attention(q, k, v, mask, scale: float, cap: float) -> jax.Array:
-    """Attention whose scores become ``cap * tanh(score / cap)`` before masking (Gemma 2), which
-    ``jax.nn.dot_product_attention`` does not offer; softmax in float32."""
-    group = q.shape[2] // k.shape[2]
-    k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
-    scores = cap * jnp.tanh(scores / cap)
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)

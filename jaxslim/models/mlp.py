@@ -6,8 +6,11 @@ import jax
 from flax import nnx
 
 from jaxslim.config import ModelConfig
-from jaxslim.nn import activation, dtypes, expand_to, param
+from jaxslim.nn import activation, dtypes, expand_to, param, project
 from jaxslim.sharding import constrain
+
+ACT = ("batch", "length", "act_embed")
+HIDDEN = ("batch", "length", "act_mlp")
 
 
 class Mlp(nnx.Module):
@@ -36,7 +39,7 @@ class Mlp(nnx.Module):
         if neuron_mask is not None:
             h = h * expand_to(neuron_mask.astype(dt), h.ndim)
         h = constrain(h, ("batch", "length", "act_mlp"))
-        y = h @ self.wo[...].astype(dt)
+        y = project("...f,fd->...d", h, self.wo, HIDDEN, ACT)
         if self.bo is not None:
             y = y + expand_to(self.bo[...].astype(dt), y.ndim)
         return constrain(y, ("batch", "length", "act_embed"))
@@ -45,12 +48,12 @@ class Mlp(nnx.Module):
         """The hidden units ``act(x wi + bi) [* (x wu + bu)]``, ``[batch, length, d_ff]``: the output is
         ``hidden @ wo + bo``."""
         dt = x.dtype
-        h = x @ self.wi[...].astype(dt)
+        h = project("...d,df->...f", x, self.wi, ACT, HIDDEN)
         if self.bi is not None:
             h = h + expand_to(self.bi[...].astype(dt), h.ndim)
         h = activation(self.act)(h)
         if self.wu is not None:
-            up = x @ self.wu[...].astype(dt)
+            up = project("...d,df->...f", x, self.wu, ACT, HIDDEN)
             if self.bu is not None:
                 up = up + expand_to(self.bu[...].astype(dt), up.ndim)
             h = h * up

@@ -47,6 +47,35 @@ def _scanned_group(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
     return nnx.merge(graphdef, state)
 
 
+# names of the activations attention tags with jax.ad_checkpoint.checkpoint_name
+QKV_NAMES = ("query_proj", "key_proj", "value_proj")
+OUT_NAMES = ("out_proj",)
+
+
+def remat_policy(name: str):
+    """The ``jax.checkpoint`` policy called ``name`` (:attr:`~jaxslim.config.ModelConfig.remat_policy`)."""
+    cp = jax.checkpoint_policies
+    policies = {
+        "full": cp.nothing_saveable,
+        "none": cp.everything_saveable,
+        "save_dots": cp.checkpoint_dots,
+        "dots_with_no_batch_dims": cp.dots_with_no_batch_dims_saveable,
+        "save_qkv_proj": cp.save_only_these_names(*QKV_NAMES),
+        "save_out_proj": cp.save_only_these_names(*OUT_NAMES),
+        "save_qkv_out_proj": cp.save_only_these_names(*QKV_NAMES, *OUT_NAMES),
+    }
+    if name == "offload":
+        return cp.save_and_offload_only_these_names(
+            names_which_can_be_saved=[],
+            names_which_can_be_offloaded=[*QKV_NAMES, *OUT_NAMES],
+            offload_src="device",
+            offload_dst="pinned_host",
+        )
+    if name not in policies:
+        raise ValueError(f"remat_policy must be one of {(*policies, 'offload')}, got {name!r}")
+    return policies[name]
+
+
 def _layer_mask(mask: Any, i: int):
     return None if mask is None else mask[i]
 
@@ -70,7 +99,8 @@ class Stack(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.scanned = cfg.scan_layers
-        self.remat = cfg.remat
+        self.remat = cfg.remat and cfg.remat_policy != "none"
+        self.remat_policy = cfg.remat_policy
         self.period = cfg.layer_period
         # per-layer sliding windows, passed to the scanned blocks (an unscanned block keeps its own)
         self.windows = (
@@ -82,7 +112,8 @@ class Stack(nnx.Module):
             self.blocks = nnx.List([Block(cfg, i, rngs=rngs) for i in range(cfg.n_layers)])
 
     def __call__(self, x, *, mask, rope=None, head_mask=None, neuron_mask=None, rng=None):
-        run = jax.checkpoint(_run_block) if self.remat and not self.scanned else _run_block
+        remat = lambda f: jax.checkpoint(f, policy=remat_policy(self.remat_policy))  # noqa: E731
+        run = remat(_run_block) if self.remat and not self.scanned else _run_block
         if not self.scanned:
             metrics = []
             for i, block in enumerate(self.blocks):
@@ -117,7 +148,7 @@ class Stack(nnx.Module):
             return h, _stack_metrics(metrics)
 
         if self.remat:
-            body = jax.checkpoint(body)
+            body = remat(body)
         windows = None if self.windows is None else per_group(jnp.asarray(self.windows, jnp.int32))
         xs = (state, per_group(head_mask), per_group(neuron_mask), jnp.arange(groups), windows)
         x, metrics = jax.lax.scan(body, x, xs)

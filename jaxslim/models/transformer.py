@@ -20,7 +20,7 @@ from flax import nnx
 
 from jaxslim.config import ModelConfig
 from jaxslim.models.stack import Stack
-from jaxslim.nn import Embeddings, Norm, activation, dtypes, expand_to, param, rope_tables
+from jaxslim.nn import Embeddings, Norm, activation, dtypes, expand_to, param, project, rope_tables
 
 
 class ModelOutput(NamedTuple):
@@ -92,6 +92,7 @@ class Transformer(nnx.Module):
         head_mask: jax.Array | None = None,
         neuron_mask: jax.Array | None = None,
         rng: jax.Array | None = None,
+        logits: bool = True,
     ) -> ModelOutput:
         """Runs the model on ``tokens: [batch, length]`` (int).
 
@@ -103,6 +104,8 @@ class Transformer(nnx.Module):
             neuron_mask: ``[layers, d_ff]`` multipliers of each FFN hidden unit (dense FFNs only).
             rng: PRNG key for the stochastic parts of expert layers in training (THOR's draws,
                 router jitter, expert dropout); each layer folds in its index.
+            logits: False skips an LM head (``logits=None``): a loss that computes them piece by
+                piece from ``hidden`` with :meth:`lm_logits` never holds all of them.
         """
         self._check_mask("head_mask", head_mask, self.cfg.n_heads)
         self._check_mask("neuron_mask", neuron_mask, self.cfg.d_ff)
@@ -121,18 +124,34 @@ class Transformer(nnx.Module):
             pooled = first @ self.pooler_w[...].astype(x.dtype)
             act = jax.nn.relu if cfg.pooler_activation == "relu" else jnp.tanh
             pooled = act(pooled + expand_to(self.pooler_b[...].astype(x.dtype), 2))
-        logits = None
+        out = None
         if self.mlm is not None:
-            logits = self.mlm(x, self.embed)
-        elif cfg.head == "lm":
-            logits = self.embed.attend(x) if self.lm_head is None else x @ self.lm_head[...].astype(x.dtype)
+            out = self._finish_logits(self.mlm(x, self.embed))
+        elif cfg.head == "lm" and logits:
+            out = self.lm_logits(x)
         elif cfg.head == "cls":
-            logits = self._classify(tokens, x, pooled)
-        if logits is not None:
-            logits = logits.astype(jnp.float32)
-            if cfg.logit_softcap is not None and cfg.head != "cls":  # not on class scores
-                logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
-        return ModelOutput(hidden=x, logits=logits, pooled=pooled, moe=moe)
+            out = self._classify(tokens, x, pooled).astype(jnp.float32)  # class scores are not soft-capped
+        return ModelOutput(hidden=x, logits=out, pooled=pooled, moe=moe)
+
+    def lm_logits(self, hidden: jax.Array) -> jax.Array:
+        """The LM head on (final-normed) ``hidden: [..., d_model]``: float32 ``[..., vocab]``."""
+        logits = (
+            self.embed.attend(hidden)
+            if self.lm_head is None
+            else project(
+                "btd,dv->btv",
+                hidden,
+                self.lm_head,
+                ("batch", "length", "act_embed"),
+                ("batch", "length", "act_vocab"),
+            )
+        )
+        return self._finish_logits(logits)
+
+    def _finish_logits(self, logits: jax.Array) -> jax.Array:
+        logits = logits.astype(jnp.float32)
+        cap = self.cfg.logit_softcap
+        return logits if cap is None else cap * jnp.tanh(logits / cap)
 
     def _classify(self, tokens, x, pooled):
         """``[batch, num_labels]`` logits: of the pooler output (BERT) or of the last token that is not
@@ -148,8 +167,8 @@ class Transformer(nnx.Module):
         return jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0] @ w
 
     def embed_inputs(self, tokens, *, attention_mask=None, token_type_ids=None, positions=None):
-        """The stack's inputs: embedded tokens ``[b, t, d]``, the boolean attention mask (padding and
-        causality, broadcastable to ``[b, heads, t, t]``) and the RoPE tables (or None; with
+        """The stack's inputs: embedded tokens ``[b, t, d]``, the boolean padding mask ``[b, 1, 1, t]``
+        (or None; a causal model's attention adds causality itself) and the RoPE tables (or None; with
         ``local_rope_theta``, the global cos and sin followed by the sliding layers' own)."""
         cfg = self.cfg
         b, t = tokens.shape
@@ -166,12 +185,8 @@ class Transformer(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         x = self.embed(tokens, positions, token_type_ids)
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask.astype(bool)[:, None, None, :]
-        if cfg.causal:
-            causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
-            mask = causal if mask is None else mask & causal
+        # padding only: attention applies causality itself, never as a [t, t] mask
+        mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]
         rope = None
         if cfg.rope:
             rope = rope_tables(

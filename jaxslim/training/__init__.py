@@ -10,6 +10,7 @@ from jaxslim.engine.state import (
     TrainState,
     abstract_train_state,
     count_params,
+    create_abstract_train_state,
     create_train_state,
     merge_model,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "classification_loss",
     "config_to_json",
     "count_params",
+    "create_abstract_train_state",
     "create_train_state",
     "evaluate",
     "lm_objective",

@@ -16,13 +16,14 @@ import math
 import pathlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from flax import nnx
 
 from jaxslim.checkpoint import CorruptCheckpointError, checkpointer_from_config
 from jaxslim.engine import (
+    TrainSetup,
     TrainState,
     abstract_train_state,
     create_train_state,
@@ -62,6 +63,53 @@ def evaluate(eval_step, state, batches, mesh, rules, *, max_batches: int = 0) ->
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": count}
 
 
+class Steps(NamedTuple):
+    """What :func:`build_steps` builds: the optimizer, the model factory, the setup and the steps."""
+
+    tx: Any
+    make_model: Callable[[], Transformer]
+    setup: TrainSetup
+    train: Callable
+    eval: Callable
+    log: Callable | None  # the methods' log metrics (jitted); None when they have none
+
+
+def build_steps(cfg, methods: Sequence[Method], mesh, rules) -> Steps:
+    """The train and eval steps of ``cfg`` composed from ``methods`` in their current state: the
+    model config and schedule they set, the optimizer they build and wrap (in order), the task
+    objective they wrap, their loss terms, metrics, step options and parameter view. The training
+    loop and ``jaxslim-aot`` build their steps here, so the step compiled ahead of time is the one
+    training runs."""
+    model_cfg = compose([m.model_config for m in methods], cfg.model)
+    wrap = lambda s: compose([m.schedule for m in methods], s)  # noqa: E731
+    tx = None
+    for m in methods:
+        tx = m.optimizer(tx, wrap)
+    make_model = lambda: Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed))  # noqa: E731
+    setup = make_setup(make_model, tx, mesh, rules)
+    task = mlm_objective if cfg.data.mlm else lm_objective
+    views = [m.params_view for m in methods if m.params_view is not None]
+    if len(views) > 1:
+        raise ValueError(f"two methods set the parameter view: {[m.name for m in methods]}")
+    view = views[0] if views else None
+    options = {k: v for m in methods for k, v in m.step_options.items()}
+    bsh = batch_sharding(mesh, rules)
+    train = make_train_step(
+        setup,
+        compose([m.objective for m in methods], task),
+        accum_steps=cfg.accum_steps,
+        loss_terms=tuple(t for m in methods for t in m.loss_terms),
+        metric_fns=tuple(f for m in methods for f in m.metric_fns),
+        batch_sharding=bsh,
+        params_view=view,
+        **options,
+    )
+    evaluate_step = make_eval_step(setup, task, batch_sharding=bsh, params_view=view)
+    log_fns = tuple(f for m in methods for f in m.log_fns)
+    log = jax.jit(lambda st: {k: v for fn in log_fns for k, v in fn(st).items()}) if log_fns else None
+    return Steps(tx, make_model, setup, train, evaluate_step, log)
+
+
 class Run:
     """A training run in progress (see the module doc)."""
 
@@ -85,9 +133,6 @@ class Run:
         self.last_metrics: dict = {}
 
     # -- what the methods compose -------------------------------------------------------------
-    def _parts(self, name: str) -> tuple:
-        return tuple(p for m in self.methods for p in getattr(m, name))
-
     @property
     def end_step(self) -> int:
         return compose([m.end_step for m in self.methods], self.cfg.steps)
@@ -101,35 +146,9 @@ class Run:
 
     def build(self) -> None:
         """The optimizer, model graph and step functions of the methods' current state."""
-        model_cfg = compose([m.model_config for m in self.methods], self.cfg.model)
-        wrap = lambda s: compose([m.schedule for m in self.methods], s)  # noqa: E731
-        self.tx = None
-        for m in self.methods:
-            self.tx = m.optimizer(self.tx, wrap)
-        self.make_model = lambda: Transformer(model_cfg, rngs=nnx.Rngs(self.cfg.seed))
-        self.setup = make_setup(self.make_model, self.tx, self.mesh, self.rules)
-        task = mlm_objective if self.cfg.data.mlm else lm_objective
-        views = [m.params_view for m in self.methods if m.params_view is not None]
-        if len(views) > 1:
-            raise ValueError(f"two methods set the parameter view: {[m.name for m in self.methods]}")
-        view = views[0] if views else None
-        options = {k: v for m in self.methods for k, v in m.step_options.items()}
-        bsh = batch_sharding(self.mesh, self.rules)
-        self.step_fn = make_train_step(
-            self.setup,
-            compose([m.objective for m in self.methods], task),
-            accum_steps=self.cfg.accum_steps,
-            loss_terms=self._parts("loss_terms"),
-            metric_fns=self._parts("metric_fns"),
-            batch_sharding=bsh,
-            params_view=view,
-            **options,
-        )
-        self.eval_fn = make_eval_step(self.setup, task, batch_sharding=bsh, params_view=view)
-        log_fns = self._parts("log_fns")
-        self.log_fn = (
-            jax.jit(lambda st: {k: v for fn in log_fns for k, v in fn(st).items()}) if log_fns else None
-        )
+        built = build_steps(self.cfg, self.methods, self.mesh, self.rules)
+        self.tx, self.make_model, self.setup = built.tx, built.make_model, built.setup
+        self.step_fn, self.eval_fn, self.log_fn = built.train, built.eval, built.log
 
     # -- restore or initialise ------------------------------------------------------------------
     def restore_or_init(self, initial_params: Callable[[Any, Any], Any] | None) -> None:
