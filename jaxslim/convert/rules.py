@@ -163,6 +163,13 @@ LINEAR_GATE_UP = Transform(
     lambda xs, c: np.concatenate([_t(x) for x in xs], axis=0),
 )
 
+# ModernBERT's Wi bias: the input (activated) half, then the gate half
+GATE_UP_BIAS = Transform(
+    "split into gate and up",
+    _check_rank(lambda a, c: list(np.split(a, 2)), 1),
+    lambda xs, c: np.concatenate(xs),
+)
+
 
 def _swap_last(a: Array) -> Array:
     return np.ascontiguousarray(np.swapaxes(a, -1, -2))

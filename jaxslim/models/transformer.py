@@ -36,20 +36,24 @@ class ModelOutput(NamedTuple):
 
 
 class MlmHead(nnx.Module):
-    """BERT's masked-LM head: dense, GELU, LayerNorm, then the tied decoder plus a vocab bias."""
+    """BERT's masked-LM head: dense, GELU, LayerNorm, then the tied decoder plus a vocab bias (the
+    dense layer's bias and the vocab bias can be switched off: ModernBERT)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         _, pdt = dtypes(cfg)
         self.act = cfg.activation
         self.w = param(rngs, (cfg.d_model, cfg.d_model), ("embed", None), pdt)
-        self.b = param(None, (cfg.d_model,), (None,), pdt, "zeros")
+        self.b = param(None, (cfg.d_model,), (None,), pdt, "zeros") if cfg.mlm_dense_bias else None
         self.norm = Norm(cfg)
-        self.vocab_bias = param(None, (cfg.vocab_size,), ("vocab",), pdt, "zeros")
+        self.vocab_bias = param(None, (cfg.vocab_size,), ("vocab",), pdt, "zeros") if cfg.vocab_bias else None
 
     def __call__(self, x, embeddings: Embeddings) -> jax.Array:
         h = x @ self.w[...].astype(x.dtype)
-        h = activation(self.act)(h + expand_to(self.b[...].astype(x.dtype), h.ndim))
-        logits = embeddings.attend(self.norm(h))
+        if self.b is not None:
+            h = h + expand_to(self.b[...].astype(x.dtype), h.ndim)
+        logits = embeddings.attend(self.norm(activation(self.act)(h)))
+        if self.vocab_bias is None:
+            return logits
         return logits + expand_to(self.vocab_bias[...].astype(x.dtype), logits.ndim)
 
 
