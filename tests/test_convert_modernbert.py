@@ -18,7 +18,8 @@ from hf_models import (
 )
 
 from conftest import require
-from jaxslim.convert import config_from_hf, config_to_hf, load_hf
+from jaxslim.convert import config_from_hf, config_to_hf, flat_params, load_hf, save_hf
+from jaxslim.convert.hf import model_from_flat
 
 pytestmark = pytest.mark.torch
 
@@ -40,6 +41,7 @@ _BASE = dict(
     eos_token_id=3,
     cls_token_id=2,
     sep_token_id=3,
+    initializer_range=0.3,  # sharper attention, so the window and RoPE bases matter more
 )
 _BIASES = dict(norm_bias=True, attention_bias=True, mlp_bias=True, classifier_bias=True)
 KINDS = {
@@ -92,18 +94,16 @@ def test_parity_and_the_window_matters(saved):
     wide = build(kind, local_attention=1000)  # the same weights without the local window
     wide.load_state_dict(ref_model.state_dict())
     assert max_diff(torch_outputs(wide, ids, mask)[0], ref_hidden, mask) > 100 * TOL
+    # each flag changes the output: one RoPE base for all, a norm in layer 0, a window one wider
+    for change in (dict(local_rope_theta=None), dict(first_attn_norm=True), dict(sliding_window=4)):
+        other = model_from_flat(cfg.replace(**change), flat_params(model))
+        assert max_diff(other(ids.astype(np.int32), attention_mask=mask).hidden, ref_hidden, mask) > 100 * TOL
 
 
 def test_save_hf_reloads_with_the_same_tensors_and_outputs(saved, tmp_path):
     _, ref_model, path = saved
-    out_dir = save_hf_of(path, tmp_path)
+    out_dir = save_hf(load_hf(path), tmp_path / "export")
     assert_exports_and_reloads(ref_model, path, out_dir, *inputs(seed=1))
-
-
-def save_hf_of(path, tmp_path):
-    from jaxslim.convert import save_hf
-
-    return save_hf(load_hf(path), tmp_path / "export")
 
 
 def test_round_trips(saved, tmp_path):
