@@ -53,6 +53,11 @@ KINDS = {
         ),
     ),
     "mlm_defaults": ("ModernBertForMaskedLM", _BASE),  # no biases but the decoder's
+    "cls": ("ModernBertForSequenceClassification", dict(_BASE, **_BIASES, num_labels=3)),
+    "cls_mean": (
+        "ModernBertForSequenceClassification",
+        dict(_BASE, classifier_pooling="mean", classifier_activation="silu", num_labels=4),
+    ),
 }
 
 
@@ -117,7 +122,14 @@ def test_older_config_fields_and_refusals():
     old = dict(_BASE, architectures=["ModernBertForMaskedLM"])  # global_rope_theta & co., no layer_types
     cfg = config_from_hf(old)
     assert (cfg.rope_theta, cfg.local_rope_theta, cfg.sliding_layers) == (500.0, 40.0, (1, 2))
-    assert not cfg.norm_bias and not cfg.mlm_dense_bias and cfg.vocab_bias and not cfg.first_attn_norm
+    assert not cfg.norm_bias and not cfg.head_dense_bias and cfg.vocab_bias and not cfg.first_attn_norm
+    with pytest.raises(ValueError, match="that is ModernBERT: set hf_family='modernbert'"):
+        config_to_hf(cfg.replace(hf_family=None))
+    cls = dict(old, architectures=["ModernBertForSequenceClassification"])
+    with pytest.raises(ValueError, match="classifier_pooling='max' is not supported"):
+        config_from_hf(dict(cls, classifier_pooling="max"))
+    with pytest.raises(ValueError, match="pooling='mean' \\(BERT has no such option; ModernBERT has\\)"):
+        config_to_hf(config_from_hf(dict(cls, classifier_pooling="mean")).replace(hf_family=None))
     with pytest.raises(ValueError, match="unsupported architecture 'ModernBertForTokenClassification'"):
         config_from_hf(dict(old, architectures=["ModernBertForTokenClassification"]))
     with pytest.raises(ValueError, match="rope_type='linear' is not supported"):

@@ -168,7 +168,8 @@ class ModelConfig(Config):
             the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3, ModernBERT); None: one RoPE
             for all.
         pooler_activation: the pooler's activation: ``"tanh"`` (BERT's pooler, RoBERTa's
-            classifier) or ``"relu"`` (DistilBERT's ``pre_classifier``).
+            classifier), ``"relu"`` (DistilBERT's ``pre_classifier``), or an FFN activation
+            (ModernBERT's ``classifier_activation``).
         norm_placement: ``"pre"``: each sublayer reads the normalised residual stream and a final
             norm follows the stack; ``"post"``: the residual sum is normalised (BERT); None: the
             architecture's own (post for bert, pre otherwise). A pre-norm BERT is ModernBERT.
@@ -178,10 +179,13 @@ class ModelConfig(Config):
         first_attn_norm: layer 0 normalises its attention input; False: it reads the embeddings as
             they are (ModernBERT, whose embeddings end with a norm). Layer 0 keeps an attention
             norm so that every layer has the same parameters (a scanned stack), but never uses it.
-        mlm_dense_bias: the masked-LM head's dense layer has a bias (ModernBERT's
-            ``classifier_bias``).
+        head_dense_bias: the dense layer of the masked-LM head and of the pooler has a bias
+            (ModernBERT's ``classifier_bias``).
         vocab_bias: the masked-LM head adds a bias per vocabulary entry (ModernBERT's
             ``decoder_bias``).
+        pooler_norm: a LayerNorm after the pooler's activation (ModernBERT's classifier head).
+        pooling: what the pooler reads: ``"first"``, the first token (BERT's [CLS]), or ``"mean"``,
+            the mean over the tokens the attention mask keeps (ModernBERT's ``classifier_pooling``).
     """
 
     arch: Literal["bert", "gpt2", "llama"]
@@ -234,13 +238,15 @@ class ModelConfig(Config):
     pad_positions: bool = False
     shared_expert_ffn: int | None = positive(None)
     shared_expert_gate: bool = True
-    pooler_activation: Literal["tanh", "relu"] = "tanh"
+    pooler_activation: Literal["tanh", "relu", "gelu", "gelu_tanh", "silu"] = "tanh"
     norm_placement: Literal["pre", "post"] | None = None
     gated_ffn: bool | None = None
     norm_bias: bool = True
     first_attn_norm: bool = True
-    mlm_dense_bias: bool = True
+    head_dense_bias: bool = True
     vocab_bias: bool = True
+    pooler_norm: bool = False
+    pooling: Literal["first", "mean"] = "first"
 
     def _check(self) -> None:
         o = "ModelConfig"
@@ -324,6 +330,11 @@ class ModelConfig(Config):
             raise ValueError(f"{o}.head='mlm' needs arch='bert', got arch={self.arch!r}")
         if self.pooler and self.arch != "bert":
             raise ValueError(f"{o}.pooler=True needs arch='bert', got arch={self.arch!r}")
+        if (self.pooler_norm or self.pooling != "first") and not self.pooler:
+            raise ValueError(
+                f"{o}.pooler_norm / pooling shape the pooler: they need pooler=True, got "
+                f"pooler_norm={self.pooler_norm}, pooling={self.pooling!r}"
+            )
         if self.head == "cls" and self.arch == "bert" and not self.pooler:
             raise ValueError(f"{o}.head='cls' on a BERT classifies the pooler output: it needs pooler=True")
         if self.norm_offset and not self.rms_norm:

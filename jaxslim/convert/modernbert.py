@@ -1,4 +1,5 @@
-"""ModernBERT (``ModernBertModel``, ``ModernBertForMaskedLM``) <-> jaxslim: key map and config mapping.
+"""ModernBERT (``ModernBertModel``, ``ModernBertForMaskedLM``, ``ModernBertForSequenceClassification``)
+<-> jaxslim: key map and config mapping.
 
 A ModernBERT is a BERT with the decoder recipe inside: ``ModelConfig.bert`` with RoPE
 (``rotary``), pre-norm blocks (``norm_placement="pre"``) and a final norm, GeGLU FFNs
@@ -10,7 +11,9 @@ to the whole sequence with RoPE base ``global_rope_theta``; the others attend wi
 on ``sliding_layers``) with base ``local_rope_theta``. The fused ``attn.Wqkv`` (q, k, v rows) and
 ``mlp.Wi`` (input rows, then gate rows) are split on load and fused on save. The masked-LM head is
 ``head.dense`` (bias: ``classifier_bias``) + activation + ``head.norm``, then ``decoder`` tied to
-the token embeddings (bias: ``decoder_bias``).
+the token embeddings (bias: ``decoder_bias``). The sequence classifier pools the first token or
+the mean of the unmasked ones (``classifier_pooling``: ``pooling``), then runs the same
+``head`` (the pooler with ``classifier_activation`` and ``pooler_norm``) and ``classifier``.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from jaxslim.convert.rules import (
     LINEAR_GATE_UP,
     LINEAR_QKV,
     Rule,
+    num_labels,
     rule,
     token_fields,
     token_ids,
 )
 
-ARCHITECTURES = ("ModernBertModel", "ModernBertForMaskedLM")
+ARCHITECTURES = ("ModernBertModel", "ModernBertForMaskedLM", "ModernBertForSequenceClassification")
+POOLING = {"cls": "first", "mean": "mean"}  # classifier_pooling -> ModelConfig.pooling
 MODEL_TYPE = "modernbert"
 HF_CONFIG = "ModernBertConfig"
 PREFIX = "model."
@@ -93,12 +98,22 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
     """
     del tensor_names
     mlm = architecture == "ModernBertForMaskedLM"
+    cls = architecture == "ModernBertForSequenceClassification"
+    pooling = hf.get("classifier_pooling", "cls")
+    if cls and pooling not in POOLING:
+        raise ValueError(
+            f"ModernBERT classifier_pooling={pooling!r} is not supported; supported: {sorted(POOLING)}"
+        )
     act = hf.get("hidden_activation", "gelu")
     if act not in ACTIVATIONS:
         raise ValueError(
             f"ModernBERT hidden_activation={act!r} is not supported; supported: {sorted(ACTIVATIONS)}"
         )
     head_act = hf.get("classifier_activation", "gelu")
+    if cls and head_act not in ACTIVATIONS:
+        raise ValueError(
+            f"ModernBERT classifier_activation={head_act!r} is not supported; supported: {sorted(ACTIVATIONS)}"
+        )
     if mlm and head_act != act:
         raise ValueError(
             f"ModernBERT classifier_activation={head_act!r} differs from hidden_activation={act!r}; "
@@ -122,8 +137,12 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         type_vocab_size=0,
         norm_eps=hf.get("norm_eps", 1e-5),
         activation=ACTIVATIONS[act],
-        head="mlm" if mlm else "none",
-        pooler=False,
+        head="mlm" if mlm else "cls" if cls else "none",
+        num_labels=num_labels(hf) if cls else 2,
+        pooler=cls,
+        pooler_activation=ACTIVATIONS[head_act] if cls else "tanh",
+        pooler_norm=cls,
+        pooling=POOLING[pooling] if cls else "first",
         rotary=True,
         norm_placement="pre",
         gated_ffn=True,
@@ -131,7 +150,7 @@ def config_from_hf(hf: dict, architecture: str, tensor_names: Collection[str] | 
         norm_bias=hf.get("norm_bias", False),
         attn_bias=hf.get("attention_bias", False),
         mlp_bias=hf.get("mlp_bias", False),
-        mlm_dense_bias=hf.get("classifier_bias", False),
+        head_dense_bias=hf.get("classifier_bias", False),
         vocab_bias=hf.get("decoder_bias", True),
         rope_theta=global_theta,
         sliding_window=window,
@@ -155,8 +174,11 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         "gated_ffn=False (ModernBERT's FFN is gated)": not cfg.gated_mlp,
         "first_attn_norm=True (ModernBERT's layer 0 has no attention norm)": cfg.first_attn_norm,
         f"type_vocab_size={cfg.type_vocab_size} (ModernBERT has no token types)": cfg.type_vocab_size > 0,
-        f"pooler={cfg.pooler} / head={cfg.head!r} (only ModernBertModel and ForMaskedLM are converted)": (
-            cfg.pooler or cfg.head not in ("none", "mlm")
+        f"pooler={cfg.pooler}, pooler_norm={cfg.pooler_norm} with head={cfg.head!r} (only ModernBERT's "
+        "classifier has one, with a norm)": cfg.pooler != (cfg.head == "cls")
+        or cfg.pooler_norm != cfg.pooler,
+        f"pooler_activation={cfg.pooler_activation!r} (ModernBERT has {sorted(ACTIVATIONS_TO_HF)})": (
+            cfg.pooler and cfg.pooler_activation not in ACTIVATIONS_TO_HF
         ),
         f"activation={cfg.activation!r} (ModernBERT has {sorted(ACTIVATIONS_TO_HF)})": (
             cfg.activation not in ACTIVATIONS_TO_HF
@@ -192,20 +214,27 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
     types = [SLIDING if cfg.window_of(i) else FULL for i in range(cfg.n_layers)]
     window = cfg.sliding_window or LOCAL_ATTENTION // 2 + 1
     local_theta = cfg.local_rope_theta if cfg.local_rope_theta is not None else cfg.rope_theta
-    return "ModernBertForMaskedLM" if cfg.head == "mlm" else "ModernBertModel", dict(
+    head_act = cfg.pooler_activation if cfg.pooler else cfg.activation
+    extra: dict = {}
+    if cfg.head == "cls":
+        pooling = {v: k for k, v in POOLING.items()}[cfg.pooling]
+        extra = dict(num_labels=cfg.num_labels, classifier_pooling=pooling)
+    arch = {"mlm": "ModernBertForMaskedLM", "cls": "ModernBertForSequenceClassification"}
+    return arch.get(cfg.head, "ModernBertModel"), dict(
+        **extra,
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
         intermediate_size=cfg.d_ff,
         num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads,
         hidden_activation=ACTIVATIONS_TO_HF[cfg.activation],
-        classifier_activation=ACTIVATIONS_TO_HF[cfg.activation],
+        classifier_activation=ACTIVATIONS_TO_HF[head_act],
         max_position_embeddings=cfg.max_len,
         norm_eps=cfg.norm_eps,
         norm_bias=cfg.norm_bias,
         attention_bias=cfg.attn_bias,
         mlp_bias=cfg.mlp_bias,
-        classifier_bias=cfg.mlm_dense_bias,
+        classifier_bias=cfg.head_dense_bias,
         decoder_bias=cfg.vocab_bias,
         local_attention=2 * (window - 1),
         layer_types=types,
@@ -238,6 +267,17 @@ def rules(cfg: ModelConfig) -> list[Rule]:
         rule(L + "mlp.Wo.bias", B + "mlp.bo"),
         rule("final_norm.weight", "final_norm.scale"),
         rule("final_norm.bias", "final_norm.bias"),
+    ]
+    if cfg.head == "cls":  # the prediction head is the pooler, then the classifier
+        return out + [
+            rule("head.dense.weight", "pooler_w", transform=LINEAR, head=True),
+            rule("head.dense.bias", "pooler_b", head=True),
+            rule("head.norm.weight", "pooler_norm.scale", head=True),
+            rule("head.norm.bias", "pooler_norm.bias", head=True),
+            rule("classifier.weight", "cls_w", transform=LINEAR, head=True),
+            rule("classifier.bias", "cls_b", head=True),
+        ]
+    out += [
         rule("head.dense.weight", "mlm.w", transform=LINEAR, head=True),
         rule("head.dense.bias", "mlm.b", head=True),
         rule("head.norm.weight", "mlm.norm.scale", head=True),

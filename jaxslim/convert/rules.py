@@ -300,6 +300,26 @@ def token_fields(cfg: ModelConfig) -> dict:
     )
 
 
+def encoder_flags(cfg: ModelConfig, family: str) -> list[str]:
+    """The ModernBERT-style flags ``cfg`` sets away from its architecture's recipe, which ``family``
+    (any other family) cannot express: one problem per flag, named."""
+    flags = {
+        "norm_placement": cfg.norm_placement is not None and cfg.pre_norm != (cfg.arch != "bert"),
+        "gated_ffn": cfg.gated_ffn is not None and cfg.gated_mlp != (cfg.arch == "llama"),
+        "norm_bias": not cfg.norm_bias and not cfg.rms_norm,
+        "first_attn_norm": not cfg.first_attn_norm,
+        "head_dense_bias": not cfg.head_dense_bias,
+        "vocab_bias": not cfg.vocab_bias,
+        "pooler_norm": cfg.pooler_norm,
+        "pooling": cfg.pooling != "first",
+    }
+    return [
+        f"{name}={getattr(cfg, name)!r} ({family} has no such option; ModernBERT has)"
+        for name, used in flags.items()
+        if used
+    ]
+
+
 def describe(cfg: ModelConfig) -> str:
     """The sizes of ``cfg`` that a checkpoint's shapes must agree with."""
     experts = "" if cfg.moe is None else f", experts={cfg.moe.num_experts}, expert d_ff={cfg.expert_ffn}"
