@@ -5,7 +5,8 @@ Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~ja
 :mod:`~jaxslim.convert.qwen2`, :mod:`~jaxslim.convert.qwen3`, :mod:`~jaxslim.convert.phi3`,
 :mod:`~jaxslim.convert.gemma`, :mod:`~jaxslim.convert.gemma2`, :mod:`~jaxslim.convert.gemma3`,
 :mod:`~jaxslim.convert.olmo2`, :mod:`~jaxslim.convert.gpt_neox`, :mod:`~jaxslim.convert.roberta`,
-:mod:`~jaxslim.convert.xlm_roberta`, :mod:`~jaxslim.convert.distilbert`, :mod:`~jaxslim.convert.qwen3_moe`,
+:mod:`~jaxslim.convert.xlm_roberta`, :mod:`~jaxslim.convert.distilbert`,
+:mod:`~jaxslim.convert.modernbert`, :mod:`~jaxslim.convert.qwen3_moe`,
 :mod:`~jaxslim.convert.qwen2_moe`) that provides ``ARCHITECTURES`` (HF class names, the first is the
 default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
 ``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
