@@ -88,7 +88,8 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 class Norm(nnx.Module):
-    """LayerNorm (scale and bias) or RMSNorm (scale only) over the last axis, computed in float32.
+    """LayerNorm (scale and, unless ``cfg.norm_bias`` is off, bias) or RMSNorm (scale only) over the
+    last axis, computed in float32.
 
     ``width`` defaults to ``d_model``; q/k norms use ``head_dim`` with logical axis ``head_dim``.
     """
@@ -111,7 +112,7 @@ class Norm(nnx.Module):
         self.eps = cfg.norm_eps
         self.offset = float(cfg.norm_offset)  # Gemma multiplies by 1 + scale
         self.scale = param(None, width, axes, pdt, "zeros" if self.offset == 1.0 else "ones")
-        self.bias = None if self.rms else param(None, width, axes, pdt, "zeros")
+        self.bias = None if self.rms or not cfg.norm_bias else param(None, width, axes, pdt, "zeros")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         h = x.astype(jnp.float32)
@@ -121,13 +122,12 @@ class Norm(nnx.Module):
             if self.offset:
                 scale = self.offset + scale
             return (h * expand_to(scale, h.ndim)).astype(x.dtype)
-        assert self.bias is not None  # a LayerNorm (not RMS) always has one
         mean = jnp.mean(h, axis=self.axes, keepdims=True)
         h = h - mean
         h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=self.axes, keepdims=True) + self.eps)
-        h = h * expand_to(self.scale[...].astype(jnp.float32), h.ndim) + expand_to(
-            self.bias[...].astype(jnp.float32), h.ndim
-        )
+        h = h * expand_to(self.scale[...].astype(jnp.float32), h.ndim)
+        if self.bias is not None:  # ModernBERT's LayerNorms have none
+            h = h + expand_to(self.bias[...].astype(jnp.float32), h.ndim)
         return h.astype(x.dtype)
 
 

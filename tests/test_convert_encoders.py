@@ -157,4 +157,4 @@ def test_refusals_name_the_class():
     ):
         config_to_hf(distil.replace(pooler_activation="tanh"))
     with pytest.raises(ValueError, match="pooler_activation must be one of"):
-        distil.replace(pooler_activation="gelu")
+        distil.replace(pooler_activation="sigmoid")

@@ -67,6 +67,20 @@ FAMILIES = {
         "DistilBertForMaskedLM",
         dict(dim=32, n_layers=2, n_heads=4, hidden_dim=48, max_position_embeddings=64),
     ),
+    "modernbert": (
+        "ModernBertConfig",
+        "ModernBertForMaskedLM",
+        dict(
+            _ENCODER,
+            num_hidden_layers=3,
+            local_attention=4,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            cls_token_id=1,
+            sep_token_id=2,
+        ),
+    ),
 }
 
 QUICK = ("gemma3", "neox", "roberta")

@@ -54,6 +54,13 @@ CONFIGS = {
         max_position_embeddings=24,
         architectures=["RobertaForMaskedLM"],
     ),  # fmt: skip
+    "modernbert": dict(
+        _DECODER,  # layer 0 global, layer 1 local
+        architectures=["ModernBertForMaskedLM"],
+        local_attention=4,
+        pad_token_id=0,
+        norm_bias=True,
+    ),
 }
 
 

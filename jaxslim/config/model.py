@@ -142,8 +142,11 @@ class ModelConfig(Config):
         pad_token_id: padding token of the tokenizer, kept for conversion.
         moe: mixture-of-experts FFNs (:class:`MoeConfig`); None for a dense model.
         rope_scaling: RoPE position scaling (:class:`RopeScaling`, llama); None for plain RoPE.
-        sliding_window: causal layers listed in ``sliding_layers`` attend only to the last
-            ``sliding_window`` positions (the query's own included); None: every earlier token.
+        sliding_window: the layers listed in ``sliding_layers`` attend only to keys fewer than
+            ``sliding_window`` positions away from the query: in a causal decoder the last
+            ``sliding_window`` positions (the query's own included), in an encoder a symmetric
+            window of ``sliding_window - 1`` positions on either side (ModernBERT's local
+            attention); None: every token the mask allows.
         sliding_layers: indices of the layers with the sliding window; None: all of them.
         attn_out_bias: a bias on the attention output projection; None follows ``attn_bias``
             (Qwen2 has q/k/v biases and none on the output).
@@ -171,13 +174,32 @@ class ModelConfig(Config):
             shared scale (Qwen3, Gemma 3); ``"layer"``: all heads' queries (keys) normalised together
             with a scale per head and dimension (OLMo 2).
         rotary: RoPE instead of a learned position table; None: the architecture's own (llama
-            only). A GPT-2-style decoder with ``rotary=True`` is GPT-NeoX / Pythia.
+            only). A GPT-2-style decoder with ``rotary=True`` is GPT-NeoX / Pythia; a BERT with
+            it (and pre-norm, gated FFNs) is ModernBERT.
         parallel_residual: attention and FFN both read the block input and are added together,
             ``x + attn(norm1(x)) + mlp(norm2(x))`` (GPT-NeoX / Pythia).
         local_rope_theta: RoPE base of the sliding-window layers, which then use plain RoPE while
-            the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3); None: one RoPE for all.
+            the others use ``rope_theta`` and ``rope_scaling`` (Gemma 3, ModernBERT); None: one RoPE
+            for all.
         pooler_activation: the pooler's activation: ``"tanh"`` (BERT's pooler, RoBERTa's
-            classifier) or ``"relu"`` (DistilBERT's ``pre_classifier``).
+            classifier), ``"relu"`` (DistilBERT's ``pre_classifier``), or an FFN activation
+            (ModernBERT's ``classifier_activation``).
+        norm_placement: ``"pre"``: each sublayer reads the normalised residual stream and a final
+            norm follows the stack; ``"post"``: the residual sum is normalised (BERT); None: the
+            architecture's own (post for bert, pre otherwise). A pre-norm BERT is ModernBERT.
+        gated_ffn: the FFN is gated, ``act(x wi) * (x wu)``; None: the architecture's own (llama
+            only). With ``activation="gelu"`` it is ModernBERT's GeGLU.
+        norm_bias: LayerNorms have a bias (ModernBERT's are bias-free); RMSNorm never has one.
+        first_attn_norm: layer 0 normalises its attention input; False: it reads the embeddings as
+            they are (ModernBERT, whose embeddings end with a norm). Layer 0 keeps an attention
+            norm so that every layer has the same parameters (a scanned stack), but never uses it.
+        head_dense_bias: the dense layer of the masked-LM head and of the pooler has a bias
+            (ModernBERT's ``classifier_bias``).
+        vocab_bias: the masked-LM head adds a bias per vocabulary entry (ModernBERT's
+            ``decoder_bias``).
+        pooler_norm: a LayerNorm after the pooler's activation (ModernBERT's classifier head).
+        pooling: what the pooler reads: ``"first"``, the first token (BERT's [CLS]), or ``"mean"``,
+            the mean over the tokens the attention mask keeps (ModernBERT's ``classifier_pooling``).
         remat_policy: with ``remat``, what each block keeps for the backward pass (MaxText's
             names): ``"full"`` nothing (recompute the block), ``"none"`` everything (no
             recomputation), ``"save_dots"`` every matmul output, ``"dots_with_no_batch_dims"``
@@ -238,7 +260,15 @@ class ModelConfig(Config):
     pad_positions: bool = False
     shared_expert_ffn: int | None = positive(None)
     shared_expert_gate: bool = True
-    pooler_activation: Literal["tanh", "relu"] = "tanh"
+    pooler_activation: Literal["tanh", "relu", "gelu", "gelu_tanh", "silu"] = "tanh"
+    norm_placement: Literal["pre", "post"] | None = None
+    gated_ffn: bool | None = None
+    norm_bias: bool = True
+    first_attn_norm: bool = True
+    head_dense_bias: bool = True
+    vocab_bias: bool = True
+    pooler_norm: bool = False
+    pooling: Literal["first", "mean"] = "first"
     remat_policy: RematPolicy = "full"
     attention: AttentionBackend = "auto"
 
@@ -303,21 +333,15 @@ class ModelConfig(Config):
         o = "ModelConfig"
         if self.rope_scaling is not None and not self.rope:
             raise ValueError(f"{o}.rope_scaling needs RoPE (arch='llama'), got arch={self.arch!r}")
-        if self.sliding_window is not None and not self.causal:
-            raise ValueError(f"{o}.sliding_window needs a causal decoder, got arch={self.arch!r}")
         if self.sliding_layers is not None and self.sliding_window is None:
             raise ValueError(f"{o}.sliding_layers needs sliding_window, which is None")
         if self.local_rope_theta is not None and (not self.rope or self.sliding_window is None):
             raise ValueError(
-                f"{o}.local_rope_theta is the RoPE base of sliding-window layers: it needs arch='llama' "
-                f"and a sliding_window, got arch={self.arch!r}, sliding_window={self.sliding_window}"
+                f"{o}.local_rope_theta is the RoPE base of sliding-window layers: it needs RoPE "
+                f"and a sliding_window, got rope={self.rope}, sliding_window={self.sliding_window}"
             )
         if self.qk_norm and not self.rms_norm:
             raise ValueError(f"{o}.qk_norm=True needs RMSNorm (arch='llama'), got arch={self.arch!r}")
-        if self.rotary and not self.causal:
-            raise ValueError(
-                f"{o}.rotary=True needs a causal decoder (gpt2 or llama), got arch={self.arch!r}"
-            )
         if self.pad_positions and (self.rope or self.pad_token_id is None):
             raise ValueError(
                 f"{o}.pad_positions=True needs learned positions and a pad_token_id, got rope={self.rope}, "
@@ -330,6 +354,11 @@ class ModelConfig(Config):
             raise ValueError(f"{o}.head='mlm' needs arch='bert', got arch={self.arch!r}")
         if self.pooler and self.arch != "bert":
             raise ValueError(f"{o}.pooler=True needs arch='bert', got arch={self.arch!r}")
+        if (self.pooler_norm or self.pooling != "first") and not self.pooler:
+            raise ValueError(
+                f"{o}.pooler_norm / pooling shape the pooler: they need pooler=True, got "
+                f"pooler_norm={self.pooler_norm}, pooling={self.pooling!r}"
+            )
         if self.head == "cls" and self.arch == "bert" and not self.pooler:
             raise ValueError(f"{o}.head='cls' on a BERT classifies the pooler output: it needs pooler=True")
         if self.norm_offset and not self.rms_norm:
@@ -345,6 +374,11 @@ class ModelConfig(Config):
             raise ValueError(
                 f"{o}.input_norms=False needs post_norms=True on a pre-norm architecture (gpt2 or llama): "
                 "some norm must keep the residual stream in scale"
+            )
+        if not self.first_attn_norm and not (self.pre_norm and self.input_norms):
+            raise ValueError(
+                f"{o}.first_attn_norm=False skips layer 0's attention input norm: it needs a pre-norm "
+                "block with input_norms=True"
             )
         if self.post_norms and not self.pre_norm:
             raise ValueError(f"{o}.post_norms needs a pre-norm block (gpt2 or llama), got arch={self.arch!r}")
@@ -382,6 +416,8 @@ class ModelConfig(Config):
 
     @property
     def pre_norm(self) -> bool:
+        if self.norm_placement is not None:
+            return self.norm_placement == "pre"
         return self.arch != "bert"
 
     @property
@@ -394,7 +430,7 @@ class ModelConfig(Config):
 
     @property
     def gated_mlp(self) -> bool:
-        return self.arch == "llama"
+        return self.arch == "llama" if self.gated_ffn is None else self.gated_ffn
 
     def heads_in(self, layer: int) -> int:
         """Query heads of ``layer``."""

@@ -1,5 +1,6 @@
-"""Hugging Face safetensors <-> jaxslim conversion (BERT, GPT-2, Llama 1-3.x with RoPE scaling,
-Mistral, Mixtral, Qwen2/2.5, Qwen3), without torch, with tokenizer files and generation settings
+"""Hugging Face safetensors <-> jaxslim conversion (BERT, RoBERTa, XLM-R, DistilBERT, ModernBERT,
+GPT-2, GPT-NeoX, Llama 1-3.x with RoPE scaling, Mistral, Mixtral, Qwen2/2.5, Qwen3 and their MoE
+versions, Phi-3, Gemma 1-3, OLMo 2), without torch, with tokenizer files and generation settings
 carried through, and a logit checker.
 
 Example:

@@ -17,6 +17,7 @@ from jaxslim.convert.rules import (
     LINEAR_FROM_HEADS,
     LINEAR_TO_HEADS,
     Rule,
+    encoder_flags,
     num_labels,
     rule,
 )
@@ -108,6 +109,12 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         problems.append("pad_positions=True (that is RoBERTa: set hf_family='roberta')")
     if cfg.pooler_activation != "tanh":
         problems.append(f"pooler_activation={cfg.pooler_activation!r} (BERT's pooler is tanh)")
+    if cfg.rope or cfg.sliding_window is not None:
+        problems.append(
+            f"rotary={cfg.rotary}, sliding_window={cfg.sliding_window} (that is ModernBERT: set "
+            "hf_family='modernbert')"
+        )
+    problems += encoder_flags(cfg, "BERT")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face BERT: " + "; ".join(problems))
     arch = {"mlm": "BertForMaskedLM", "cls": "BertForSequenceClassification"}.get(cfg.head, "BertModel")

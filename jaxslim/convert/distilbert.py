@@ -20,6 +20,7 @@ from jaxslim.convert.rules import (
     LINEAR_FROM_HEADS,
     LINEAR_TO_HEADS,
     Rule,
+    encoder_flags,
     num_labels,
     rule,
 )
@@ -95,6 +96,9 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
         problems.append("no biases, or an activation DistilBERT lacks")
     if cfg.n_kv_heads not in (None, cfg.n_heads) or cfg.head_dim not in (None, cfg.d_model // cfg.n_heads):
         problems.append("grouped-query heads or a head_dim other than d_model / n_heads")
+    if cfg.rope or cfg.sliding_window is not None:
+        problems.append(f"rotary={cfg.rotary}, sliding_window={cfg.sliding_window} (DistilBERT has neither)")
+    problems += encoder_flags(cfg, "DistilBERT")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face DistilBERT: " + "; ".join(problems))
     arch = {"mlm": "DistilBertForMaskedLM", "cls": "DistilBertForSequenceClassification"}

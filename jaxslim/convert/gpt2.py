@@ -17,6 +17,7 @@ from jaxslim.convert.rules import (
     CONV_QKV_BIAS,
     LINEAR,
     Rule,
+    encoder_flags,
     rule,
     token_fields,
     token_ids,
@@ -106,6 +107,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
             problems.append(f"{name}={getattr(cfg, name)!r} (HF GPT-2 has no such option)")
     if cfg.post_norms or not cfg.input_norms or cfg.attn_bias != cfg.out_bias:
         problems.append("post_norms, input_norms=False or attn_out_bias (HF GPT-2 has none of them)")
+    problems += encoder_flags(cfg, "GPT-2")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face GPT-2: " + "; ".join(problems))
     arch = "GPT2LMHeadModel" if cfg.head == "lm" else "GPT2Model"

@@ -19,6 +19,7 @@ from jaxslim.convert.rules import (
     LINEAR,
     LINEAR_FROM_HEADS,
     Rule,
+    encoder_flags,
     rule,
     token_fields,
     token_ids,
@@ -126,6 +127,7 @@ def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:
             problems.append(f"{name}={getattr(cfg, name)!r}")
     if cfg.qk_norm or cfg.post_norms or cfg.moe is not None:
         problems.append("q/k norms, post_norms or experts")
+    problems += encoder_flags(cfg, "GPT-NeoX")
     if problems:
         raise ValueError("cannot express this model as a Hugging Face GPT-NeoX: " + "; ".join(problems))
     arch = "GPTNeoXForCausalLM" if cfg.head == "lm" else "GPTNeoXModel"

@@ -5,7 +5,8 @@ Each supported architecture is a module (:mod:`~jaxslim.convert.bert`, :mod:`~ja
 :mod:`~jaxslim.convert.qwen2`, :mod:`~jaxslim.convert.qwen3`, :mod:`~jaxslim.convert.phi3`,
 :mod:`~jaxslim.convert.gemma`, :mod:`~jaxslim.convert.gemma2`, :mod:`~jaxslim.convert.gemma3`,
 :mod:`~jaxslim.convert.olmo2`, :mod:`~jaxslim.convert.gpt_neox`, :mod:`~jaxslim.convert.roberta`,
-:mod:`~jaxslim.convert.xlm_roberta`, :mod:`~jaxslim.convert.distilbert`, :mod:`~jaxslim.convert.qwen3_moe`,
+:mod:`~jaxslim.convert.xlm_roberta`, :mod:`~jaxslim.convert.distilbert`,
+:mod:`~jaxslim.convert.modernbert`, :mod:`~jaxslim.convert.qwen3_moe`,
 :mod:`~jaxslim.convert.qwen2_moe`) that provides ``ARCHITECTURES`` (HF class names, the first is the
 default), ``MODEL_TYPE``, ``HF_CONFIG`` (the transformers config class name), ``PREFIX`` and
 ``prefix_for(architecture)`` (the backbone key prefix), ``IGNORE`` (regexes of buffers that hold no
@@ -49,6 +50,7 @@ from jaxslim.convert import (
     llama,
     mistral,
     mixtral,
+    modernbert,
     olmo2,
     phi3,
     qwen2,
@@ -92,6 +94,7 @@ FAMILIES: tuple[ModuleType, ...] = (
     roberta,
     xlm_roberta,
     distilbert,
+    modernbert,
     qwen3_moe,
     qwen2_moe,
 )
@@ -226,6 +229,18 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     }
 
 
+def unused_params(cfg: ModelConfig) -> dict[str, float]:
+    """Parameters (unscanned paths) that ``cfg``'s model holds but never uses, with the value they
+    are filled with on load: layer 0's attention norm without ``first_attn_norm`` (kept so every
+    layer has the same parameters). A checkpoint has no tensor for them and none is written."""
+    if cfg.first_attn_norm:
+        return {}
+    out = {f"{_SCANNED_BLOCK}0.attn_norm.scale": 1.0 - cfg.norm_offset}
+    if cfg.norm_bias and not cfg.rms_norm:
+        out[f"{_SCANNED_BLOCK}0.attn_norm.bias"] = 0.0
+    return out
+
+
 def _scanned_key(rest: str, slot: int, period: int) -> str:
     return f"{_SCANNED_BLOCK}{rest}" if period == 1 else f"{_SCANNED_BLOCK}{slot}.{rest}"
 
@@ -339,16 +354,19 @@ def load_hf(
     cfg = _config(fam, arch, hf_config, tensors.keys()).replace(
         scan_layers=False, dtype=dtype, param_dtype=param_dtype
     )
+    expected = param_shapes(cfg)
+    unused = {p: expected.pop(p) for p in unused_params(cfg)}
     flat = hf_to_flat(
         tensors,
         fam.rules(cfg),
-        param_shapes(cfg),
+        expected,
         cfg,
         prefix=fam.PREFIX,
         ignore=fam.IGNORE,
         source=f"checkpoint {d}",
     )
     del tensors
+    flat.update({p: np.full(shape, unused_params(cfg)[p], np.float32) for p, shape in unused.items()})
     if scan_layers:
         cfg = cfg.replace(scan_layers=True)
         flat = scan_flat(flat, cfg.n_layers, cfg.layer_period, consume=True)
@@ -418,6 +436,8 @@ def save_hf(
     flat = flat_params(model)
     if cfg.scan_layers:
         flat = unscan_flat(flat, cfg.n_layers, cfg.layer_period)
+    for p in unused_params(cfg):
+        flat.pop(p, None)
     tensors = flat_to_hf(flat, fam.rules(cfg), cfg, prefix=fam.prefix_for(hf_config["architectures"][0]))
     np_dtype = np.dtype(jnp.dtype(dtype))
     tensors = {k: v.astype(np_dtype, copy=False) for k, v in tensors.items()}

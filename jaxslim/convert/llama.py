@@ -21,6 +21,7 @@ from jaxslim.convert.rules import (
     LINEAR_FROM_HEADS,
     LINEAR_TO_HEADS,
     Rule,
+    encoder_flags,
     num_labels,
     rule,
     token_fields,
@@ -312,7 +313,7 @@ def expressible(cfg: ModelConfig, family: str, **allowed) -> list[str]:
         if used and not allowed.get(name, False):
             field = {"out_bias": "attn_out_bias", "sliding_layers": "sliding_layers"}.get(name, name)
             problems.append(f"{field}={getattr(cfg, field)!r} ({family} has no {what})")
-    return problems
+    return problems + encoder_flags(cfg, family)
 
 
 def config_to_hf(cfg: ModelConfig) -> tuple[str, dict]:

@@ -163,6 +163,13 @@ LINEAR_GATE_UP = Transform(
     lambda xs, c: np.concatenate([_t(x) for x in xs], axis=0),
 )
 
+# ModernBERT's Wi bias: the input (activated) half, then the gate half
+GATE_UP_BIAS = Transform(
+    "split into gate and up",
+    _check_rank(lambda a, c: list(np.split(a, 2)), 1),
+    lambda xs, c: np.concatenate(xs),
+)
+
 
 def _swap_last(a: Array) -> Array:
     return np.ascontiguousarray(np.swapaxes(a, -1, -2))
@@ -291,6 +298,26 @@ def token_fields(cfg: ModelConfig) -> dict:
         bos_token_id=cfg.bos_token_id,
         eos_token_id=list(eos) if isinstance(eos, tuple) else eos,
     )
+
+
+def encoder_flags(cfg: ModelConfig, family: str) -> list[str]:
+    """The ModernBERT-style flags ``cfg`` sets away from its architecture's recipe, which ``family``
+    (any other family) cannot express: one problem per flag, named."""
+    flags = {
+        "norm_placement": cfg.norm_placement is not None and cfg.pre_norm != (cfg.arch != "bert"),
+        "gated_ffn": cfg.gated_ffn is not None and cfg.gated_mlp != (cfg.arch == "llama"),
+        "norm_bias": not cfg.norm_bias and not cfg.rms_norm,
+        "first_attn_norm": not cfg.first_attn_norm,
+        "head_dense_bias": not cfg.head_dense_bias,
+        "vocab_bias": not cfg.vocab_bias,
+        "pooler_norm": cfg.pooler_norm,
+        "pooling": cfg.pooling != "first",
+    }
+    return [
+        f"{name}={getattr(cfg, name)!r} ({family} has no such option; ModernBERT has)"
+        for name, used in flags.items()
+        if used
+    ]
 
 
 def describe(cfg: ModelConfig) -> str:

@@ -117,7 +117,8 @@ class Attention(nnx.Module):
 
 
 def _windowed(mask: jax.Array | None, length: int, window) -> jax.Array | None:
-    """``mask`` restricted to keys fewer than ``window`` positions before the query (0: no window).
+    """``mask`` restricted to keys fewer than ``window`` positions away from the query (0: no window):
+    the last ``window`` positions under a causal mask, ``window - 1`` on either side without one.
 
     ``window`` may be traced (a scanned stack's per-layer value); a static 0 leaves ``mask`` as is.
     """
@@ -125,5 +126,5 @@ def _windowed(mask: jax.Array | None, length: int, window) -> jax.Array | None:
         return mask
     q = jnp.arange(length)[:, None]
     k = jnp.arange(length)[None, :]
-    band = ((window <= 0) | (q - k < window))[None, None]
+    band = ((window <= 0) | (jnp.abs(q - k) < window))[None, None]
     return band if mask is None else mask & band

@@ -4,6 +4,7 @@ optionally with normalised sublayer outputs (Gemma 2 / 3)."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jaxslim.config import ModelConfig
@@ -23,6 +24,8 @@ class Block(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int = 0, *, rngs: nnx.Rngs):
         self.pre_norm = cfg.pre_norm
+        self.layer = layer
+        self.first_attn_norm = cfg.first_attn_norm
         self.parallel = cfg.parallel_residual
         self.attn = Attention(
             cfg, cfg.heads_in(layer), cfg.kv_heads_in(layer), rngs=rngs, window=cfg.window_of(layer)
@@ -45,21 +48,35 @@ class Block(nnx.Module):
         self.post_attn_norm = Norm(cfg) if cfg.post_norms else None
         self.post_mlp_norm = Norm(cfg) if cfg.post_norms else None
 
-    def __call__(self, x, *, mask, rope=None, head_mask=None, neuron_mask=None, rng=None, window=None):
-        """Returns ``(x, moe_metrics)``; the metrics are None for a dense FFN. ``window`` overrides the
-        layer's sliding window (a scanned stack passes each layer's)."""
+    def __call__(
+        self, x, *, mask, rope=None, head_mask=None, neuron_mask=None, rng=None, window=None, layer=None
+    ):
+        """Returns ``(x, moe_metrics)``; the metrics are None for a dense FFN. ``window`` and ``layer``
+        (the block's depth, possibly traced) override the block's own (a scanned stack passes each
+        layer's)."""
         if self.parallel:  # GPT-NeoX: both sublayers read the block input
             a = self.attn(self.attn_norm(x), mask=mask, rope=rope, head_mask=head_mask, window=window)
             y, aux = self._ffn(self.mlp_norm(x), neuron_mask, rng)
             return x + a + y, aux
         if self.pre_norm:
-            a = self.attn(_norm(self.attn_norm, x), mask=mask, rope=rope, head_mask=head_mask, window=window)
+            a = self.attn(self.attn_input(x, layer), mask=mask, rope=rope, head_mask=head_mask, window=window)
             x = x + (a if self.post_attn_norm is None else self.post_attn_norm(a))
             y, aux = self._ffn(_norm(self.mlp_norm, x), neuron_mask, rng)
             return x + (y if self.post_mlp_norm is None else self.post_mlp_norm(y)), aux
         x = self.attn_norm(x + self.attn(x, mask=mask, rope=rope, head_mask=head_mask, window=window))
         y, aux = self._ffn(x, neuron_mask, rng)
         return self.mlp_norm(x + y), aux
+
+    def attn_input(self, x, layer=None):
+        """The attention's input: the normalised stream, or the stream as it is in layer 0 without
+        ``first_attn_norm`` (ModernBERT)."""
+        normed = _norm(self.attn_norm, x)
+        if self.first_attn_norm:
+            return normed
+        layer = self.layer if layer is None else layer
+        if isinstance(layer, int):
+            return x if layer == 0 else normed
+        return jnp.where(layer == 0, x, normed)
 
     def _ffn(self, x, neuron_mask, rng) -> tuple[jax.Array, dict | None]:
         if self.moe is not None:

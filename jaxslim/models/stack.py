@@ -143,6 +143,7 @@ class Stack(nnx.Module):
                     _layer_mask(nm, j),
                     _layer_rng(rng, g * p + j),
                     _layer_mask(win, j),
+                    g * p + j,
                 )
                 metrics.append(aux)
             return h, _stack_metrics(metrics)
@@ -157,9 +158,16 @@ class Stack(nnx.Module):
         return x, metrics
 
 
-def _run_block(block, x, mask, rope, head_mask, neuron_mask, rng, window=None):
+def _run_block(block, x, mask, rope, head_mask, neuron_mask, rng, window=None, layer=None):
     return block(
-        x, mask=mask, rope=rope, head_mask=head_mask, neuron_mask=neuron_mask, rng=rng, window=window
+        x,
+        mask=mask,
+        rope=rope,
+        head_mask=head_mask,
+        neuron_mask=neuron_mask,
+        rng=rng,
+        window=window,
+        layer=layer,
     )
 
 

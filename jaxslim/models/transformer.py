@@ -36,20 +36,24 @@ class ModelOutput(NamedTuple):
 
 
 class MlmHead(nnx.Module):
-    """BERT's masked-LM head: dense, GELU, LayerNorm, then the tied decoder plus a vocab bias."""
+    """BERT's masked-LM head: dense, GELU, LayerNorm, then the tied decoder plus a vocab bias (the
+    dense layer's bias and the vocab bias can be switched off: ModernBERT)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         _, pdt = dtypes(cfg)
         self.act = cfg.activation
         self.w = param(rngs, (cfg.d_model, cfg.d_model), ("embed", None), pdt)
-        self.b = param(None, (cfg.d_model,), (None,), pdt, "zeros")
+        self.b = param(None, (cfg.d_model,), (None,), pdt, "zeros") if cfg.head_dense_bias else None
         self.norm = Norm(cfg)
-        self.vocab_bias = param(None, (cfg.vocab_size,), ("vocab",), pdt, "zeros")
+        self.vocab_bias = param(None, (cfg.vocab_size,), ("vocab",), pdt, "zeros") if cfg.vocab_bias else None
 
     def __call__(self, x, embeddings: Embeddings) -> jax.Array:
         h = x @ self.w[...].astype(x.dtype)
-        h = activation(self.act)(h + expand_to(self.b[...].astype(x.dtype), h.ndim))
-        logits = embeddings.attend(self.norm(h))
+        if self.b is not None:
+            h = h + expand_to(self.b[...].astype(x.dtype), h.ndim)
+        logits = embeddings.attend(self.norm(activation(self.act)(h)))
+        if self.vocab_bias is None:
+            return logits
         return logits + expand_to(self.vocab_bias[...].astype(x.dtype), logits.ndim)
 
 
@@ -66,9 +70,12 @@ class Transformer(nnx.Module):
         self.final_norm = Norm(cfg) if cfg.pre_norm else None
         if cfg.pooler:
             self.pooler_w: nnx.Param | None = param(rngs, (cfg.d_model, cfg.d_model), ("embed", None), pdt)
-            self.pooler_b: nnx.Param | None = param(None, (cfg.d_model,), (None,), pdt, "zeros")
+            self.pooler_b: nnx.Param | None = (
+                param(None, (cfg.d_model,), (None,), pdt, "zeros") if cfg.head_dense_bias else None
+            )
         else:
             self.pooler_w = self.pooler_b = None
+        self.pooler_norm = Norm(cfg) if cfg.pooler_norm else None
         self.mlm = MlmHead(cfg, rngs=rngs) if cfg.head == "mlm" else None
         if cfg.head == "cls":  # BERT: a linear classifier on the pooler output; decoders: `score`, no bias
             self.cls_w: nnx.Param | None = param(rngs, (cfg.d_model, cfg.num_labels), ("embed", None), pdt)
@@ -119,11 +126,8 @@ class Transformer(nnx.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         pooled = None
-        if self.pooler_w is not None and self.pooler_b is not None:  # built together
-            first = x[:, 0]
-            pooled = first @ self.pooler_w[...].astype(x.dtype)
-            act = jax.nn.relu if cfg.pooler_activation == "relu" else jnp.tanh
-            pooled = act(pooled + expand_to(self.pooler_b[...].astype(x.dtype), 2))
+        if self.pooler_w is not None:
+            pooled = self._pool(x, attention_mask)
         out = None
         if self.mlm is not None:
             out = self._finish_logits(self.mlm(x, self.embed))
@@ -152,6 +156,24 @@ class Transformer(nnx.Module):
         logits = logits.astype(jnp.float32)
         cap = self.cfg.logit_softcap
         return logits if cap is None else cap * jnp.tanh(logits / cap)
+
+    def _pool(self, x, attention_mask):
+        """The pooler output ``[batch, d]``: dense, activation (and a norm) over the first token or
+        the mean of the unmasked ones (``cfg.pooling``)."""
+        cfg = self.cfg
+        if cfg.pooling == "first":
+            source = x[:, 0]
+        elif attention_mask is None:
+            source = jnp.mean(x, axis=1)
+        else:
+            keep = attention_mask.astype(x.dtype)[:, :, None]
+            source = jnp.sum(x * keep, axis=1) / jnp.sum(keep, axis=1)
+        pooled = source @ self.pooler_w[...].astype(x.dtype)
+        if self.pooler_b is not None:
+            pooled = pooled + expand_to(self.pooler_b[...].astype(x.dtype), 2)
+        act = jnp.tanh if cfg.pooler_activation == "tanh" else activation(cfg.pooler_activation)
+        pooled = act(pooled)
+        return pooled if self.pooler_norm is None else self.pooler_norm(pooled)
 
     def _classify(self, tokens, x, pooled):
         """``[batch, num_labels]`` logits: of the pooler output (BERT) or of the last token that is not

@@ -69,8 +69,8 @@ def _valid(batch, x):
 def _attn_stats(block, xs, xt, mask, rope, w, hs, ht):
     """Normal equations of the attention scales: ``(AᵀA [H, H], Aᵀr [H], ‖r‖²)`` for one batch."""
     pre = block.pre_norm
-    cs = block.attn.head_outputs(block.attn_norm(xs) if pre else xs, mask=mask, rope=rope)
-    t_out = block.attn(block.attn_norm(xt) if pre else xt, mask=mask, rope=rope, head_mask=ht)
+    cs = block.attn.head_outputs(block.attn_input(xs) if pre else xs, mask=mask, rope=rope)
+    t_out = block.attn(block.attn_input(xt) if pre else xt, mask=mask, rope=rope, head_mask=ht)
     bo = 0.0 if block.attn.bo is None else expand_to(block.attn.bo[...], 3)
     current = jnp.einsum("bthd,h->btd", cs, hs)
     r = (xt + t_out) - (xs + bo + current)
@@ -96,7 +96,7 @@ def _mlp_stats(block, xs, xt, w, ns, nt):
 @nnx.jit
 def _attn_step(block, x, mask, rope, hm):
     """The block's state after attention: the input of its FFN part (post-norm applied)."""
-    a = block.attn(block.attn_norm(x) if block.pre_norm else x, mask=mask, rope=rope, head_mask=hm)
+    a = block.attn(block.attn_input(x) if block.pre_norm else x, mask=mask, rope=rope, head_mask=hm)
     return x + a if block.pre_norm else block.attn_norm(x + a)
 
 
