@@ -551,6 +551,10 @@ def _abstract_records(plan: Sequence[LeafPlan], meta: dict) -> dict:
             }
             if p.kind == WEIGHT or "threshold" in entry.get("checksums", {}):
                 rec["threshold"] = jax.ShapeDtypeStruct((groups,), np.float32, sharding=replicated(p))
+            if "fill_rows" in entry.get("checksums", {}):  # the second moment's fill (CodecConfig.moment_fill)
+                inner = p.shape[1:] if p.grouped else p.shape
+                rec["fill_rows"] = jax.ShapeDtypeStruct((groups, *inner[:-1]), np.int16, sharding=replicated(p))
+                rec["fill_cols"] = jax.ShapeDtypeStruct((groups, inner[-1]), np.int16, sharding=replicated(p))
             out[_key(i)] = rec
     return out
 
