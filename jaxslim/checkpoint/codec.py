@@ -279,7 +279,13 @@ class Codec:
     # -- encode / decode ----------------------------------------------------------------------------
 
     def encode(
-        self, plan: tuple[LeafPlan, ...], leaves: list[Any], ref: dict | None, *, keyframe: bool
+        self,
+        plan: tuple[LeafPlan, ...],
+        leaves: list[Any],
+        ref: dict | None,
+        *,
+        keyframe: bool,
+        sequential: bool = False,
     ) -> Encoded:
         """Encodes the flattened state ``leaves`` (in ``plan``'s order) against ``ref``.
 
@@ -291,6 +297,9 @@ class Codec:
             leaves: ``jax.tree.leaves(state)``.
             ref: ``Encoded.recon`` of the previous checkpoint (ignored for a keyframe).
             keyframe: encode without a reference.
+            sequential: wait for each tensor's programs before dispatching the next tensor's, so a
+                program dispatched meanwhile by another thread (the train step) queues behind at
+                most one tensor's encode.
 
         Returns:
             An :class:`Encoded`; the raw leaves appear in ``records`` as they are.
@@ -315,6 +324,8 @@ class Codec:
                 for j in (i, p.mu, p.nu):
                     if j >= 0:
                         sums[j] = _checksums(records[j])
+            if sequential and p.kind in (XOR, WEIGHT):
+                jax.block_until_ready((records, recon, sums))
         return Encoded(records, recon, stats, sums)
 
     def decode(
@@ -677,7 +688,9 @@ def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: b
             if fill != "zero" and _fillable(p):
                 dropped = ~(keep_m & (v != 0)) & (v > 0)
                 rows, cols = _fill_statistics(v, dropped, fill)
-                rec["v"].update(fill_rows=_constrain(rows, replicated(p)), fill_cols=_constrain(cols, replicated(p)))
+                rec["v"].update(
+                    fill_rows=_constrain(rows, replicated(p)), fill_cols=_constrain(cols, replicated(p))
+                )
                 v_hat = _filled(_dequantise(c, b), c == 0, rows, cols)
                 recon["v"] = _outer(v_hat, p).astype(m_dtype)
                 n = jnp.maximum(jnp.sum(dropped.astype(jnp.float32)), 1.0)
