@@ -865,6 +865,9 @@ class CheckpointConfig:
             ``keyframe_every - 1`` residuals.
         alpha: ExCP's weight-threshold scale ``min(2.5, alpha / sqrt(mean(v)))`` numerator.
         beta: ExCP's momentum threshold, ``beta * mean(|m|)``.
+        moment_fill: what a lossy restore puts where Adam's second moment was dropped:
+            ``"factored"`` (a rank-1 log-domain estimate), ``"scalar"`` or ``"zero"`` (see
+            ``jaxslim.checkpoint.CodecConfig.moment_fill``).
     """
 
     every: int = 100
@@ -878,6 +881,7 @@ class CheckpointConfig:
     keyframe_every: int = 5
     alpha: float = 5e-5
     beta: float = 2.0
+    moment_fill: str = "factored"
 
     def __post_init__(self):
         o = "CheckpointConfig"
@@ -896,6 +900,9 @@ class CheckpointConfig:
             x = getattr(self, name)
             if not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 <= x < float("inf"):
                 raise ValueError(f"{o}.{name} must be a finite number >= 0, got {x!r}")
+        fills = ("factored", "scalar", "zero")
+        if self.moment_fill not in fills:
+            raise ValueError(f"{o}.moment_fill must be one of {fills}, got {self.moment_fill!r}")
 
 
 # 256 byte symbols plus the three special tokens of a trained byte-level BPE: a smaller vocabulary

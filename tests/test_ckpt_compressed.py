@@ -303,6 +303,7 @@ def test_cli_compress_inspect_decompress(tmp_path, single, capsys, monkeypatch):
     assert main(["inspect", "small"]) == 0
     out = capsys.readouterr().out
     assert "restore chain [1, 2, 3]" in out and "m kept" in out
+    assert "expected resume error" in out and "Adam's v filled (factored)" in out
     assert main(["decompress", "small", "back"]) == 0
     # the decompressed checkpoint restores into the training state like any plain one
     with Checkpointer(tmp_path / "back", read_only=True) as ck:

@@ -370,6 +370,7 @@ class CompressedCheckpointer:
             "alpha": cfg.alpha,
             "beta": cfg.beta,
             "max_scale": cfg.max_scale,
+            "moment_fill": cfg.moment_fill,
             "leaves": leaves,
         }
 
@@ -718,4 +719,5 @@ def codec_config(cfg: Any) -> CodecConfig:
         keyframe_every=cfg.keyframe_every,
         alpha=cfg.alpha,
         beta=cfg.beta,
+        moment_fill=getattr(cfg, "moment_fill", "factored"),
     )

@@ -8,7 +8,9 @@
 order and writes them as a keyframe / residual chain, printing bytes, ratio, kept fractions and the
 reconstruction error per step. ``decompress`` writes the reconstructed states back as plain Orbax
 checkpoints that ``jaxslim-train`` resumes from. ``inspect`` prints a directory's steps (kind,
-reference, bytes) and the per-tensor sparsity and error of one step. None of them needs the model
+reference, bytes), the expected resume error of one step (weight error, Adam moments kept and the
+error of the second-moment fill, and the loss change measured at the same settings) and its
+per-tensor sparsity and error. None of them needs the model
 code: trees are read in the layout Orbax stored.
 """
 
@@ -73,6 +75,7 @@ def _codec_args(args):
         keyframe_every=args.keyframe_every,
         alpha=args.alpha,
         beta=args.beta,
+        moment_fill=args.moment_fill,
     )
 
 
@@ -147,7 +150,8 @@ def decompress(args) -> int:
 
 def _tensor_table(meta: dict) -> None:
     print(
-        f"\n{'tensor':<70} {'shape':<18} {'kind':<7} {'kept':>6} {'m kept':>7} {'rel.err':>8} {'max err':>9}"
+        f"\n{'tensor':<70} {'shape':<18} {'kind':<7} {'kept':>6} {'m kept':>7} {'rel.err':>8} {'max err':>9} "
+        f"{'v fill':>6}"
     )
     for e in meta["leaves"]:
         if e["kind"] == "raw" and not e["shape"]:
@@ -157,14 +161,17 @@ def _tensor_table(meta: dict) -> None:
         mk = f"{s['moments_kept']:.1%}" if "moments_kept" in s else "-"
         rel = f"{s['rel_rms_error']:.1e}" if "rel_rms_error" in s else ("0" if e["kind"] != "moment" else "-")
         mx = f"{s['max_error']:.1e}" if "max_error" in s else "-"
+        fill = f"{s['v_fill_log2_rms']:.2f}" if "v_fill_log2_rms" in s else "-"
         print(
-            f"{e['path'][:70]:<70} {str(tuple(e['shape'])):<18} {e['kind']:<7} {kept:>6} {mk:>7} {rel:>8} {mx:>9}"
+            f"{e['path'][:70]:<70} {str(tuple(e['shape'])):<18} {e['kind']:<7} {kept:>6} {mk:>7} {rel:>8} {mx:>9} "
+            f"{fill:>6}"
         )
 
 
 def inspect(args) -> int:
     from jaxslim.checkpoint import CompressedCheckpointer, NoCheckpointError
     from jaxslim.checkpoint.codec import CodecConfig
+    from jaxslim.checkpoint.resume_cost import describe
 
     src = absolute(args.src)
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
@@ -190,6 +197,7 @@ def inspect(args) -> int:
     meta = comp.metadata(step)
     if meta is not None:
         print(f"\nstep {step}: restore chain {comp.chain(step)}, alpha {meta['alpha']}, beta {meta['beta']}")
+        print("\n".join(describe(meta)))
         _tensor_table(meta)
     comp.close()
     return 0
@@ -208,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--keyframe-every", type=positive_int, default=5)
     c.add_argument("--alpha", type=float, default=5e-5)
     c.add_argument("--beta", type=float, default=2.0)
+    c.add_argument(
+        "--moment-fill",
+        choices=["factored", "scalar", "zero"],
+        default="factored",
+        help="what a restore puts where Adam's v was dropped (see CodecConfig.moment_fill)",
+    )
     c.add_argument("-v", "--verbose", action="store_true", help="per-tensor table of the last step")
     d = sub.add_parser("decompress", help="write plain Orbax checkpoints from a compressed directory")
     d.add_argument("src", type=absolute)
