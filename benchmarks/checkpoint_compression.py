@@ -8,17 +8,26 @@ Two real models, trained on one CPU device with AdamW:
   fine-tuned for binary sentiment on the VADER movie snippets (validation cross-entropy on held-out
   sentences).
 
-Run A trains ``--steps`` steps and every ``--every`` steps saves the same state with each variant,
-in a rotating order: Orbax's default (``StandardSave``, zstd), jaxslim lossless, ExCP at 4 bits and
-ExCP at 2 bits (weights and moments; 8-bit keyframes, a keyframe every ``--keyframe-every`` saves).
-It records bytes on disk per checkpoint, the time ``save`` blocks, and afterwards the time to
-restore the last step (keyframe -> deltas). Runs B repeat the training from the same initial state
-and batches, saving ExCP 4-bit (and, separately, 2-bit) checkpoints and *resuming from the latest
-compressed checkpoint* every ``--resume-every`` saves (2); their final validation losses are
-compared with run A's.
+Run A trains ``--steps`` steps and every ``--every`` steps saves the same state with each variant
+(``--variants``), in a rotating order: Orbax's default (``StandardSave``, zstd), optionally
+jaxslim lossless, ExCP at 4 bits and ExCP at 2 bits (weights and moments; 8-bit keyframes, a
+keyframe every ``--keyframe-every`` saves). Every save is asynchronous: it records bytes on disk per
+checkpoint, the time ``save`` blocks (Orbax: the device-to-host copy; ExCP: the finiteness check and
+the device snapshot, the encode running in the background), and afterwards the time to restore the
+last step (keyframe -> deltas).
 
-    python benchmarks/checkpoint_compression.py            # both models, ~20 min on 2 cores
-    python benchmarks/checkpoint_compression.py --quick    # smoke run, ~3 min
+The overhead runs train ``--overhead-steps`` steps from the same start with no checkpoints, with
+Orbax saves and with ExCP 2-bit saves every ``--every`` steps, ``--overhead-reps`` rounds in a
+rotating order, each timed until its last save has committed; the extra time per save gives the
+train-time overhead at a save every ``--every`` and every 1000 steps.
+
+Runs B repeat the training from the same initial state and batches, saving ExCP checkpoints and
+*resuming from the latest one* every 2 (and every 5) saves, with the second-moment fill
+(``CodecConfig.moment_fill``) ``factored`` and ``zero`` (ExCP's own: ``v = 0`` where dropped); their
+final validation losses are compared with run A's.
+
+    python benchmarks/checkpoint_compression.py            # both models, 200 steps
+    python benchmarks/checkpoint_compression.py --quick    # smoke run
 
 Prints a table and writes ``benchmarks/results/checkpoint_compression.json``
 (``checkpoint_compression_quick.json`` with ``--quick``).
