@@ -320,7 +320,7 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
     # runs B: the same training, resuming from the latest lossy checkpoint every few saves
     resumed = {}
     for v, fill, every in RESUMES:
-        if every not in args.resume_every:
+        if every not in args.resume_every or v not in args.resume_variants or fill not in args.fills:
             continue
         tag = f"{v}-{fill}-r{every}"
         ck = _checkpointer(v, work / name / f"resume-{tag}", args.keyframe_every, args.alpha, fill)
@@ -369,6 +369,8 @@ def main() -> None:
         default=[2, 5],
         help="runs B resume from their latest checkpoint every this many saves",
     )
+    parser.add_argument("--resume-variants", nargs="+", default=["excp2", "excp4"])
+    parser.add_argument("--fills", nargs="+", default=["factored", "zero"], help="moment fills of runs B")
     parser.add_argument("--variants", nargs="+", default=["orbax", "excp4", "excp2"], choices=VARIANTS)
     parser.add_argument(
         "--overhead-steps", type=int, default=100, help="steps of each train-time overhead run (0: none)"

@@ -547,7 +547,12 @@ def _multi_device_cpu(leaves: list[Any]) -> bool:
     )
 
 
-def _lower_priority(niceness: int = 10) -> None:
+# nice value of the background encode thread: below the train step's threads, yet not starved by
+# other processes on a shared machine (10 gave it a tenth of a core under load)
+BACKGROUND_NICENESS = 5
+
+
+def _lower_priority(niceness: int = BACKGROUND_NICENESS) -> None:
     """Lowers this thread's scheduling priority (Linux: the thread's own nice value); best effort."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
