@@ -244,6 +244,8 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
     state0, step_fn, eval_fn = build(args.steps)
     nbytes = _state_bytes(state0)
     keep = jax.tree.map(jnp.copy, state0)  # the step donates its input; runs B start from copies of this
+    if args.only_resumes:  # runs B alone (in a second process beside a full run); no comparison
+        return {"resumed": _resumes(name, step_fn, eval_fn, keep, args, work, None)}
     variants = tuple(args.variants)
     cks = {v: _checkpointer(v, work / name / v, args.keyframe_every, args.alpha) for v in variants}
     blocking = {v: [] for v in variants}
@@ -317,7 +319,21 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
     if overhead:
         print(f"overhead: {overhead}", flush=True)
 
-    # runs B: the same training, resuming from the latest lossy checkpoint every few saves
+    resumed = _resumes(name, step_fn, eval_fn, keep, args, work, loss_a)
+    return {
+        "params_bytes_fp32_state": nbytes,
+        "variants": rows,
+        "val_loss_uncompressed": loss_a,
+        "resumed": resumed,
+        "overhead": overhead,
+        "train_s": train_s,
+    }
+
+
+def _resumes(name, step_fn, eval_fn, keep, args, work, loss_a) -> dict:
+    """Runs B: the same training, resuming from the latest lossy checkpoint every few saves."""
+    from jaxslim.checkpoint import abstract_like
+
     resumed = {}
     for v, fill, every in RESUMES:
         if every not in args.resume_every or v not in args.resume_variants or fill not in args.fills:
@@ -341,18 +357,11 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
             "fill": fill,
             "resume_every": every,
             "val_loss": loss_b,
-            "rel_diff": (loss_b - loss_a) / loss_a,
+            "rel_diff": None if loss_a is None else (loss_b - loss_a) / loss_a,
             "resumes": resumes,
         }
         print(f"run B ({resumes} resumes from {tag}): validation loss {loss_b:.4f}", flush=True)
-    return {
-        "params_bytes_fp32_state": nbytes,
-        "variants": rows,
-        "val_loss_uncompressed": loss_a,
-        "resumed": resumed,
-        "overhead": overhead,
-        "train_s": train_s,
-    }
+    return resumed
 
 
 def main() -> None:
@@ -369,6 +378,7 @@ def main() -> None:
         default=[2, 5],
         help="runs B resume from their latest checkpoint every this many saves",
     )
+    parser.add_argument("--only-resumes", action="store_true", help="runs B only (no run A, no table)")
     parser.add_argument("--resume-variants", nargs="+", default=["excp2", "excp4"])
     parser.add_argument("--fills", nargs="+", default=["factored", "zero"], help="moment fills of runs B")
     parser.add_argument("--variants", nargs="+", default=["orbax", "excp4", "excp2"], choices=VARIANTS)
@@ -395,6 +405,9 @@ def main() -> None:
             results[name] = bench_model(name, build, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.only_resumes:
+        print(results)
+        return
     names = {
         "orbax": "Orbax default (zstd)",
         "lossless": "jaxslim lossless",
