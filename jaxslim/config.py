@@ -875,8 +875,8 @@ class CheckpointConfig:
     keep_every: int = 0
     async_save: bool = True
     compression: str = "none"
-    weight_bits: int = 4
-    moment_bits: int = 4
+    weight_bits: int = 2
+    moment_bits: int = 2
     keyframe_bits: int = 8
     keyframe_every: int = 5
     alpha: float = 5e-5

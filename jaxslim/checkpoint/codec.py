@@ -95,8 +95,8 @@ class CodecConfig:
     """
 
     mode: str = "excp"
-    weight_bits: int = 4
-    moment_bits: int = 4
+    weight_bits: int = 2
+    moment_bits: int = 2
     keyframe_bits: int = 8
     keyframe_every: int = 5
     alpha: float = 5e-5
