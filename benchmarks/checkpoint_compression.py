@@ -241,7 +241,7 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
     from jaxslim.checkpoint import abstract_like
 
     print(f"\n== {name}: {args.steps} steps, a checkpoint every {args.every} ==", flush=True)
-    state0, step_fn, eval_fn = build(args.steps)
+    state0, step_fn, eval_fn = build(max(args.steps, args.overhead_steps))
     nbytes = _state_bytes(state0)
     keep = jax.tree.map(jnp.copy, state0)  # the step donates its input; runs B start from copies of this
     if args.only_resumes:  # runs B alone (in a second process beside a full run); no comparison

@@ -261,7 +261,7 @@ class CompressedCheckpointer:
 
         Blocks for the finiteness check and the snapshot (a device copy of the arrays, so the
         caller may donate ``state`` to its next step) and, when the previous save is still being
-        encoded, for that one to finish. The encode (a keyframe or a residual of the previous
+        encoded or written, for that one to finish. The encode (a keyframe or a residual of the previous
         save), the copy of the compressed arrays to the host and the Orbax write then run in a
         background thread, one tensor at a time at a lower scheduling priority, so the train step
         keeps the cores first. A failure in any phase is raised as ``CheckpointSaveError`` by the
@@ -282,8 +282,10 @@ class CompressedCheckpointer:
             NonFiniteStateError: the state holds NaN or Inf (nothing is written).
             CheckpointSaveError: this save (when it runs in the caller) or an earlier one failed.
         """
-        self._join()  # the previous save's encode: waits only while it still runs
-        self._inner.check()  # a failed earlier save stops here, before any encoding
+        # the previous save (encode, then Orbax's write): waits only while it still runs, and its
+        # failure stops this one here, at the save point after it, before any encoding
+        self._join()
+        self._inner.wait()
         extra = _parse_json(dict(extra or {}), "extra")
         if not force and not self.should_save(step):
             return False
