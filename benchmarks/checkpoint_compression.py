@@ -8,17 +8,26 @@ Two real models, trained on one CPU device with AdamW:
   fine-tuned for binary sentiment on the VADER movie snippets (validation cross-entropy on held-out
   sentences).
 
-Run A trains ``--steps`` steps and every ``--every`` steps saves the same state with each variant,
-in a rotating order: Orbax's default (``StandardSave``, zstd), jaxslim lossless, ExCP at 4 bits and
-ExCP at 2 bits (weights and moments; 8-bit keyframes, a keyframe every ``--keyframe-every`` saves).
-It records bytes on disk per checkpoint, the time ``save`` blocks, and afterwards the time to
-restore the last step (keyframe -> deltas). Runs B repeat the training from the same initial state
-and batches, saving ExCP 4-bit (and, separately, 2-bit) checkpoints and *resuming from the latest
-compressed checkpoint* every ``--resume-every`` saves (2); their final validation losses are
-compared with run A's.
+Run A trains ``--steps`` steps and every ``--every`` steps saves the same state with each variant
+(``--variants``), in a rotating order: Orbax's default (``StandardSave``, zstd), optionally
+jaxslim lossless, ExCP at 4 bits and ExCP at 2 bits (weights and moments; 8-bit keyframes, a
+keyframe every ``--keyframe-every`` saves). Every save is asynchronous: it records bytes on disk per
+checkpoint, the time ``save`` blocks (Orbax: the device-to-host copy; ExCP: the finiteness check and
+the device snapshot, the encode running in the background), and afterwards the time to restore the
+last step (keyframe -> deltas).
 
-    python benchmarks/checkpoint_compression.py            # both models, ~20 min on 2 cores
-    python benchmarks/checkpoint_compression.py --quick    # smoke run, ~3 min
+The overhead runs train ``--overhead-steps`` steps from the same start with no checkpoints, with
+Orbax saves and with ExCP 2-bit saves every ``--every`` steps, ``--overhead-reps`` rounds in a
+rotating order, each timed until its last save has committed; the extra time per save gives the
+train-time overhead at a save every ``--every`` and every 1000 steps.
+
+Runs B repeat the training from the same initial state and batches, saving ExCP checkpoints and
+*resuming from the latest one* every 2 (and every 5) saves, with the second-moment fill
+(``CodecConfig.moment_fill``) ``factored`` and ``zero`` (ExCP's own: ``v = 0`` where dropped); their
+final validation losses are compared with run A's.
+
+    python benchmarks/checkpoint_compression.py            # both models, 200 steps
+    python benchmarks/checkpoint_compression.py --quick    # smoke run
 
 Prints a table and writes ``benchmarks/results/checkpoint_compression.json``
 (``checkpoint_compression_quick.json`` with ``--quick``).
@@ -103,8 +112,9 @@ def build_minilm(steps: int):
     import optax
     from flax import nnx
 
-    from jaxslim.cli.prune import _load_model
+    from jaxslim.cli.demo import find_minilm
     from jaxslim.config import MeshConfig, OptimConfig
+    from jaxslim.convert.native import load_model
     from jaxslim.data import labelled_sentences
     from jaxslim.engine.state import create_train_state, merge_model
     from jaxslim.engine.step import make_train_step
@@ -113,7 +123,7 @@ def build_minilm(steps: int):
     from jaxslim.prune import bucket_batches, tokenize
     from jaxslim.sharding import make_mesh
 
-    encoder, _, tok = _load_model("minilm")
+    encoder, tok = load_model(find_minilm()), find_minilm() / "tokenizer.json"
     rows = [(t, v) for t, v in labelled_sentences() if v != 0]
     order = np.random.default_rng(0).permutation(len(rows))[:7000]
     ids = tokenize(tok, [rows[i][0] for i in order], 64)
@@ -167,9 +177,17 @@ def build_minilm(steps: int):
 
 
 VARIANTS = ("orbax", "lossless", "excp4", "excp2")
+# runs B: (variant, moment fill, resume every this many saves)
+RESUMES = (
+    ("excp2", "factored", 2),
+    ("excp2", "zero", 2),
+    ("excp4", "factored", 2),
+    ("excp2", "factored", 5),
+    ("excp2", "zero", 5),
+)
 
 
-def _checkpointer(variant: str, directory: pathlib.Path, keyframe_every: int, alpha: float):
+def _checkpointer(variant: str, directory: pathlib.Path, keyframe_every: int, alpha: float, fill="factored"):
     from jaxslim.checkpoint import Checkpointer, CodecConfig, CompressedCheckpointer
 
     if variant == "orbax":
@@ -178,19 +196,60 @@ def _checkpointer(variant: str, directory: pathlib.Path, keyframe_every: int, al
         codec = CodecConfig(mode="lossless", keyframe_every=keyframe_every)
     else:
         bits = int(variant[-1])
-        codec = CodecConfig(weight_bits=bits, moment_bits=bits, keyframe_every=keyframe_every, alpha=alpha)
+        codec = CodecConfig(
+            weight_bits=bits, moment_bits=bits, keyframe_every=keyframe_every, alpha=alpha, moment_fill=fill
+        )
     return CompressedCheckpointer(directory, codec, max_to_keep=None)
+
+
+def _overhead(name, step_fn, keep, args, work: pathlib.Path) -> dict:
+    """Train time with no saves, Orbax saves and ExCP 2-bit saves every ``--every`` steps,
+    ``--overhead-reps`` rounds in a rotating order, each until every save has committed."""
+    variants = ("none", "orbax", "excp2")
+    times: dict = {v: [] for v in variants}
+    n = args.overhead_steps
+    for rep in range(args.overhead_reps):
+        for v in variants[rep % 3 :] + variants[: rep % 3]:
+            ck = None if v == "none" else _checkpointer(v, work / name / f"overhead-{v}-{rep}", 5, args.alpha)
+            state = jax.tree.map(jnp.copy, keep)
+            jax.block_until_ready(state)
+            t = time.perf_counter()
+            for i in range(n):
+                state = step_fn(state, i)
+                if ck is not None and (i + 1) % args.every == 0:
+                    ck.check()
+                    ck.save(i + 1, state)
+            jax.block_until_ready(state)
+            if ck is not None:
+                ck.wait()
+            times[v].append(time.perf_counter() - t)
+            if ck is not None:
+                ck.close()
+    base = statistics.median(times["none"])
+    saves = n // args.every
+    out = {"steps": n, "saves": saves, "times_s": times, "step_s": base / n}
+    for v in ("orbax", "excp2"):
+        per_save = (statistics.median(times[v]) - base) / saves
+        out[v] = {
+            "per_save_s": per_save,
+            f"overhead_every_{args.every}": per_save / (args.every * base / n),
+            "overhead_every_1000": per_save / (1000 * base / n),
+        }
+    return out
 
 
 def bench_model(name, build, args, work: pathlib.Path) -> dict:
     from jaxslim.checkpoint import abstract_like
 
     print(f"\n== {name}: {args.steps} steps, a checkpoint every {args.every} ==", flush=True)
-    state0, step_fn, eval_fn = build(args.steps)
+    state0, step_fn, eval_fn = build(max(args.steps, args.overhead_steps))
     nbytes = _state_bytes(state0)
     keep = jax.tree.map(jnp.copy, state0)  # the step donates its input; runs B start from copies of this
-    cks = {v: _checkpointer(v, work / name / v, args.keyframe_every, args.alpha) for v in VARIANTS}
-    blocking = {v: [] for v in VARIANTS}
+    if args.only_resumes:  # runs B alone (in a second process beside a full run); no comparison
+        return {"resumed": _resumes(name, step_fn, eval_fn, keep, args, work, None)}
+    variants = tuple(args.variants)
+    cks = {v: _checkpointer(v, work / name / v, args.keyframe_every, args.alpha) for v in variants}
+    blocking = {v: [] for v in variants}
     state = state0
     t0 = time.perf_counter()
     saves = 0
@@ -198,7 +257,7 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
         state = step_fn(state, i)
         if (i + 1) % args.every == 0:
             jax.block_until_ready(state)
-            order = VARIANTS[saves % len(VARIANTS) :] + VARIANTS[: saves % len(VARIANTS)]
+            order = variants[saves % len(variants) :] + variants[: saves % len(variants)]
             for v in order:
                 t = time.perf_counter()
                 cks[v].save(i + 1, state)
@@ -242,27 +301,46 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
         }
         if v.startswith("excp"):
             meta = ck.metadata(steps[-1])
-            kept = [e["stats"]["kept"] for e in meta["leaves"] if e["kind"] == "weight"]
-            mkept = [e["stats"].get("moments_kept", 0.0) for e in meta["leaves"] if e["kind"] == "weight"]
-            rel = [e["stats"]["rel_rms_error"] for e in meta["leaves"] if e["kind"] == "weight"]
+            w = [e["stats"] for e in meta["leaves"] if e["kind"] == "weight"]
             rows[v].update(
-                weight_residual_kept=statistics.mean(kept),
-                moments_kept=statistics.mean(mkept),
-                weight_rel_rms_error=statistics.mean(rel),
+                weight_residual_kept=statistics.mean(x["kept"] for x in w),
+                moments_kept=statistics.mean(x.get("moments_kept", 0.0) for x in w),
+                weight_rel_rms_error=statistics.mean(x["rel_rms_error"] for x in w),
+                v_fill_log2_rms=statistics.mean(x.get("v_fill_log2_rms", 0.0) for x in w),
             )
         ck.close()
     base = rows["orbax"]
     for r in rows.values():
         r["ratio"] = base["bytes_mean"] / r["bytes_mean"]
         r["blocking_vs_orbax"] = r["blocking_median_s"] / base["blocking_median_s"]
-        r["compress_mb_s"] = nbytes / 1e6 / r["blocking_median_s"]
         r["restore_mb_s"] = nbytes / 1e6 / r["restore_last_s"]
     print(f"run A: {train_s:.0f} s, validation loss {loss_a:.4f}", flush=True)
 
-    # runs B: the same training, resuming from the latest lossy checkpoint every --resume-every saves
+    overhead = _overhead(name, step_fn, keep, args, work) if args.overhead_steps else None
+    if overhead:
+        print(f"overhead: {overhead}", flush=True)
+
+    resumed = _resumes(name, step_fn, eval_fn, keep, args, work, loss_a)
+    return {
+        "params_bytes_fp32_state": nbytes,
+        "variants": rows,
+        "val_loss_uncompressed": loss_a,
+        "resumed": resumed,
+        "overhead": overhead,
+        "train_s": train_s,
+    }
+
+
+def _resumes(name, step_fn, eval_fn, keep, args, work, loss_a) -> dict:
+    """Runs B: the same training, resuming from the latest lossy checkpoint every few saves."""
+    from jaxslim.checkpoint import abstract_like
+
     resumed = {}
-    for v in ("excp4", "excp2"):
-        ck = _checkpointer(v, work / name / f"resume-{v}", args.keyframe_every, args.alpha)
+    for v, fill, every in RESUMES:
+        if every not in args.resume_every or v not in args.resume_variants or fill not in args.fills:
+            continue
+        tag = f"{v}-{fill}-r{every}"
+        ck = _checkpointer(v, work / name / f"resume-{tag}", args.keyframe_every, args.alpha, fill)
         state = jax.tree.map(jnp.copy, keep)
         saves = resumes = 0
         for i in range(args.steps):
@@ -270,21 +348,21 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
             if (i + 1) % args.every == 0:
                 ck.save(i + 1, state)
                 saves += 1
-                if saves % args.resume_every == 0 and i + 1 < args.steps:
-                    ck.wait()
+                if saves % every == 0 and i + 1 < args.steps:
                     state, _ = ck.restore(abstract_like(state))
                     resumes += 1
         loss_b = eval_fn(state)
         ck.close()
-        resumed[v] = {"val_loss": loss_b, "rel_diff": (loss_b - loss_a) / loss_a, "resumes": resumes}
-        print(f"run B ({resumes} resumes from {v}): validation loss {loss_b:.4f}", flush=True)
-    return {
-        "params_bytes_fp32_state": nbytes,
-        "variants": rows,
-        "val_loss_uncompressed": loss_a,
-        "resumed": resumed,
-        "train_s": train_s,
-    }
+        resumed[tag] = {
+            "variant": v,
+            "fill": fill,
+            "resume_every": every,
+            "val_loss": loss_b,
+            "rel_diff": None if loss_a is None else (loss_b - loss_a) / loss_a,
+            "resumes": resumes,
+        }
+        print(f"run B ({resumes} resumes from {tag}): validation loss {loss_b:.4f}", flush=True)
+    return resumed
 
 
 def main() -> None:
@@ -297,14 +375,23 @@ def main() -> None:
     parser.add_argument(
         "--resume-every",
         type=int,
-        default=2,
+        nargs="+",
+        default=[2, 5],
         help="runs B resume from their latest checkpoint every this many saves",
     )
+    parser.add_argument("--only-resumes", action="store_true", help="runs B only (no run A, no table)")
+    parser.add_argument("--resume-variants", nargs="+", default=["excp2", "excp4"])
+    parser.add_argument("--fills", nargs="+", default=["factored", "zero"], help="moment fills of runs B")
+    parser.add_argument("--variants", nargs="+", default=["orbax", "excp4", "excp2"], choices=VARIANTS)
+    parser.add_argument(
+        "--overhead-steps", type=int, default=100, help="steps of each train-time overhead run (0: none)"
+    )
+    parser.add_argument("--overhead-reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="40 steps, a checkpoint every 8")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.every = 40, 8
+        args.steps, args.every, args.overhead_steps, args.overhead_reps = 40, 8, 16, 1
     import sys
 
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -319,6 +406,9 @@ def main() -> None:
             results[name] = bench_model(name, build, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.only_resumes:
+        print(results)
+        return
     names = {
         "orbax": "Orbax default (zstd)",
         "lossless": "jaxslim lossless",
@@ -328,27 +418,46 @@ def main() -> None:
     print()
     print(
         "| model | variant | MB / checkpoint (keyframe / delta) | ratio vs Orbax | save blocks s (vs Orbax) "
-        "| compress MB/s | restore MB/s (chain) | weight residual kept | moments kept |"
+        "| restore MB/s (chain) | weight residual kept | moments kept | v fill log2 RMS |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for model, res in results.items():
         for v, r in res["variants"].items():
             kept = f"{r['weight_residual_kept']:.1%}" if "weight_residual_kept" in r else "-"
             mkept = f"{r['moments_kept']:.1%}" if "moments_kept" in r else "-"
+            fill = f"{r['v_fill_log2_rms']:.2f}" if "v_fill_log2_rms" in r else "-"
             print(
                 f"| {model} | {names[v]} | {r['bytes_mean'] / 1e6:.2f} ({r['bytes_keyframe'] / 1e6:.2f} / "
-                f"{r['bytes_delta'] / 1e6:.2f}) | {r['ratio']:.1f}x | {r['blocking_median_s']:.2f} "
-                f"({r['blocking_vs_orbax']:.2f}x) | {r['compress_mb_s']:.0f} | {r['restore_mb_s']:.0f} ({r['chain']}) "
-                f"| {kept} | {mkept} |"
+                f"{r['bytes_delta'] / 1e6:.2f}) | {r['ratio']:.1f}x | {r['blocking_median_s']:.3f} "
+                f"({r['blocking_vs_orbax']:.2f}x) | {r['restore_mb_s']:.0f} ({r['chain']}) "
+                f"| {kept} | {mkept} | {fill} |"
             )
     print()
-    print("| model | val loss, uncompressed | resumed from | val loss | difference | resumes |")
-    print("|---|---|---|---|---|---|")
+    print(
+        f"| model | step s | Orbax s / save | ExCP 2-bit s / save | overhead every {args.every}: Orbax | "
+        f"ExCP 2-bit | every 1000: Orbax | ExCP 2-bit |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for model, res in results.items():
-        for v, r in res["resumed"].items():
+        o = res["overhead"]
+        if not o:
+            continue
+        k = f"overhead_every_{args.every}"
+        print(
+            f"| {model} | {o['step_s']:.3f} | {o['orbax']['per_save_s']:.2f} | {o['excp2']['per_save_s']:.2f} "
+            f"| {o['orbax'][k]:+.1%} | {o['excp2'][k]:+.1%} | {o['orbax']['overhead_every_1000']:+.2%} "
+            f"| {o['excp2']['overhead_every_1000']:+.2%} |"
+        )
+    print()
+    print(
+        "| model | val loss, uncompressed | resumed from | v fill | resume every | val loss | difference | resumes |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for model, res in results.items():
+        for r in res["resumed"].values():
             print(
-                f"| {model} | {res['val_loss_uncompressed']:.4f} | {names[v]} | {r['val_loss']:.4f} | "
-                f"{r['rel_diff']:+.2%} | {r['resumes']} |"
+                f"| {model} | {res['val_loss_uncompressed']:.4f} | {names[r['variant']]} | {r['fill']} | "
+                f"{r['resume_every']} saves | {r['val_loss']:.4f} | {r['rel_diff']:+.2%} | {r['resumes']} |"
             )
     name = "checkpoint_compression_quick" if args.quick else "checkpoint_compression"
     payload = {

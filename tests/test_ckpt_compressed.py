@@ -286,7 +286,8 @@ def test_sharded_save_restores_onto_another_mesh(tmp_path, devices):
 def test_cli_compress_inspect_decompress(tmp_path, single, capsys, monkeypatch):
     import orbax.checkpoint as ocp
 
-    from jaxslim.cli.ckpt import _fill, main
+    from jaxslim.checkpoint.compressed import numbered_tree
+    from jaxslim.cli.ckpt import main
 
     states, setup = single
     monkeypatch.chdir(tmp_path)  # the CLI gets relative paths, as a user types them
@@ -303,6 +304,7 @@ def test_cli_compress_inspect_decompress(tmp_path, single, capsys, monkeypatch):
     assert main(["inspect", "small"]) == 0
     out = capsys.readouterr().out
     assert "restore chain [1, 2, 3]" in out and "m kept" in out
+    assert "expected resume error" in out and "Adam's v filled (factored)" in out
     assert main(["decompress", "small", "back"]) == 0
     # the decompressed checkpoint restores into the training state like any plain one
     with Checkpointer(tmp_path / "back", read_only=True) as ck:
@@ -310,7 +312,7 @@ def test_cli_compress_inspect_decompress(tmp_path, single, capsys, monkeypatch):
     with CompressedCheckpointer(tmp_path / "small", CodecConfig(), read_only=True) as ck:
         leaves, _, meta = ck.restore_leaves(3)
     assert extra == {"data": {"index": 3}}
-    want = _flat(_fill(meta["tree"], leaves))
+    want = _flat(numbered_tree(meta["tree"], leaves))
     have = _flat(ocp.tree.serialize_tree(got, keep_empty_nodes=True))
     assert sorted(want) == sorted(have) and len(want) > 20
     assert all(np.array_equal(np.asarray(want[k]), np.asarray(have[k])) for k in want)

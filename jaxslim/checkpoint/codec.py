@@ -56,6 +56,11 @@ from jaxslim.tree import is_variable
 
 FORMAT = "jaxslim-compressed-checkpoint"
 FORMAT_VERSION = 1
+# the moment fill stores log2(v) in fixed point: this many steps per octave, clipped to LOG2_RANGE
+LOG2_STEPS = 64
+LOG2_RANGE = (-120.0, 8.0)
+# integer sums of fixed-point logs stay below 2**31 over at most this many elements
+_FILL_MAX_COUNT = (1 << 31) // (int(max(map(abs, LOG2_RANGE))) * LOG2_STEPS)
 
 RAW, XOR, WEIGHT, MOMENT = "raw", "xor", "weight", "moment"
 
@@ -209,7 +214,13 @@ class Codec:
     # -- encode / decode ----------------------------------------------------------------------------
 
     def encode(
-        self, plan: tuple[LeafPlan, ...], leaves: list[Any], ref: dict | None, *, keyframe: bool
+        self,
+        plan: tuple[LeafPlan, ...],
+        leaves: list[Any],
+        ref: dict | None,
+        *,
+        keyframe: bool,
+        sequential: bool = False,
     ) -> Encoded:
         """Encodes the flattened state ``leaves`` (in ``plan``'s order) against ``ref``.
 
@@ -221,6 +232,9 @@ class Codec:
             leaves: ``jax.tree.leaves(state)``.
             ref: ``Encoded.recon`` of the previous checkpoint (ignored for a keyframe).
             keyframe: encode without a reference.
+            sequential: wait for each tensor's programs before dispatching the next tensor's, so a
+                program dispatched meanwhile by another thread (the train step) queues behind at
+                most one tensor's encode.
 
         Returns:
             An :class:`Encoded`; the raw leaves appear in ``records`` as they are.
@@ -249,6 +263,8 @@ class Codec:
                 for j in (i, p.mu, p.nu):
                     if j >= 0:
                         sums[j] = _checksums(records[j])
+            if sequential and p.kind in (XOR, WEIGHT):
+                jax.block_until_ready((records, recon, sums))
         return Encoded(records, recon, stats, sums)
 
     def decode(
@@ -281,6 +297,12 @@ class Codec:
                 r = None if keyframe else refs[i]
                 recon[i] = _decode_codes(_sig(p), bits["weights"], r is None)(
                     rec["planes"], rec["codebook"], r
+                )
+            elif p.kind == MOMENT and "fill_rows" in rec:
+                recon[i] = _settle(
+                    _decode_filled(_sig(p), bits["moments"])(
+                        rec["planes"], rec["codebook"], rec["fill_rows"], rec["fill_cols"]
+                    )
                 )
             elif p.kind == MOMENT:
                 recon[i] = _settle(
@@ -483,6 +505,61 @@ def _decode_codes(p: LeafPlan, bits: int, keyframe: bool):
 
 
 @functools.lru_cache(maxsize=256)
+def _decode_filled(p: LeafPlan, bits: int):
+    def run(planes, book, rows, cols):
+        codes = _unpack(planes, bits, p)
+        return _outer(_filled(_dequantise(codes, book), codes == 0, rows, cols), p).astype(p.dtype)
+
+    return jax.jit(run)
+
+
+def _fillable(p: LeafPlan) -> bool:
+    """Whether the fixed-point sums of the moment fill stay exact (int32) for this leaf."""
+    inner = p.shape[1:] if p.grouped else p.shape
+    return max(int(np.prod(inner[:-1], dtype=np.int64)), inner[-1]) <= _FILL_MAX_COUNT
+
+
+def _fill_statistics(v: jax.Array, dropped: jax.Array, fill: str) -> tuple[jax.Array, jax.Array]:
+    """Row and column terms (int16, ``LOG2_STEPS`` per octave) of the fill of ``v`` where ``dropped``.
+
+    ``log2 v[i, j] ~ row[i] + col[j]`` with ``col`` the mean ``log2 v`` of column ``j``'s dropped
+    entries and ``row`` row ``i``'s mean minus the mean over rows. Every sum is of fixed-point
+    integers, so the terms are the same on one device and over any sharding.
+    """
+    lo, hi = LOG2_RANGE
+    q = jnp.round(jnp.clip(jnp.log2(jnp.where(dropped, v, 1.0)), lo, hi) * LOG2_STEPS).astype(jnp.int32)
+    q = jnp.where(dropped, q, 0)
+    n = dropped.astype(jnp.int32)
+    nd = v.ndim
+    row_n = n.sum(axis=-1)
+    row = jnp.round(q.sum(axis=-1) / jnp.maximum(row_n, 1)).astype(jnp.int32)  # (G, *S[:-1])
+    outer_axes = tuple(range(1, nd - 1))
+    has = (row_n > 0).astype(jnp.int32)
+    mean = jnp.round(
+        (row * has).sum(axis=outer_axes) / jnp.maximum(has.sum(axis=outer_axes), 1)
+        if outer_axes
+        else row.astype(jnp.float32)
+    ).astype(jnp.int32)  # (G,)
+    if fill == "scalar":
+        rows = jnp.broadcast_to(mean.reshape((-1,) + (1,) * (nd - 2)), row.shape)
+        cols = jnp.zeros((v.shape[0], v.shape[-1]), jnp.int32)
+    else:
+        col_n = n.sum(axis=outer_axes) if outer_axes else n
+        col_s = q.sum(axis=outer_axes) if outer_axes else q
+        cols = jnp.round(col_s / jnp.maximum(col_n, 1)).astype(jnp.int32)  # (G, S[-1])
+        rows = jnp.where(row_n > 0, row - mean.reshape((-1,) + (1,) * (nd - 2)), 0)
+    return rows.astype(jnp.int16), cols.astype(jnp.int16)
+
+
+def _filled(dq: jax.Array, empty: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
+    """``dq`` with ``2**((row + col) / LOG2_STEPS)`` where ``empty``."""
+    nd = dq.ndim
+    r = rows.astype(jnp.float32)[..., None]
+    c = cols.astype(jnp.float32).reshape((cols.shape[0],) + (1,) * (nd - 2) + (cols.shape[1],))
+    return jnp.where(empty, jnp.exp2((r + c) / LOG2_STEPS), dq)
+
+
+@functools.lru_cache(maxsize=256)
 def _weight_statistics(p: LeafPlan, cfg: CodecConfig, keyframe: bool):
     """Thresholds and the histograms the codebooks are fitted to (one weight and its moments)."""
     hist = _histogram_fn(p)
@@ -517,7 +594,7 @@ def _weight_statistics(p: LeafPlan, cfg: CodecConfig, keyframe: bool):
 
 
 @functools.lru_cache(maxsize=256)
-def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: bool):
+def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: bool, fill: str):
     """Codes, packed planes, reconstruction and statistics of one weight and its moments."""
     moments = p.mu >= 0
 
@@ -548,6 +625,17 @@ def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: b
                 recon[name] = _outer(_dequantise(c, b), p).astype(m_dtype)
             rec["m"]["threshold"] = st["tm"]
             stats["moments_kept"] = jnp.mean(keep_m.astype(jnp.float32))
+            if fill != "zero" and _fillable(p):
+                dropped = ~(keep_m & (v != 0)) & (v > 0)
+                rows, cols = _fill_statistics(v, dropped, fill)
+                rec["v"].update(
+                    fill_rows=_constrain(rows, replicated(p)), fill_cols=_constrain(cols, replicated(p))
+                )
+                v_hat = _filled(_dequantise(c, b), c == 0, rows, cols)
+                recon["v"] = _outer(v_hat, p).astype(m_dtype)
+                n = jnp.maximum(jnp.sum(dropped.astype(jnp.float32)), 1.0)
+                lr = jnp.where(dropped, jnp.log2(jnp.maximum(v_hat, 1e-38) / jnp.maximum(v, 1e-38)), 0.0)
+                stats["v_fill_log2_rms"] = jnp.sqrt(jnp.sum(lr**2) / n)
         return rec, recon, stats
 
     return jax.jit(run)
@@ -565,7 +653,7 @@ def _encode_weight(i, p, plan, cfg, keyframe, leaves, ref, records, recon, stats
         fit = _fit(cfg.kmeans_iters, (1 << cfg.moment_bits) - 1)
         cents.update(m=_settle(fit(st["h_m"])), v=_settle(fit(st["h_v"])))
     m_dtype = plan[p.mu].dtype if p.mu >= 0 else p.dtype
-    codes_fn = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe)
+    codes_fn = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe, cfg.moment_fill)
     rec, rcn, stats[i] = _settle(codes_fn(w, ref, m, v, st, cents))
     records[i], recon[i] = rec["w"], rcn["w"]
     if p.mu >= 0:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,12 +61,14 @@ from jaxslim.checkpoint.codec import (
 )
 from jaxslim.checkpoint.manager import (
     Checkpointer,
+    CheckpointSaveError,
     CorruptCheckpointError,
     IncompatibleCheckpointError,
     NoCheckpointError,
     NonFiniteStateError,
     _listing,
     _nonfinite_paths,
+    _parse_json,
     restore_with_fallback,
 )
 from jaxslim.config import CheckpointConfig, CodecConfig
@@ -112,6 +115,11 @@ class CompressedCheckpointer:
         self._stacked = stacked
         self._read_only = read_only
         self._refs: dict[int, int | None] = {}
+        self._async = async_save
+        # the background save in flight: its thread, its step, and its failure once it has ended
+        self._job: threading.Thread | None = None
+        self._pending: int | None = None
+        self._job_failure: tuple[int, BaseException] | None = None
         self._inner = Checkpointer(
             directory,
             max_to_keep=max_to_keep,
@@ -151,36 +159,71 @@ class CompressedCheckpointer:
         return self._inner.directory
 
     def wait(self) -> None:
-        """Blocks until pending saves have committed (raises ``CheckpointSaveError`` if one failed)."""
+        """Blocks until pending saves (encode, host copy, files) have committed.
+
+        Raises:
+            CheckpointSaveError: a save failed, now or earlier (sticky).
+        """
+        self._join()
         self._inner.wait()
 
     def check(self) -> None:
         """Raises ``CheckpointSaveError`` if a background save has failed; never blocks."""
+        self._join(block=False)
         self._inner.check()
 
     def close(self) -> None:
         """Waits for pending saves and releases Orbax's threads (raises if the last save failed)."""
+        try:
+            self._join()
+        except CheckpointSaveError:
+            pass  # recorded in the inner checkpointer, whose close raises it after releasing threads
         self._inner.close()
+
+    def _join(self, *, block: bool = True) -> None:
+        """Waits for the background encode of the last save (unless ``block`` is false and it is
+        still running) and turns its failure into the sticky ``CheckpointSaveError``."""
+        job = self._job
+        if job is None or (not block and job.is_alive()):
+            return
+        job.join()
+        self._job, self._pending = None, None
+        failure, self._job_failure = self._job_failure, None
+        if failure is not None:
+            step, cause = failure
+            if isinstance(cause, CheckpointSaveError):
+                raise cause
+            raise self._inner.record_failure(step, cause) from cause
 
     def all_steps(self) -> list[int]:
         """Committed (or in-flight) steps, ascending."""
-        return self._inner.all_steps()
+        steps = self._inner.all_steps()
+        pending = self._pending
+        return steps if pending is None or pending in steps else sorted([*steps, pending])
 
     def latest_step(self) -> int | None:
-        """The newest step, or ``None``."""
-        return self._inner.latest_step()
+        """The newest step (committed or in flight), or ``None``."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def should_save(self, step: int) -> bool:
         """Whether :meth:`save` would write at ``step``."""
-        return self._inner.should_save(step)
+        pending = self._pending
+        return (pending is None or step > pending) and self._inner.should_save(step)
 
     def config(self, step: int | None = None) -> dict[str, Any] | None:
         """The run config saved with ``step``."""
+        self._join_for(step)
         return self._inner.config(step)
 
     def extra(self, step: int | None = None) -> dict[str, Any]:
         """The ``extra`` dict saved with ``step`` (latest by default), without restoring the state."""
+        self._join_for(step)
         return self._inner.extra(step)
+
+    def _join_for(self, step: int | None) -> None:
+        if self._pending is not None and (step is None or step == self._pending):
+            self._join()
 
     def depends_on(self, step: int) -> list[int]:
         """The steps that ``step`` needs to be restored (its reference), for retention."""
@@ -189,6 +232,7 @@ class CompressedCheckpointer:
 
     def metadata(self, step: int) -> dict[str, Any] | None:
         """The codec metadata of ``step`` (``None`` for an uncompressed checkpoint)."""
+        self._join_for(step)
         if step not in self._meta:
             meta = self._inner.codec(step)
             if meta is None:
@@ -222,10 +266,18 @@ class CompressedCheckpointer:
         force: bool = False,
         check_finite: bool = True,
     ) -> bool:
-        """Compresses ``state`` (a keyframe or a residual of the previous save) and saves it.
+        """Snapshots ``state`` and compresses and writes it in the background.
 
-        Blocks for the compression (on device) and for copying the compressed arrays to the host;
-        the files commit in the background with ``async_save``.
+        Blocks for the finiteness check and the snapshot (a device copy of the arrays, so the
+        caller may donate ``state`` to its next step) and, when the previous save is still being
+        encoded or written, for that one to finish. The encode (a keyframe or a residual of the previous
+        save), the copy of the compressed arrays to the host and the Orbax write then run in a
+        background thread, one tensor at a time at a lower scheduling priority, so the train step
+        keeps the cores first. A failure in any phase is raised as ``CheckpointSaveError`` by the
+        next :meth:`check`, :meth:`save`, :meth:`wait` or :meth:`close` and sticks; nothing of
+        that step reaches the directory unless its files commit, and the next delta is coded
+        against the last save that did. With ``async_save=False``, or for arrays over several CPU
+        devices (XLA:CPU could deadlock two programs with collectives), all of it runs in the caller.
 
         Args:
             step, extra, force, check_finite: as for :meth:`Checkpointer.save`.
@@ -237,9 +289,14 @@ class CompressedCheckpointer:
 
         Raises:
             NonFiniteStateError: the state holds NaN or Inf (nothing is written).
+            CheckpointSaveError: this save (when it runs in the caller) or an earlier one failed.
         """
-        self._inner.check()  # a failed earlier save stops here, before any encoding
-        if not force and not self._inner.should_save(step):
+        # the previous save (encode, then Orbax's write): waits only while it still runs, and its
+        # failure stops this one here, at the save point after it, before any encoding
+        self._join()
+        self._inner.wait()
+        extra = _parse_json(dict(extra or {}), "extra")
+        if not force and not self.should_save(step):
             return False
         if check_finite:
             bad = _nonfinite_paths(state)
@@ -252,14 +309,36 @@ class CompressedCheckpointer:
         plan = self.codec.plan(state, stacked=self._stacked)
         cfg = self.codec.cfg
         keyframe = self._ref is None or plan != self._ref_plan or self._deltas + 1 >= cfg.keyframe_every
+        # the tree as Orbax stores it, leaves numbered: tools rebuild it without the model code
+        index = jax.tree.unflatten(jax.tree.structure(state), list(range(len(plan))))
+        tree = _jsonable(ocp.tree.serialize_tree(index, keep_empty_nodes=True))
+        leaves = jax.tree.leaves(state)
+        if not self._async or _multi_device_cpu(leaves):
+            self._write(step, plan, leaves, keyframe, extra, force, tree, sequential=False)
+            return True
+        snapshot = _snapshot(leaves)
+
+        def run() -> None:
+            _lower_priority()
+            try:
+                self._write(step, plan, snapshot, keyframe, extra, force, tree, sequential=True)
+            except BaseException as e:  # reported by the next check / save / wait / close
+                self._job_failure = (step, e)
+
+        self._pending = step
+        self._job = threading.Thread(target=run, name=f"compressed-save-{step}", daemon=True)
+        self._job.start()
+        return True
+
+    def _write(self, step, plan, leaves, keyframe, extra, force, tree, *, sequential: bool) -> None:
+        """Encodes ``leaves``, copies the records to the host and hands them to Orbax; the
+        reference of the next delta moves to this step only once Orbax has taken it."""
         enc = self.codec.encode(
-            plan, jax.tree.leaves(state), None if keyframe else self._ref, keyframe=keyframe
+            plan, leaves, None if keyframe else self._ref, keyframe=keyframe, sequential=sequential
         )
         sums, stats = jax.device_get((enc.checksums, enc.stats))
         meta = self._metadata(step, plan, keyframe, sums, stats)
-        # the tree as Orbax stores it, leaves numbered: tools rebuild it without the model code
-        index = jax.tree.unflatten(jax.tree.structure(state), list(range(len(plan))))
-        meta["tree"] = _jsonable(ocp.tree.serialize_tree(index, keep_empty_nodes=True))
+        meta["tree"] = tree
         self._refs[step] = meta["reference_step"]
         records = {_key(i): r for i, r in enc.records.items()}
         try:
@@ -271,12 +350,11 @@ class CompressedCheckpointer:
             raise
         if not started:
             self._refs.pop(step, None)
-            return False
+            return
         self._meta[step] = meta
         self._ref = {i: x for i, x in enc.recon.items() if plan[i].kind in (WEIGHT, XOR)}
         self._ref_plan, self._ref_step = plan, step
         self._deltas = 0 if keyframe else self._deltas + 1
-        return True
 
     def _metadata(self, step, plan, keyframe, sums, stats) -> dict[str, Any]:
         cfg = self.codec.cfg
@@ -308,6 +386,7 @@ class CompressedCheckpointer:
             "alpha": cfg.alpha,
             "beta": cfg.beta,
             "max_scale": cfg.max_scale,
+            "moment_fill": cfg.moment_fill,
             "leaves": leaves,
         }
 
@@ -463,6 +542,40 @@ class CompressedCheckpointer:
         return leaves, extra, recon, chain
 
 
+@jax.jit
+def _copies(leaves: list[jax.Array]) -> list[jax.Array]:
+    return [jnp.copy(x) for x in leaves]
+
+
+def _snapshot(leaves: list[Any]) -> list[Any]:
+    """Device copies of the ``jax.Array`` leaves (one program, dispatched without waiting), so the
+    caller may donate or overwrite the originals while the copies are encoded; host values as they are."""
+    index = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)]
+    out = list(leaves)
+    for i, x in zip(index, _copies([leaves[i] for i in index]), strict=True):
+        out[i] = x
+    return out
+
+
+def _multi_device_cpu(leaves: list[Any]) -> bool:
+    return jax.default_backend() == "cpu" and any(
+        isinstance(x, jax.Array) and len(x.sharding.device_set) > 1 for x in leaves
+    )
+
+
+# nice value of the background encode thread: below the train step's threads, yet not starved by
+# other processes on a shared machine (10 gave it a tenth of a core under load)
+BACKGROUND_NICENESS = 5
+
+
+def _lower_priority(niceness: int = BACKGROUND_NICENESS) -> None:
+    """Lowers this thread's scheduling priority (Linux: the thread's own nice value); best effort."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):  # not Linux, or not permitted: the priority stays as it is
+        pass
+
+
 def _jsonable(tree: Any) -> Any:
     """Orbax's serialised tree as JSON: mappings (an empty ``nnx.State`` too) become dicts."""
     if isinstance(tree, Mapping) or hasattr(tree, "items"):
@@ -565,6 +678,14 @@ def _abstract_records(plan: Sequence[LeafPlan], meta: dict) -> dict:
             }
             if p.kind == WEIGHT or "threshold" in entry.get("checksums", {}):
                 rec["threshold"] = jax.ShapeDtypeStruct((groups,), np.float32, sharding=replicated(p))
+            if "fill_rows" in entry.get(
+                "checksums", {}
+            ):  # the second moment's fill (CodecConfig.moment_fill)
+                inner = p.shape[1:] if p.grouped else p.shape
+                rec["fill_rows"] = jax.ShapeDtypeStruct(
+                    (groups, *inner[:-1]), np.int16, sharding=replicated(p)
+                )
+                rec["fill_cols"] = jax.ShapeDtypeStruct((groups, inner[-1]), np.int16, sharding=replicated(p))
             out[_key(i)] = rec
     return out
 
@@ -607,3 +728,15 @@ def checkpointer_from_config(cfg: CheckpointConfig, directory: str | os.PathLike
     if cfg.codec is None:
         return Checkpointer(directory, **common)
     return CompressedCheckpointer(directory, cfg.codec, **common)
+
+
+def numbered_tree(tree: Any, leaves: list[Any]) -> Any:
+    """A tree recorded in a compressed checkpoint's metadata (Orbax's serialised form, its leaves
+    numbered) with ``leaves`` in place of the numbers."""
+    if isinstance(tree, bool) or tree is None:
+        return tree
+    if isinstance(tree, int):
+        return leaves[tree]
+    if isinstance(tree, list):
+        return [numbered_tree(t, leaves) for t in tree]
+    return {k: numbered_tree(v, leaves) for k, v in tree.items()}

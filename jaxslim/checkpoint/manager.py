@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -63,6 +64,10 @@ STATE, EXTRA, CONFIG, CODEC = "state", "extra", "config", "codec"
 CONFIG_FILE = "config.json"
 # unreadable steps skipped by a fallback restore are moved here (never deleted)
 QUARANTINE = "quarantine"
+# Orbax numbers save operations with one process-wide counter that its threads read back, so the
+# synchronous parts of two saves (of two checkpointers, from two threads: a compressed checkpointer
+# saves from its background thread) must not overlap.
+_ORBAX_SAVE_LOCK = threading.Lock()
 # Mismatch listings longer than this are cut, with a count of what was left out.
 _MAX_LISTED = 40
 
@@ -493,6 +498,15 @@ class Checkpointer:
         if error is not None:
             raise error
 
+    def record_failure(self, step: int, cause: BaseException) -> CheckpointSaveError:
+        """Records that saving ``step`` failed before it reached Orbax (e.g. while a compressed
+        state was encoded in the background) and returns the sticky error; the first failure
+        recorded stays the one reported."""
+        if self._save_error is not None:
+            return self._save_error
+        self._pending_step = step
+        return self._failed(cause, raise_=False)
+
     def _failed(self, cause: BaseException, *, raise_: bool = True) -> CheckpointSaveError:
         """Records a failed save and raises (or returns) the error naming it."""
         # A failed save may still be listed in the manager's memory; re-read the disk so retention
@@ -594,7 +608,8 @@ class Checkpointer:
             if self._config is not None and not self._config_written and jax.process_index() == 0:
                 self._write_root_config(self._config)
             self._config_written = True
-            return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+            with _ORBAX_SAVE_LOCK:
+                return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
         except StepAlreadyExistsError:
             raise  # a ValueError: the caller asked to overwrite a step; nothing was written
         except Exception as e:  # the synchronous part: directories, device-to-host copies, ...

@@ -8,7 +8,9 @@
 order and writes them as a keyframe / residual chain, printing bytes, ratio, kept fractions and the
 reconstruction error per step. ``decompress`` writes the reconstructed states back as plain Orbax
 checkpoints that ``jaxslim-train`` resumes from. ``inspect`` prints a directory's steps (kind,
-reference, bytes) and the per-tensor sparsity and error of one step. None of them needs the model
+reference, bytes), the expected resume error of one step (weight error, Adam moments kept and the
+error of the second-moment fill, and the loss change measured at the same settings) and its
+per-tensor sparsity and error. None of them needs the model
 code: trees are read in the layout Orbax stored.
 """
 
@@ -20,7 +22,6 @@ import json
 import pathlib
 import sys
 import typing
-from typing import Any
 
 from jaxslim.cli.errors import debug_requested, run_command
 from jaxslim.config import CodecConfig
@@ -52,17 +53,6 @@ def _stacked_from_config(directory: pathlib.Path):
                 return lambda path, shape: "['stack']" in path and len(shape) >= 2 and shape[0] == n
             return lambda path, shape: False
     return None
-
-
-def _fill(tree: Any, leaves: list[Any]) -> Any:
-    """The tree of the codec metadata (Orbax's serialised form, leaves numbered) with its arrays."""
-    if isinstance(tree, bool) or tree is None:
-        return tree
-    if isinstance(tree, int):
-        return leaves[tree]
-    if isinstance(tree, list):
-        return [_fill(t, leaves) for t in tree]
-    return {k: _fill(v, leaves) for k, v in tree.items()}
 
 
 def _codec_flags(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +115,7 @@ def compress(args) -> int:
 
 def decompress(args) -> int:
     from jaxslim.checkpoint import Checkpointer, CompressedCheckpointer, NoCheckpointError
+    from jaxslim.checkpoint.compressed import numbered_tree
 
     src, dst = absolute(args.src), absolute(args.dst)
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
@@ -141,7 +132,7 @@ def decompress(args) -> int:
     ):
         for step in steps:
             leaves, extra, meta = comp.restore_leaves(step)
-            state = _fill(meta["tree"], leaves)
+            state = numbered_tree(meta["tree"], leaves)
             out.save(step, state, extra=extra, force=True)
             print(f"step {step}: {_human(_bytes(src / str(step)))} -> {_human(_bytes(tmp / str(step)))}")
     comp.close()
@@ -150,7 +141,8 @@ def decompress(args) -> int:
 
 def _tensor_table(meta: dict) -> None:
     print(
-        f"\n{'tensor':<70} {'shape':<18} {'kind':<7} {'kept':>6} {'m kept':>7} {'rel.err':>8} {'max err':>9}"
+        f"\n{'tensor':<70} {'shape':<18} {'kind':<7} {'kept':>6} {'m kept':>7} {'rel.err':>8} {'max err':>9} "
+        f"{'v fill':>6}"
     )
     for e in meta["leaves"]:
         if e["kind"] == "raw" and not e["shape"]:
@@ -160,13 +152,16 @@ def _tensor_table(meta: dict) -> None:
         mk = f"{s['moments_kept']:.1%}" if "moments_kept" in s else "-"
         rel = f"{s['rel_rms_error']:.1e}" if "rel_rms_error" in s else ("0" if e["kind"] != "moment" else "-")
         mx = f"{s['max_error']:.1e}" if "max_error" in s else "-"
+        fill = f"{s['v_fill_log2_rms']:.2f}" if "v_fill_log2_rms" in s else "-"
         print(
-            f"{e['path'][:70]:<70} {str(tuple(e['shape'])):<18} {e['kind']:<7} {kept:>6} {mk:>7} {rel:>8} {mx:>9}"
+            f"{e['path'][:70]:<70} {str(tuple(e['shape'])):<18} {e['kind']:<7} {kept:>6} {mk:>7} {rel:>8} {mx:>9} "
+            f"{fill:>6}"
         )
 
 
 def inspect(args) -> int:
     from jaxslim.checkpoint import CompressedCheckpointer, NoCheckpointError
+    from jaxslim.checkpoint.resume_cost import describe
 
     src = absolute(args.src)
     comp = CompressedCheckpointer(src, CodecConfig(), read_only=True)
@@ -192,6 +187,7 @@ def inspect(args) -> int:
     meta = comp.metadata(step)
     if meta is not None:
         print(f"\nstep {step}: restore chain {comp.chain(step)}, alpha {meta['alpha']}, beta {meta['beta']}")
+        print("\n".join(describe(meta)))
         _tensor_table(meta)
     comp.close()
     return 0

@@ -1,0 +1,88 @@
+"""What resuming from a lossy checkpoint costs: a per-step summary from the codec metadata, and the
+loss changes measured by ``benchmarks/checkpoint_compression.py`` at the same settings.
+
+A lossy restore changes three things: the weights (each coded tensor's relative RMS error is in its
+metadata), Adam's first moment (restarts at zero where joint shrinking dropped it) and the second
+moment (coded where kept; elsewhere filled per :attr:`CodecConfig.moment_fill`, with the RMS of
+``log2(v_restored / v)`` over the filled entries in the metadata: an Adam update there is off by a
+factor of about ``2 ** (rms / 2)``, since it scales with ``1 / sqrt(v)``).
+
+Example:
+    >>> summary = resume_cost({"mode": "excp", "bits": {"weights": 2, "moments": 2}, "leaves": [
+    ...     {"kind": "weight", "stats": {"rel_rms_error": 0.01, "kept": 0.5, "moments_kept": 0.08,
+    ...      "v_fill_log2_rms": 1.2}}], "moment_fill": "factored"})
+    >>> summary["weight_rel_rms_error"], summary["moments_kept"]
+    (0.01, 0.08)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Final validation loss vs the uncompressed run after resuming from the latest lossy checkpoint
+# every 2 saves, weights and moments at the same bits, an 8-bit keyframe every 5 saves
+# (benchmarks/README.md, "checkpoint_compression.py"): {(weight bits, moment fill): {run: change}}.
+# "gpt 40 steps": the demo GPT, a save every 10 steps, one resume; "gpt 200 steps" / "minilm 200
+# steps": a save every 20 steps, four resumes (measured before the fill existed, so with v = 0).
+MEASURED: dict[tuple[int, str], dict[str, float]] = {
+    (2, "factored"): {"gpt 40 steps": 0.0007},
+    (2, "zero"): {"gpt 40 steps": 0.0054, "gpt 200 steps": 0.0168, "minilm 200 steps": 0.0467},
+    (4, "zero"): {"gpt 200 steps": 0.0058, "minilm 200 steps": 0.0368},
+}
+
+
+def resume_cost(meta: dict[str, Any]) -> dict[str, Any]:
+    """Summary of what restoring the step of ``meta`` (its codec metadata) changes.
+
+    Returns:
+        ``mode``, ``weight_rel_rms_error`` (mean over coded weights) and ``..._max``,
+        ``moments_kept`` (mean fraction of entries whose Adam moments were kept),
+        ``moment_fill`` and ``v_fill_log2_rms`` (mean over coded weights; ``None`` without a fill),
+        and ``measured``: the benchmark's loss changes at the step's weight bits and fill, if any.
+    """
+    stats = [e.get("stats", {}) for e in meta.get("leaves", []) if e.get("kind") == "weight"]
+    fill = meta.get("moment_fill", "zero")
+
+    def mean(key: str) -> float | None:
+        xs = [s[key] for s in stats if key in s]
+        return sum(xs) / len(xs) if xs else None
+
+    errs = [s["rel_rms_error"] for s in stats if "rel_rms_error" in s]
+    bits = meta.get("bits", {}).get("weights")
+    return {
+        "mode": meta.get("mode"),
+        "weight_rel_rms_error": mean("rel_rms_error"),
+        "weight_rel_rms_error_max": max(errs) if errs else None,
+        "moments_kept": mean("moments_kept"),
+        "moment_fill": fill,
+        "v_fill_log2_rms": mean("v_fill_log2_rms") if fill != "zero" else None,
+        "measured": MEASURED.get((bits, fill)) if meta.get("mode") == "excp" else None,
+    }
+
+
+def describe(meta: dict[str, Any]) -> list[str]:
+    """:func:`resume_cost` as lines for ``jaxslim-ckpt inspect``."""
+    c = resume_cost(meta)
+    if c["mode"] != "excp":
+        return ["expected resume error: none (lossless: a restore is bit-exact)"]
+    lines = ["expected resume error (this step restored and trained on):"]
+    if c["weight_rel_rms_error"] is not None:
+        lines.append(
+            f"  weights: relative RMS error {c['weight_rel_rms_error']:.1e} on average, "
+            f"{c['weight_rel_rms_error_max']:.1e} at most (per coded tensor)"
+        )
+    if c["moments_kept"] is not None:
+        kept = c["moments_kept"]
+        if c["v_fill_log2_rms"] is not None:
+            factor = 2 ** (c["v_fill_log2_rms"] / 2)
+            v = (
+                f"Adam's v filled ({c['moment_fill']}) on the other {1 - kept:.0%}: first updates there "
+                f"off by a factor ~{factor:.2f} (log2 RMS {c['v_fill_log2_rms']:.2f} of v)"
+            )
+        else:
+            v = f"v = 0 on the other {1 - kept:.0%}: the first updates there are sign-like"
+        lines.append(f"  moments: {kept:.1%} kept, m restarts at 0 elsewhere; {v}")
+    if c["measured"]:
+        runs = ", ".join(f"{model} {change:+.2%}" for model, change in c["measured"].items())
+        lines.append(f"  measured at these settings, final loss after resuming every 2 saves: {runs}")
+    return lines
