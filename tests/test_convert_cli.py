@@ -8,9 +8,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import require
 from hf_models import inputs, tiny, torch_outputs
 
+from conftest import require
 from jaxslim.cli.convert import main
 from jaxslim.config import ModelConfig
 from jaxslim.convert import ConversionError, flat_params, load_hf, load_jaxslim, save_jaxslim

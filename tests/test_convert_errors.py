@@ -10,10 +10,10 @@ import re
 
 import numpy as np
 import pytest
-from conftest import require
 from hf_models import tiny
 from safetensors.numpy import load_file, save_file
 
+from conftest import require
 from jaxslim.config import ModelConfig
 from jaxslim.convert import ConversionError, config_from_hf, flat_params, load_hf, save_hf
 from jaxslim.convert.hf import model_from_flat, param_shapes

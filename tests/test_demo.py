@@ -3,7 +3,6 @@
 import re
 
 from conftest import require
-
 from jaxslim.cli.demo import main
 
 

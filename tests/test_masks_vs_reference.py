@@ -6,9 +6,9 @@ attention output projection (or one neuron's column of the FFN output projection
 
 import numpy as np
 import pytest
-from conftest import require
 from hf_models import inputs, tiny, torch_outputs
 
+from conftest import require
 from jaxslim.convert import load_hf
 
 pytestmark = pytest.mark.torch

@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import require
 from hf_models import inputs, tiny, torch_outputs
 
+from conftest import require
 from jaxslim.convert import load_hf
 from jaxslim.prune.export import EXPORT_INFO, export_hf, fold_masks
 
