@@ -81,7 +81,7 @@ class GrowthMethod(Method):
             f"{after / 1e6:.2f}M parameters); the schedule continues from step "
             f"{event['restart_step']} and the run ends after step {staging.end_step}"
         )
-        extra = {**run.checkpoint_extra(), **self.extra()}
+        extra = run.checkpoint_extra()  # holds this method's extra, with the growth just recorded
         with Checkpointer(
             run.workdir / "stages" / f"grown-{staging.stage}",
             max_to_keep=1,

@@ -14,20 +14,7 @@ into a smaller, faster model. :func:`prune_post_training` runs the whole pipelin
 :func:`prune_distill` goes further (SlimSAM): residual channels, then heads and neurons, each
 followed by distillation from the dense teacher.
 
-Example:
-    >>> from flax import nnx
-    >>> from jaxslim.config import ModelConfig
-    >>> from jaxslim.models import Transformer
-    >>> from jaxslim.prune import bucket_batches, distill_loss, prune_post_training, slim
-    >>> cfg = ModelConfig.bert(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16)
-    >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
-    >>> sentences = [[(7 * i + j) % 63 + 1 for j in range(8 + i % 8)] for i in range(16)]  # token ids
-    >>> r = prune_post_training(model, bucket_batches(sentences, batch_size=8), distill_loss(), budget=0.5)
-    >>> r.flops <= 0.5
-    True
-    >>> small = slim(model, r.head_mask, r.neuron_mask)
-    >>> small.cfg.layer_heads, small.cfg.layer_ffn
-    ((3, 2), (21, 24))
+A worked example of the whole post-training pipeline is in :mod:`jaxslim.prune.posttrain`.
 """
 
 from jaxslim.prune.distill import (
