@@ -210,7 +210,11 @@ def _overhead(name, step_fn, keep, args, work: pathlib.Path) -> dict:
     n = args.overhead_steps
     for rep in range(args.overhead_reps):
         for v in variants[rep % 3 :] + variants[: rep % 3]:
-            ck = None if v == "none" else _checkpointer(v, work / name / f"overhead-{v}-{rep}", 5, args.alpha)
+            ck = (
+                None
+                if v == "none"
+                else _checkpointer(v, work / name / f"overhead-{v}-{rep}", args.keyframe_every, args.alpha)
+            )
             state = jax.tree.map(jnp.copy, keep)
             jax.block_until_ready(state)
             t = time.perf_counter()
@@ -293,6 +297,8 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
                 [s for s, k in zip(sizes, kinds, strict=True) if k == "delta"] or [0]
             ),
             "bytes": sizes,
+            # the last keyframe interval: a whole keyframe + deltas cycle, late in the run
+            "bytes_late": statistics.mean(sizes[-args.keyframe_every :]),
             "blocking_s": blocking[v],
             "blocking_median_s": statistics.median(blocking[v][1:] or blocking[v]),
             "restore_last_s": restore_s,
@@ -312,6 +318,7 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
     base = rows["orbax"]
     for r in rows.values():
         r["ratio"] = base["bytes_mean"] / r["bytes_mean"]
+        r["ratio_late"] = base["bytes_late"] / r["bytes_late"]
         r["blocking_vs_orbax"] = r["blocking_median_s"] / base["blocking_median_s"]
         r["restore_mb_s"] = nbytes / 1e6 / r["restore_last_s"]
     print(f"run A: {train_s:.0f} s, validation loss {loss_a:.4f}", flush=True)
@@ -339,7 +346,7 @@ def _resumes(name, step_fn, eval_fn, keep, args, work, loss_a) -> dict:
     for v, fill, every in RESUMES:
         if every not in args.resume_every or v not in args.resume_variants or fill not in args.fills:
             continue
-        tag = f"{v}-{fill}-r{every}"
+        tag = f"{v}-{fill}-r{every}" + ("" if args.resume_lossy == "all" else f"-lossy-{args.resume_lossy}")
         ck = _checkpointer(v, work / name / f"resume-{tag}", args.keyframe_every, args.alpha, fill)
         state = jax.tree.map(jnp.copy, keep)
         saves = resumes = 0
@@ -349,7 +356,12 @@ def _resumes(name, step_fn, eval_fn, keep, args, work, loss_a) -> dict:
                 ck.save(i + 1, state)
                 saves += 1
                 if saves % every == 0 and i + 1 < args.steps:
-                    state, _ = ck.restore(abstract_like(state))
+                    restored, _ = ck.restore(abstract_like(state))
+                    if args.resume_lossy == "weights":  # diagnostic: the true moments
+                        restored = state._replace(params=restored.params)
+                    elif args.resume_lossy == "moments":  # diagnostic: the true weights
+                        restored = restored._replace(params=state.params)
+                    state = restored
                     resumes += 1
         loss_b = eval_fn(state)
         ck.close()
@@ -357,6 +369,7 @@ def _resumes(name, step_fn, eval_fn, keep, args, work, loss_a) -> dict:
             "variant": v,
             "fill": fill,
             "resume_every": every,
+            "lossy": args.resume_lossy,
             "val_loss": loss_b,
             "rel_diff": None if loss_a is None else (loss_b - loss_a) / loss_a,
             "resumes": resumes,
@@ -381,6 +394,12 @@ def main() -> None:
     )
     parser.add_argument("--only-resumes", action="store_true", help="runs B only (no run A, no table)")
     parser.add_argument("--resume-variants", nargs="+", default=["excp2", "excp4"])
+    parser.add_argument(
+        "--resume-lossy",
+        choices=["all", "weights", "moments"],
+        default="all",
+        help="what runs B take from the lossy checkpoint; the rest is the true state (a diagnostic)",
+    )
     parser.add_argument("--fills", nargs="+", default=["factored", "zero"], help="moment fills of runs B")
     parser.add_argument("--variants", nargs="+", default=["orbax", "excp4", "excp2"], choices=VARIANTS)
     parser.add_argument(
@@ -388,6 +407,9 @@ def main() -> None:
     )
     parser.add_argument("--overhead-reps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="40 steps, a checkpoint every 8")
+    parser.add_argument(
+        "--name", default="checkpoint_compression", help="results file name (default: checkpoint_compression)"
+    )
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
     args = parser.parse_args()
     if args.quick:
@@ -417,10 +439,10 @@ def main() -> None:
     }
     print()
     print(
-        "| model | variant | MB / checkpoint (keyframe / delta) | ratio vs Orbax | save blocks s (vs Orbax) "
-        "| restore MB/s (chain) | weight residual kept | moments kept | v fill log2 RMS |"
+        "| model | variant | MB / checkpoint (keyframe / delta) | ratio vs Orbax | ratio, last keyframe interval "
+        "| save blocks s (vs Orbax) | restore MB/s (chain) | weight residual kept | moments kept | v fill log2 RMS |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model, res in results.items():
         for v, r in res["variants"].items():
             kept = f"{r['weight_residual_kept']:.1%}" if "weight_residual_kept" in r else "-"
@@ -428,7 +450,7 @@ def main() -> None:
             fill = f"{r['v_fill_log2_rms']:.2f}" if "v_fill_log2_rms" in r else "-"
             print(
                 f"| {model} | {names[v]} | {r['bytes_mean'] / 1e6:.2f} ({r['bytes_keyframe'] / 1e6:.2f} / "
-                f"{r['bytes_delta'] / 1e6:.2f}) | {r['ratio']:.1f}x | {r['blocking_median_s']:.3f} "
+                f"{r['bytes_delta'] / 1e6:.2f}) | {r['ratio']:.1f}x | {r['ratio_late']:.1f}x | {r['blocking_median_s']:.3f} "
                 f"({r['blocking_vs_orbax']:.2f}x) | {r['restore_mb_s']:.0f} ({r['chain']}) "
                 f"| {kept} | {mkept} | {fill} |"
             )
@@ -459,7 +481,7 @@ def main() -> None:
                 f"| {model} | {res['val_loss_uncompressed']:.4f} | {names[r['variant']]} | {r['fill']} | "
                 f"{r['resume_every']} saves | {r['val_loss']:.4f} | {r['rel_diff']:+.2%} | {r['resumes']} |"
             )
-    name = "checkpoint_compression_quick" if args.quick else "checkpoint_compression"
+    name = f"{args.name}_quick" if args.quick else args.name
     payload = {
         "machine_line": machine_line(),
         "args": {k: v for k, v in vars(args).items() if k != "out"},
