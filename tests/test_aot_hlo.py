@@ -95,3 +95,27 @@ def test_flops_and_roofline():
     est = roofline(flops, 0.0, CHIPS["v5e"])
     assert est["mfu"] == 1.0 and est["step_s"] == pytest.approx(flops / 197e12)
     assert roofline(flops, 1e12, CHIPS["v5e"])["mfu"] < 1.0
+
+
+def test_a_step_the_compiler_refused_reports_why_and_no_sizes():
+    from jaxslim.aot.compile import AotReport
+
+    sizes = ("arguments", "outputs", "aliased", "temporaries", "generated_code", "total")
+    message = "RESOURCE_EXHAUSTED: Ran out of memory on HBM, ... (16.30G) exceeds available HBM (15.75G)."
+    report = AotReport(
+        topology="v5e:16x16",
+        chips=256,
+        mesh={"data": 16, "fsdp": 16, "tensor": 1, "expert": 1},
+        batch=1024,
+        seq_len=2048,
+        hbm_bytes=16 * 2**30,
+        memory={**dict.fromkeys(sizes, 0), "error": message},
+        fits=False,
+        compile_s=1.6,
+        flops_per_step=8.65e16,
+        collectives={},
+        weight_sized_all_reduces=[],
+    )
+    text = report.format()
+    assert "did not compile" in text and "DOES NOT FIT" in text and message in text
+    assert "0.00 GiB" not in text and "roofline" not in text

@@ -55,6 +55,15 @@ class AotReport:
         lines = [
             f"topology {self.topology} ({self.chips} chips), mesh {self.mesh}, "
             f"batch {self.batch} x {self.seq_len} tokens ({self.batch * self.seq_len / self.chips:.0f} per chip)",
+        ]
+        if m.get("error"):  # the compiler refused the program: no sizes, no collectives to show
+            lines += [
+                f"did not compile ({self.compile_s:.1f} s): DOES NOT FIT",
+                f"  {m['error']}",
+                f"model FLOPs per step: {self.flops_per_step:.3e} (analytic, remat not counted)",
+            ]
+            return "\n".join(lines)
+        lines += [
             f"compiled in {self.compile_s:.1f} s",
             "per-chip HBM: "
             + ", ".join(
@@ -192,7 +201,7 @@ def compile_train_step(cfg: TrainConfig, topology: Topology | None = None) -> tu
         collectives=summary,
         weight_sized_all_reduces=weight_sized(found, state),
     )
-    if chip is not None:
+    if chip is not None and compiled is not None:
         sent = sum(s["sent_bytes"] for s in summary.values())
         report.estimate = roofline(flops / chips, sent, chip)
     return report, compiled
