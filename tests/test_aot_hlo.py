@@ -119,3 +119,18 @@ def test_a_step_the_compiler_refused_reports_why_and_no_sizes():
     text = report.format()
     assert "did not compile" in text and "DOES NOT FIT" in text and message in text
     assert "0.00 GiB" not in text and "roofline" not in text
+
+
+def test_group_size_of_mesh_groups_with_a_device_order():
+    # a mesh axis over a subset of a 16 x 16 mesh whose devices the compiler lists transposed
+    hlo = """\
+HloModule jit_step
+
+ENTRY %main (w: bf16[16,128]) -> bf16[256,128] {
+  %w = bf16[16,128]{1,0} parameter(0)
+  ROOT %ag = bf16[256,128]{1,0} all-gather(%w), channel_id=84, replica_groups=mesh['axis_0'=16,'axis_1'=1,'axis_2'=16], device_ids=([16,16]T(1,0)) {'axis_0'}, dimensions={0}, use_global_device_ids=true
+}
+"""
+    (found,) = collectives(hlo)
+    assert (found.kind, found.group, found.shape) == ("all-gather", 16, (256, 128))
+    assert found.sent_bytes == 256 * 128 * 2 * 15 / 16
