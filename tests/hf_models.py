@@ -5,6 +5,7 @@ round trip."""
 import json
 
 import numpy as np
+import pytest
 
 VOCAB = 99
 # a tiny Llama (grouped-query attention) that several test files extend
@@ -60,6 +61,31 @@ def tiny(kind: str):
         return build_hf("GPT2Config", "GPT2LMHeadModel", kw)
     kw = dict(LLAMA, tie_word_embeddings=kind == "llama_tied", rope_theta=500.0)
     return build_hf("LlamaConfig", "LlamaForCausalLM", kw)
+
+
+def padded_inputs(pad: int, vocab: int, seed: int = 0):
+    """Three rows of ids without the padding id ``pad``, padded with it where the mask is 0 (right
+    on row 1, left on row 2)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(pad + 1, vocab, (3, 12))
+    mask = np.ones(ids.shape, np.int64)
+    mask[1, -4:] = 0
+    mask[2, :3] = 0
+    ids[mask == 0] = pad
+    return ids, mask
+
+
+def saved_models(kinds, build):
+    """A module fixture over ``kinds``: ``(kind, build(kind), the folder that model was saved in)``."""
+
+    @pytest.fixture(scope="module", params=list(kinds))
+    def saved(request, tmp_path_factory):
+        model = build(request.param)
+        path = tmp_path_factory.mktemp(request.param)
+        model.save_pretrained(path)
+        return request.param, model, path
+
+    return saved
 
 
 def inputs(batch=2, length=12, seed=0):

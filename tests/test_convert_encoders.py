@@ -16,6 +16,8 @@ from hf_models import (
     assert_round_trip_bit_exact,
     build_hf,
     max_diff,
+    padded_inputs,
+    saved_models,
     torch_outputs,
 )
 
@@ -92,22 +94,10 @@ def build(kind: str):
 
 
 def inputs(seed=0):
-    """Ids without the padding id, padded with it where the mask is 0 (right on row 1, left on row 2)."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(PAD + 1, VOCAB, (3, 12))
-    mask = np.ones(ids.shape, np.int64)
-    mask[1, -4:] = 0
-    mask[2, :3] = 0
-    ids[mask == 0] = PAD
-    return ids, mask
+    return padded_inputs(PAD, VOCAB, seed)
 
 
-@pytest.fixture(scope="module", params=list(KINDS))
-def saved(request, tmp_path_factory):
-    model = build(request.param)
-    path = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(path)
-    return request.param, model, path
+saved = saved_models(KINDS, build)
 
 
 def test_parity(saved):
