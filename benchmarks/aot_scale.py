@@ -33,6 +33,7 @@ CASES = [
     ("llama2_7b", "v5e-256", {"remat_policy": "full"}, "(jaxslim with full remat)"),
     ("llama3_8b:2k", "v5e-256", {}, "1 x 2048 per chip"),
     ("llama3_8b", "v5e-256", {}, "1 x 8192 per chip (Llama 3's context)"),
+    ("mixtral_8x7b", "v5p-128", {}, "2 x 4096 per chip, expert=8 x fsdp=8, capacity dispatch"),
 ]
 
 

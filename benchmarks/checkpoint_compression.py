@@ -322,6 +322,12 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
         r["blocking_vs_orbax"] = r["blocking_median_s"] / base["blocking_median_s"]
         r["restore_mb_s"] = nbytes / 1e6 / r["restore_last_s"]
     print(f"run A: {train_s:.0f} s, validation loss {loss_a:.4f}", flush=True)
+    for v, r in rows.items():  # now, so that a long run shows its ratios before its resumed runs end
+        print(
+            f"  {v}: {r['bytes_mean'] / 1e6:.2f} MB / checkpoint, ratio {r['ratio']:.1f}x "
+            f"(last keyframe interval {r['ratio_late']:.1f}x)",
+            flush=True,
+        )
 
     overhead = _overhead(name, step_fn, keep, args, work) if args.overhead_steps else None
     if overhead:
@@ -383,7 +389,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["gpt", "minilm"], choices=["gpt", "minilm"])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=20)
-    parser.add_argument("--keyframe-every", type=int, default=5)
+    parser.add_argument("--keyframe-every", type=int, default=10)
     parser.add_argument("--alpha", type=float, default=5e-5)
     parser.add_argument(
         "--resume-every",

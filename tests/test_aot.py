@@ -69,6 +69,15 @@ def test_tiny_llama_train_step_compiles_for_v5e_2x2_and_reduce_scatters(tmp_path
     assert (tmp_path / "aot" / "executable.bin").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_tiny_mixtral_compiles_for_v5p_with_experts_over_their_own_axis(tmp_path):
+    report = run_aot(tmp_path, "mixtral_8x7b:tiny", "--topology", "v5p:2x2x1")
+    assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "expert": 2}
+    assert report["fits"] and 0 < report["memory"]["total"] < report["hbm_bytes"]
+    # tokens travel to the chips that hold their experts
+    assert report["collectives"]["all-to-all"]["runs"] > 0
+
+
 MESHES = """
 from jaxslim.aot import parse_topology, topology_devices
 from jaxslim.config import MeshConfig
