@@ -1,5 +1,7 @@
 """Llama-2-7B shapes, sized for a v5e-256 pod: 4 sequences of 2048 tokens per chip with remat
-policy ``save_qkv_proj`` (MaxText's v5e-256 llama2_7b configuration), FSDP over every chip, bf16 compute, AdamW.
+policy ``save_qkv_proj`` (MaxText's v5e-256 llama2_7b configuration), FSDP over half the chips
+and two data-parallel groups (with FSDP over the whole pod the TPU compiler all-reduces every weight
+gradient instead of reduce-scattering it: benchmarks/README.md), bf16 compute, AdamW.
 
 ``get_config("")`` is the real shape (``jaxslim-aot llama2_7b --topology v5e-256``: per-chip HBM in
 benchmarks/README.md); ``get_config("tiny")`` keeps the recipe at a few MB for tests
@@ -31,7 +33,7 @@ def get_config(arg: str = "") -> TrainConfig:
         model=ModelConfig.llama(
             **shapes, norm_eps=1e-5, dtype="bfloat16", remat=True, remat_policy="save_qkv_proj"
         ),
-        mesh=MeshConfig(data=1, fsdp=-1),
+        mesh=MeshConfig(data=1 if tiny else 2, fsdp=-1),
         data=DataConfig(corpus="shakespeare", seq_len=seq_len, batch_size=8 if tiny else 1024),
         optim=OptimConfig(lr=3e-4, warmup_steps=2000, weight_decay=0.1, b2=0.95, clip_norm=1.0),
         workdir="runs/llama2_7b" + ("_tiny" if tiny else ""),

@@ -1,5 +1,6 @@
 """Llama-3-8B shapes (128K vocabulary, grouped-query attention), sized for a v5e-256 pod at one
-sequence of 8192 tokens per chip (Llama 3's context), FSDP over every chip, bf16 compute, AdamW.
+sequence of 8192 tokens per chip (Llama 3's context), FSDP over half the chips and two data-parallel
+groups (see ``llama2_7b``), bf16 compute, AdamW.
 
 ``jaxslim-aot llama3_8b --topology v5e-256`` compiles it; ``get_config("2k")`` is the 2048-token,
 one-sequence-per-chip variant. ``data.batch_size`` is global: scale it with the chips of another
@@ -29,7 +30,7 @@ def get_config(arg: str = "") -> TrainConfig:
     )
     return TrainConfig(
         model=model,
-        mesh=MeshConfig(data=1, fsdp=-1),
+        mesh=MeshConfig(data=2, fsdp=-1),
         data=DataConfig(corpus="shakespeare", seq_len=seq_len, batch_size=256),
         optim=OptimConfig(lr=3e-4, warmup_steps=2000, weight_decay=0.1, b2=0.95, clip_norm=1.0),
         workdir="runs/llama3_8b",
