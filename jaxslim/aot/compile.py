@@ -51,19 +51,27 @@ class AotReport:
         return dataclasses.asdict(self)
 
     def format(self) -> str:
-        m = self.memory
         lines = [
             f"topology {self.topology} ({self.chips} chips), mesh {self.mesh}, "
             f"batch {self.batch} x {self.seq_len} tokens ({self.batch * self.seq_len / self.chips:.0f} per chip)",
         ]
-        if m.get("error"):  # the compiler refused the program: no sizes, no collectives to show
-            lines += [
-                f"did not compile ({self.compile_s:.1f} s): DOES NOT FIT",
-                f"  {m['error']}",
-                f"model FLOPs per step: {self.flops_per_step:.3e} (analytic, remat not counted)",
-            ]
-            return "\n".join(lines)
-        lines += [
+        if self.memory.get("error"):  # the compiler refused the program: no sizes, no collectives
+            lines += [f"did not compile ({self.compile_s:.1f} s): DOES NOT FIT", f"  {self.memory['error']}"]
+        else:
+            lines += self._compiled_lines()
+        lines.append(f"model FLOPs per step: {self.flops_per_step:.3e} (analytic, remat not counted)")
+        e = self.estimate  # empty when the step did not compile
+        if e:
+            lines.append(
+                f"roofline estimate: compute {e['compute_s'] * 1e3:.3g} ms, ICI {e['comm_s'] * 1e3:.3g} ms, "
+                f"step >= {e['step_s'] * 1e3:.3g} ms, MFU <= {e['mfu'] * 100:.1f}% (estimate, not a measurement)"
+            )
+        return "\n".join(lines)
+
+    def _compiled_lines(self) -> list[str]:
+        """Compile time, per-chip HBM against the chip's, and the collectives of a compiled step."""
+        m = self.memory
+        lines = [
             f"compiled in {self.compile_s:.1f} s",
             "per-chip HBM: "
             + ", ".join(
@@ -84,14 +92,7 @@ class AotReport:
             lines.append("  none")
         if self.weight_sized_all_reduces:
             lines.append("  weight-sized all-reduces: " + ", ".join(self.weight_sized_all_reduces[:8]))
-        lines.append(f"model FLOPs per step: {self.flops_per_step:.3e} (analytic, remat not counted)")
-        e = self.estimate
-        if e:
-            lines.append(
-                f"roofline estimate: compute {e['compute_s'] * 1e3:.3g} ms, ICI {e['comm_s'] * 1e3:.3g} ms, "
-                f"step >= {e['step_s'] * 1e3:.3g} ms, MFU <= {e['mfu'] * 100:.1f}% (estimate, not a measurement)"
-            )
-        return "\n".join(lines)
+        return lines
 
 
 def _abstract_batch(cfg: TrainConfig, sharding) -> dict[str, jax.ShapeDtypeStruct]:

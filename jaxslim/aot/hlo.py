@@ -65,8 +65,8 @@ def _group_size(line: str) -> int:
     m = re.search(r"replica_groups=\{\{([\d,]+)\}", line)
     if m:
         return len(m.group(1).split(","))
-    # mesh['axis_0'=16,'axis_1'=16] {'axis_1'}, possibly with ", device_ids=([16,16]T(1,0))" between
-    m = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", line)
+    # mesh['axis_0'=16,'axis_1'=16] {'axis_1'}, or with a device order: ..., device_ids=([16,16]T(1,0)) {...}
+    m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\S+)?\s*\{([^}]*)\}", line)
     if m:
         sizes = dict(re.findall(r"'?(\w+)'?=(\d+)", m.group(1)))
         names = re.findall(r"'?(\w+)'?", m.group(2))
