@@ -39,6 +39,7 @@ import argparse
 import importlib.util
 import os
 import pathlib
+import re
 import shutil
 import statistics
 import tempfile
@@ -177,6 +178,18 @@ def build_minilm(steps: int):
 
 
 VARIANTS = ("orbax", "lossless", "excp4", "excp2")
+# ExCP variants by name: ``excp<weight bits>`` or ``excp<weight bits>m<moment bits>`` (e.g. excp3m2)
+_EXCP = re.compile(r"excp([2-8])(?:m([2-8]))?")
+
+
+def _variant(name: str) -> str:
+    if name in ("orbax", "lossless") or _EXCP.fullmatch(name):
+        return name
+    raise argparse.ArgumentTypeError(
+        f"unknown variant {name!r}: orbax, lossless, excp<bits> or excp<bits>m<bits>"
+    )
+
+
 # runs B: (variant, moment fill, resume every this many saves)
 RESUMES = (
     ("excp2", "factored", 2),
@@ -195,9 +208,13 @@ def _checkpointer(variant: str, directory: pathlib.Path, keyframe_every: int, al
     if variant == "lossless":
         codec = CodecConfig(mode="lossless", keyframe_every=keyframe_every)
     else:
-        bits = int(variant[-1])
+        w, m = _EXCP.fullmatch(variant).groups()
         codec = CodecConfig(
-            weight_bits=bits, moment_bits=bits, keyframe_every=keyframe_every, alpha=alpha, moment_fill=fill
+            weight_bits=int(w),
+            moment_bits=int(m or w),
+            keyframe_every=keyframe_every,
+            alpha=alpha,
+            moment_fill=fill,
         )
     return CompressedCheckpointer(directory, codec, max_to_keep=None)
 
@@ -349,9 +366,11 @@ def _resumes(name, step_fn, eval_fn, keep, args, work, loss_a) -> dict:
     from jaxslim.checkpoint import abstract_like
 
     resumed = {}
-    for v, fill, every in RESUMES:
-        if every not in args.resume_every or v not in args.resume_variants or fill not in args.fills:
-            continue
+    # excp2 / excp4 run the RESUMES combinations asked for; other variants every fill and interval
+    standard = {r[0] for r in RESUMES}
+    asked = [(v, f, e) for v in args.resume_variants for f in args.fills for e in args.resume_every]
+    runs = [r for r in RESUMES if r in asked] + [r for r in asked if r[0] not in standard]
+    for v, fill, every in runs:
         tag = f"{v}-{fill}-r{every}" + ("" if args.resume_lossy == "all" else f"-lossy-{args.resume_lossy}")
         ck = _checkpointer(v, work / name / f"resume-{tag}", args.keyframe_every, args.alpha, fill)
         state = jax.tree.map(jnp.copy, keep)
@@ -399,7 +418,7 @@ def main() -> None:
         help="runs B resume from their latest checkpoint every this many saves",
     )
     parser.add_argument("--only-resumes", action="store_true", help="runs B only (no run A, no table)")
-    parser.add_argument("--resume-variants", nargs="+", default=["excp2", "excp4"])
+    parser.add_argument("--resume-variants", nargs="+", type=_variant, default=["excp2", "excp4"])
     parser.add_argument(
         "--resume-lossy",
         choices=["all", "weights", "moments"],
@@ -407,7 +426,7 @@ def main() -> None:
         help="what runs B take from the lossy checkpoint; the rest is the true state (a diagnostic)",
     )
     parser.add_argument("--fills", nargs="+", default=["factored", "zero"], help="moment fills of runs B")
-    parser.add_argument("--variants", nargs="+", default=["orbax", "excp4", "excp2"], choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=["orbax", "excp4", "excp2"], type=_variant)
     parser.add_argument(
         "--overhead-steps", type=int, default=100, help="steps of each train-time overhead run (0: none)"
     )
@@ -437,12 +456,13 @@ def main() -> None:
     if args.only_resumes:
         print(results)
         return
-    names = {
-        "orbax": "Orbax default (zstd)",
-        "lossless": "jaxslim lossless",
-        "excp4": "ExCP 4-bit",
-        "excp2": "ExCP 2-bit",
-    }
+
+    def label(v: str) -> str:
+        if v in ("orbax", "lossless"):
+            return {"orbax": "Orbax default (zstd)", "lossless": "jaxslim lossless"}[v]
+        w, m = _EXCP.fullmatch(v).groups()
+        return f"ExCP {w}-bit" if m in (None, w) else f"ExCP {w}-bit weights, {m}-bit moments"
+
     print()
     print(
         "| model | variant | MB / checkpoint (keyframe / delta) | ratio vs Orbax | ratio, last keyframe interval "
@@ -455,7 +475,7 @@ def main() -> None:
             mkept = f"{r['moments_kept']:.1%}" if "moments_kept" in r else "-"
             fill = f"{r['v_fill_log2_rms']:.2f}" if "v_fill_log2_rms" in r else "-"
             print(
-                f"| {model} | {names[v]} | {r['bytes_mean'] / 1e6:.2f} ({r['bytes_keyframe'] / 1e6:.2f} / "
+                f"| {model} | {label(v)} | {r['bytes_mean'] / 1e6:.2f} ({r['bytes_keyframe'] / 1e6:.2f} / "
                 f"{r['bytes_delta'] / 1e6:.2f}) | {r['ratio']:.1f}x | {r['ratio_late']:.1f}x | {r['blocking_median_s']:.3f} "
                 f"({r['blocking_vs_orbax']:.2f}x) | {r['restore_mb_s']:.0f} ({r['chain']}) "
                 f"| {kept} | {mkept} | {fill} |"
@@ -484,7 +504,7 @@ def main() -> None:
     for model, res in results.items():
         for r in res["resumed"].values():
             print(
-                f"| {model} | {res['val_loss_uncompressed']:.4f} | {names[r['variant']]} | {r['fill']} | "
+                f"| {model} | {res['val_loss_uncompressed']:.4f} | {label(r['variant'])} | {r['fill']} | "
                 f"{r['resume_every']} saves | {r['val_loss']:.4f} | {r['rel_diff']:+.2%} | {r['resumes']} |"
             )
     name = f"{args.name}_quick" if args.quick else args.name

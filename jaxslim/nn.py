@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from jaxslim.config import ModelConfig, RopeScaling
-from jaxslim.sharding import constrain, shard_gradient
+from jaxslim.sharding import constrain, context_spec, shard_gradient
 
 INIT_STD = 0.02  # BERT / GPT-2 / Llama all initialise weights with N(0, 0.02^2)
 
@@ -136,9 +137,12 @@ def _lookup(table: jax.Array, ids: jax.Array, row_axis: str | None = None) -> ja
 
     The forward pass gathers the table's embed dimension first: without that constraint the
     partitioner cannot map the gather onto a batch sharded over the same mesh axis and replicates
-    everything. The gradient is a scatter-add of each device's tokens, constrained back to the
-    table's own sharding, so FSDP reduce-scatters it; the plain transpose of the forward constraint
-    would all-reduce a whole ``[rows, embed]`` table on every chip.
+    everything. The gradient is a scatter-add into the table's own sharding, each device adding
+    only its own columns: the token gradients move from the batch's sharding to the table's columns
+    first (one all-to-all of ``[tokens, embed]`` over the FSDP axes), so no chip holds a whole
+    ``[rows, embed]`` gradient and what is summed across chips is a column shard (over the
+    data-parallel axes). Scattering whole rows instead makes the partitioner all-reduce the whole
+    table's gradient on every chip.
     """
     return _sharded_take(table, ids, row_axis)
 
@@ -154,7 +158,14 @@ def _sharded_take_fwd(table, ids, row_axis):
 
 def _sharded_take_bwd(row_axis, res, g):
     table, ids = res
-    grad = jnp.zeros(table.shape, g.dtype).at[ids].add(g, mode="drop")
+    ids, g = ids.reshape(-1), g.reshape(-1, g.shape[-1])
+    # the columns take their mesh axes first; the tokens keep the batch axes that are left
+    spec = context_spec(("embed", "batch"), g.shape[::-1])
+    if spec is not None:
+        g = jax.lax.with_sharding_constraint(g, PartitionSpec(spec[1], spec[0]))
+        ids = jax.lax.with_sharding_constraint(ids, PartitionSpec(spec[1]))
+    grad = constrain(jnp.zeros(table.shape, g.dtype), (row_axis, "embed"))
+    grad = grad.at[ids].add(g, mode="drop")
     return constrain(grad.astype(table.dtype), (row_axis, "embed")), None
 
 

@@ -194,18 +194,25 @@ def shard_batch(batch: Any, mesh: Mesh, rules: Rules) -> Any:
     )
 
 
+def context_spec(axes: Sequence[str | None], shape: Sequence[int]) -> PartitionSpec | None:
+    """The ``PartitionSpec`` of logical ``axes`` under the active mesh and rules (``None`` outside
+    a mesh context or without rules), one entry per dimension of ``shape``."""
+    rules = flax_spmd.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return None
+    spec = tuple(logical_to_spec(axes, rules, mesh, shape))
+    return PartitionSpec(*spec, *(None,) * (len(shape) - len(spec)))
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """Constrains an activation to its logical axes under the active mesh and rules.
 
     A no-op outside a mesh context (``jax.set_mesh``) or without ``nnx.logical_axis_rules``, so
     layers stay usable on a single device with no setup.
     """
-    rules = flax_spmd.get_logical_axis_rules()
-    mesh = jax.sharding.get_abstract_mesh()
-    if not rules or mesh.empty:
-        return x
-    spec = logical_to_spec(axes, rules, mesh, x.shape)
-    return jax.lax.with_sharding_constraint(x, spec)
+    spec = context_spec(axes, x.shape)
+    return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
 
 
 # XLA options for steps on a TPU mesh, only those MaxText uses (benchmarks/xla_flags_library.py,

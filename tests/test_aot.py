@@ -70,6 +70,20 @@ def test_tiny_llama_train_step_compiles_for_v5e_2x2_and_reduce_scatters(tmp_path
 
 
 @pytest.mark.slow
+def test_llama2_7b_layers_on_a_v5e_256_pod_reduce_scatter_every_gradient(tmp_path):
+    """Two full-width Llama-2-7B layers (a small vocabulary keeps the compile short) on all 256
+    chips of a v5e-256 with the preset's mesh: no weight gradient, the embedding table's included,
+    is all-reduced whole. Four chips cannot show this: which collective the compiler picks depends
+    on the axis sizes."""
+    report = run_aot(
+        tmp_path, "llama2_7b", "--topology", "v5e-256", "--model.n-layers", "2", "--model.vocab-size", "2048"
+    )
+    assert report["chips"] == 256 and report["mesh"]["fsdp"] == 128
+    assert report["weight_sized_all_reduces"] == []
+    assert report["collectives"]["reduce-scatter"]["runs"] > 0
+
+
+@pytest.mark.slow
 def test_tiny_mixtral_compiles_for_v5p_with_experts_over_their_own_axis(tmp_path):
     report = run_aot(tmp_path, "mixtral_8x7b:tiny", "--topology", "v5p:2x2x1")
     assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "expert": 2}

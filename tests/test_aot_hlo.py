@@ -3,7 +3,7 @@
 
 import pytest
 
-from jaxslim.aot import CHIPS, collectives, parse_topology, roofline, summarize, train_flops
+from jaxslim.aot import CHIPS, collectives, parse_topology, remat_flops, roofline, summarize, train_flops
 from jaxslim.config import ModelConfig
 
 HLO = """\
@@ -95,6 +95,24 @@ def test_flops_and_roofline():
     est = roofline(flops, 0.0, CHIPS["v5e"])
     assert est["mfu"] == 1.0 and est["step_s"] == pytest.approx(flops / 197e12)
     assert roofline(flops, 1e12, CHIPS["v5e"])["mfu"] < 1.0
+
+
+def test_remat_recomputation_lowers_the_mfu_bound_by_what_the_policy_does_not_keep():
+    from jaxslim.config import REMAT_POLICIES
+
+    cfg = ModelConfig.llama(vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, d_ff=11008)
+    model = train_flops(cfg, batch=1, seq_len=2048)
+    head = 3 * 2 * 4096 * 32000 * 2048
+    assert remat_flops(cfg, 1, 2048) == 0.0  # no remat
+    full = remat_flops(cfg.replace(remat=True, remat_policy="full"), 1, 2048)
+    # full remat recomputes every block's forward pass: a third of the model FLOPs, the head aside
+    assert full == pytest.approx((model - head) / 3, rel=1e-6)
+    by_policy = {p: remat_flops(cfg.replace(remat=True, remat_policy=p), 1, 2048) for p in REMAT_POLICIES}
+    assert by_policy["none"] == by_policy["save_dots"] == 0.0
+    assert 0 < by_policy["save_dot_except_mlpwi"] < by_policy["save_qkv_proj"] < full
+    est = roofline(model, 0.0, CHIPS["v5e"], full)
+    assert est["step_s"] == pytest.approx((model + full) / 197e12)
+    assert est["mfu"] == pytest.approx(model / (model + full)) and est["mfu"] < 0.77
 
 
 def test_a_step_the_compiler_refused_reports_why_and_no_sizes():

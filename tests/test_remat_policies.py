@@ -30,12 +30,13 @@ CASES = [
     ("dots_with_no_batch_dims", True),
     ("save_qkv_proj", True),
     ("save_out_proj", False),
+    ("save_dot_except_mlpwi", True),
 ]
 
 
 def test_every_policy_gives_the_gradient_without_remat():
     base = ModelConfig.llama(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
-    assert {p for p, _ in CASES} | {"full", "none", "save_qkv_out_proj", "offload"} == set(REMAT_POLICIES)
+    assert {p for p, _ in CASES} | {"full", "none", "save_qkv_out_proj", "offload", "qkv_proj_offloaded"} == set(REMAT_POLICIES)
     want = {scan: _grads(base.replace(scan_layers=scan))[0] for scan in (True, False)}
     for policy, scan in CASES:
         got, _ = _grads(base.replace(remat=True, remat_policy=policy, scan_layers=scan))
@@ -46,10 +47,11 @@ def test_every_policy_gives_the_gradient_without_remat():
 def test_policies_name_what_they_keep():
     base = ModelConfig.llama(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, remat=True)
     # a policy that saves the q/k/v projections recomputes fewer matmuls than full remat
-    dots = {
-        p: _grads(base.replace(remat_policy=p))[1].count("dot_general") for p in ("full", "save_qkv_proj")
-    }
+    policies = ("full", "save_qkv_proj", "save_dot_except_mlpwi", "none")
+    dots = {p: _grads(base.replace(remat_policy=p))[1].count("dot_general") for p in policies}
     assert dots["save_qkv_proj"] < dots["full"]
+    # keeping the MLP's output too spares its recomputation, but the MLP's input projections stay
+    assert dots["none"] < dots["save_dot_except_mlpwi"] < dots["save_qkv_proj"]
 
 
 def test_unknown_policy_is_refused():

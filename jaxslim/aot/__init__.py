@@ -6,7 +6,7 @@ HBM against the chip's, the collectives per step, the analytic FLOPs and a roofl
 """
 
 from jaxslim.aot.compile import AotReport, build_train_step, compile_train_step, roofline, weight_sized
-from jaxslim.aot.flops import matmul_params_per_token, train_flops
+from jaxslim.aot.flops import matmul_params_per_token, remat_flops, train_flops
 from jaxslim.aot.hlo import Collective, collectives, summarize
 from jaxslim.aot.topologies import CHIPS, Chip, Topology, parse_topology, topology_devices
 
@@ -21,6 +21,7 @@ __all__ = [
     "compile_train_step",
     "matmul_params_per_token",
     "parse_topology",
+    "remat_flops",
     "roofline",
     "summarize",
     "topology_devices",

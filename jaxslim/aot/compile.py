@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxslim.aot.flops import train_flops
+from jaxslim.aot.flops import remat_flops, train_flops
 from jaxslim.aot.hlo import Collective, collectives, summarize
 from jaxslim.aot.topologies import Chip, Topology, topology_devices
 from jaxslim.config import TrainConfig
@@ -63,7 +63,8 @@ class AotReport:
         e = self.estimate  # empty when the step did not compile
         if e:
             lines.append(
-                f"roofline estimate: compute {e['compute_s'] * 1e3:.3g} ms, ICI {e['comm_s'] * 1e3:.3g} ms, "
+                f"roofline estimate: compute {e['compute_s'] * 1e3:.3g} ms (with "
+                f"{e.get('recompute_flops', 0.0):.3e} FLOPs of remat recomputation), ICI {e['comm_s'] * 1e3:.3g} ms, "
                 f"step >= {e['step_s'] * 1e3:.3g} ms, MFU <= {e['mfu'] * 100:.1f}% (estimate, not a measurement)"
             )
         return "\n".join(lines)
@@ -135,12 +136,17 @@ def weight_sized(found: list[Collective], state: Any, *, kinds=("all-reduce",)) 
     ]
 
 
-def roofline(flops_per_chip: float, sent_bytes_per_chip: float, chip: Chip) -> dict[str, float]:
-    """Lower bound on step time from peak FLOP/s and ICI bandwidth, assuming perfect overlap."""
-    compute = flops_per_chip / chip.peak_flops
+def roofline(
+    flops_per_chip: float, sent_bytes_per_chip: float, chip: Chip, recompute_per_chip: float = 0.0
+) -> dict[str, float]:
+    """Lower bound on step time from peak FLOP/s and ICI bandwidth, assuming perfect overlap, and
+    the MFU bound it gives: model FLOPs (``flops_per_chip``) over peak times that step time, which
+    also spends ``recompute_per_chip`` FLOPs on rematerialisation."""
+    compute = (flops_per_chip + recompute_per_chip) / chip.peak_flops
     comm = sent_bytes_per_chip / chip.ici_bytes_per_s
     step = max(compute, comm)
-    return {"compute_s": compute, "comm_s": comm, "step_s": step, "mfu": compute / step if step else 0.0}
+    mfu = flops_per_chip / chip.peak_flops / step if step else 0.0
+    return {"compute_s": compute, "comm_s": comm, "step_s": step, "mfu": mfu}
 
 
 def compile_train_step(cfg: TrainConfig, topology: Topology | None = None) -> tuple[AotReport, Any]:
@@ -204,5 +210,7 @@ def compile_train_step(cfg: TrainConfig, topology: Topology | None = None) -> tu
     )
     if chip is not None and compiled is not None:
         sent = sum(s["sent_bytes"] for s in summary.values())
-        report.estimate = roofline(flops / chips, sent, chip)
+        recompute = remat_flops(cfg.model, cfg.data.batch_size, cfg.data.seq_len)
+        report.estimate = roofline(flops / chips, sent, chip, recompute / chips)
+        report.estimate["recompute_flops"] = recompute
     return report, compiled

@@ -26,7 +26,9 @@ RematPolicy = Literal[
     "save_qkv_proj",
     "save_out_proj",
     "save_qkv_out_proj",
+    "save_dot_except_mlpwi",
     "offload",
+    "qkv_proj_offloaded",
 ]
 REMAT_POLICIES: tuple[str, ...] = get_args(RematPolicy)
 AttentionBackend = Literal["auto", "xla", "cudnn", "splash"]
@@ -205,7 +207,10 @@ class ModelConfig(Config):
             recomputation), ``"save_dots"`` every matmul output, ``"dots_with_no_batch_dims"``
             matmul outputs without batch dimensions, ``"save_qkv_proj"`` the query / key / value
             projections, ``"save_out_proj"`` the attention output projection,
-            ``"save_qkv_out_proj"`` both, ``"offload"`` the projections moved to host memory.
+            ``"save_qkv_out_proj"`` both, ``"save_dot_except_mlpwi"`` those and the MLP's output
+            (every matmul output but the MLP's input projections), ``"offload"`` the query / key /
+            value and output projections moved to host memory, ``"qkv_proj_offloaded"`` the query /
+            key / value projections moved to host memory.
         attention: the attention kernel: ``"auto"`` (splash on TPU, cuDNN on GPU, XLA elsewhere),
             ``"xla"``, ``"cudnn"`` or ``"splash"`` (TPU Pallas).
     """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxslim.config import ModelConfig
 from jaxslim.nn import activation, dtypes, expand_to, param, project
@@ -42,7 +43,7 @@ class Mlp(nnx.Module):
         y = project("...f,fd->...d", h, self.wo, HIDDEN, ACT)
         if self.bo is not None:
             y = y + expand_to(self.bo[...].astype(dt), y.ndim)
-        return constrain(y, ("batch", "length", "act_embed"))
+        return checkpoint_name(constrain(y, ("batch", "length", "act_embed")), "mlpwo")
 
     def hidden(self, x: jax.Array) -> jax.Array:
         """The hidden units ``act(x wi + bi) [* (x wu + bu)]``, ``[batch, length, d_ff]``: the output is

@@ -47,9 +47,10 @@ def _scanned_group(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
     return nnx.merge(graphdef, state)
 
 
-# names of the activations attention tags with jax.ad_checkpoint.checkpoint_name
+# names of the activations attention and the MLP tag with jax.ad_checkpoint.checkpoint_name
 QKV_NAMES = ("query_proj", "key_proj", "value_proj")
 OUT_NAMES = ("out_proj",)
+MLP_OUT_NAMES = ("mlpwo",)
 
 
 def remat_policy(name: str):
@@ -63,16 +64,18 @@ def remat_policy(name: str):
         "save_qkv_proj": cp.save_only_these_names(*QKV_NAMES),
         "save_out_proj": cp.save_only_these_names(*OUT_NAMES),
         "save_qkv_out_proj": cp.save_only_these_names(*QKV_NAMES, *OUT_NAMES),
+        "save_dot_except_mlpwi": cp.save_only_these_names(*QKV_NAMES, *OUT_NAMES, *MLP_OUT_NAMES),
     }
-    if name == "offload":
+    offloaded = {"offload": [*QKV_NAMES, *OUT_NAMES], "qkv_proj_offloaded": list(QKV_NAMES)}
+    if name in offloaded:
         return cp.save_and_offload_only_these_names(
             names_which_can_be_saved=[],
-            names_which_can_be_offloaded=[*QKV_NAMES, *OUT_NAMES],
+            names_which_can_be_offloaded=offloaded[name],
             offload_src="device",
             offload_dst="pinned_host",
         )
     if name not in policies:
-        raise ValueError(f"remat_policy must be one of {(*policies, 'offload')}, got {name!r}")
+        raise ValueError(f"remat_policy must be one of {(*policies, *offloaded)}, got {name!r}")
     return policies[name]
 
 
