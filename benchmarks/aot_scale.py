@@ -98,6 +98,12 @@ CASES = [
         ["llama3_8b", "--topology", "v5e-256", "--data.batch-size", "512", "--model.remat-policy", "offload"],
         V5E_8B,
     ),
+    Case(
+        "llama3_8b v5e-256 32k context 4",
+        ["llama3_8b", "--topology", "v5e-256", "--data.seq-len", "32768", "--data.batch-size", "64"]
+        + ["--model.max-len", "32768", "--mesh.context", "4"],
+        None,
+    ),
     Case("llama3_70b v5p-128", ["llama3_70b", "--topology", "v5p-128"], None),
     Case("llama2_70b v5p-128", ["llama3_70b", "--topology", "v5p-128", *LLAMA2_70B], V5P_70B),
     Case("llama3_70b v5e-256 2 x 2048", ["llama3_70b", "--topology", "v5e-256", *V5E_70B_RUN], None),

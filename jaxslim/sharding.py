@@ -40,7 +40,7 @@ LAYERS = "layers"
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the ``(data, fsdp, tensor, expert)`` mesh described by ``cfg``.
+    """Builds the ``(data, fsdp, context, tensor, expert)`` mesh described by ``cfg``.
 
     Axis types are always given explicitly (``jax.make_mesh`` would default to Explicit). An axis
     that is not a product of the TPU torus's physical axes splits one; devices of several slices
@@ -179,8 +179,10 @@ def create_sharded(make: Callable[[], nnx.Module], mesh: Mesh, rules: Rules) -> 
 
 
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
-    """Sharding of a ``[batch, length, ...]`` input array."""
-    axes = ("batch", "length") + (None,) * (ndim - 2)
+    """Sharding of a ``[batch, length, ...]`` input array: split along the batch only (under context
+    parallelism the model splits its activations along the length; an LM's ``t + 1`` input tokens
+    need not divide)."""
+    axes = ("batch",) + (None,) * (ndim - 1)
     return NamedSharding(mesh, logical_to_spec(axes[:ndim], rules, mesh))
 
 

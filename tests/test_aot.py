@@ -86,7 +86,7 @@ def test_llama2_7b_layers_on_a_v5e_256_pod_reduce_scatter_every_gradient(tmp_pat
 @pytest.mark.slow
 def test_tiny_mixtral_compiles_for_v5p_with_experts_over_their_own_axis(tmp_path):
     report = run_aot(tmp_path, "mixtral_8x7b:tiny", "--topology", "v5p:2x2x1")
-    assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1, "expert": 2}
+    assert report["mesh"] == {"data": 1, "fsdp": 2, "context": 1, "tensor": 1, "expert": 2}
     assert report["fits"] and 0 < report["memory"]["total"] < report["hbm_bytes"]
     # tokens travel to the chips that hold their experts
     assert report["collectives"]["all-to-all"]["runs"] > 0
@@ -114,6 +114,6 @@ def test_pod_meshes_split_physical_axes_and_put_slices_on_data():
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     # expert=8 on a 4x4x4 torus splits a physical axis of 4 (jax.make_mesh alone refuses)
-    assert lines[0] == "v5p-128 1 {'data': 1, 'fsdp': 8, 'tensor': 1, 'expert': 8} [0]"
+    assert lines[0] == "v5p-128 1 {'data': 1, 'fsdp': 8, 'context': 1, 'tensor': 1, 'expert': 8} [0]"
     # two v5e-16 slices: each data index is one slice
-    assert lines[1] == "v5e-16 2 {'data': 2, 'fsdp': 16, 'tensor': 1, 'expert': 1} [0]"
+    assert lines[1] == "v5e-16 2 {'data': 2, 'fsdp': 16, 'context': 1, 'tensor': 1, 'expert': 1} [0]"

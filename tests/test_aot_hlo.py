@@ -123,7 +123,7 @@ def test_a_step_the_compiler_refused_reports_why_and_no_sizes():
     report = AotReport(
         topology="v5e:16x16",
         chips=256,
-        mesh={"data": 16, "fsdp": 16, "tensor": 1, "expert": 1},
+        mesh={"data": 16, "fsdp": 16, "context": 1, "tensor": 1, "expert": 1},
         batch=1024,
         seq_len=2048,
         hbm_bytes=16 * 2**30,

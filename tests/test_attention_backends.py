@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxslim.config import ModelConfig
+from jaxslim.config import MeshConfig, ModelConfig
 from jaxslim.models import Transformer
 from jaxslim.models.attention_kernels import dot_product_attention, resolve_backend
+from jaxslim.sharding import make_mesh, step_context
 
 
 @pytest.mark.parametrize(
@@ -24,6 +25,59 @@ def test_splash_equals_xla(causal, padded, softcap):
     kw = dict(mask=mask, causal=causal, softcap=softcap, scale=0.1)
     want = dot_product_attention(q, k, v, backend="xla", **kw)
     got = dot_product_attention(q, k, v, backend="splash", interpret=True, **kw)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
+
+
+def _chunked_inputs(padded: bool):
+    ks = jax.random.split(jax.random.key(2), 3)
+    q = jax.random.normal(ks[0], (2, 512, 4, 128))
+    k, v = (jax.random.normal(key, (2, 512, 2, 128)) for key in ks[1:])
+    mask = (jnp.arange(512)[None] < jnp.array([[512], [300]]))[:, None, None, :] if padded else None
+    return q, k, v, mask
+
+
+def test_splash_on_query_chunks_with_offset_masks_equals_xla():
+    """Context parallelism's kernel: each chunk of 128 queries against all 512 keys, its causal
+    mask offset by the chunk's start, gives the rows of the whole attention."""
+    from jaxslim.models.attention_kernels import _splash_local
+
+    q, k, v, _ = _chunked_inputs(padded=False)
+    want = dot_product_attention(q, k, v, mask=None, causal=True, backend="xla", scale=1.0)
+    qh, kh, vh = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    ids = jnp.ones((2, 512), jnp.int32)
+    chunks = [
+        _splash_local(
+            qh[:, :, i : i + 128], kh, vh, ids, causal=True, softcap=None, interpret=True, q_offset=i
+        )
+        for i in range(0, 512, 128)
+    ]
+    got = jnp.swapaxes(jnp.concatenate(chunks, axis=2), 1, 2)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
+    # the offset is what makes it right: without it every chunk is masked as the first one
+    wrong = _splash_local(qh[:, :, 128:256], kh, vh, ids, causal=True, softcap=None, interpret=True)
+    assert not np.allclose(np.asarray(jnp.swapaxes(wrong, 1, 2)), np.asarray(want[:, 128:256]), atol=1e-3)
+
+
+@pytest.mark.parametrize("causal, padded", [(True, False), (False, True)])
+def test_context_parallel_splash_gives_each_device_its_chunk(devices, causal, padded):
+    """Under a mesh with a context axis of 4 the queries stay split by chunk, the keys and values
+    are gathered, and each device's kernel (in interpret mode) gets its chunk's offset: the
+    single-device XLA result."""
+    q, k, v, mask = _chunked_inputs(padded)
+    want = dot_product_attention(q, k, v, mask=mask, causal=causal, backend="xla")
+    mesh_cfg = MeshConfig(data=2, context=4)
+    mesh, rules = make_mesh(mesh_cfg, devices), mesh_cfg.rules
+
+    def attend(q, k, v, mask):
+        with step_context(mesh, rules):
+            return dot_product_attention(q, k, v, mask=mask, causal=causal, backend="splash", interpret=True)
+
+    q, k, v, mask = jax.device_put(
+        (q, k, v, mask), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    )
+    compiled = jax.jit(attend).lower(q, k, v, mask).compile()
+    assert compiled.output_shardings.spec[1] == "context"  # the output stays split by chunk
+    got = compiled(q, k, v, mask)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
 
 

@@ -63,8 +63,8 @@ def test_derived_values():
 
 
 def test_mesh_config_sizes_and_errors():
-    assert MeshConfig().sizes(8) == (8, 1, 1, 1)
-    assert MeshConfig(data=2, fsdp=-1, tensor=2).sizes(8) == (2, 2, 2, 1)
+    assert MeshConfig().sizes(8) == (8, 1, 1, 1, 1)
+    assert MeshConfig(data=2, fsdp=-1, tensor=2).sizes(8) == (2, 2, 1, 2, 1)
     with pytest.raises(ValueError, match="at most one axis may be -1"):
         MeshConfig(data=-1, tensor=-1)
     with pytest.raises(ValueError, match="MeshConfig.tensor must be a positive integer or -1, got 0"):

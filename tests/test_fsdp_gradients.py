@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from jaxslim.config import MeshConfig, ModelConfig
@@ -22,7 +23,10 @@ def _grad_fn(graphdef, rest):
     return jax.grad(loss)
 
 
-def test_sharded_gradients_equal_single_device(devices, monkeypatch):
+@pytest.mark.parametrize(
+    "mesh_cfg", [MeshConfig(data=2, fsdp=4), MeshConfig(data=2, fsdp=2, context=2)], ids=["fsdp", "context"]
+)
+def test_sharded_gradients_equal_single_device(devices, monkeypatch, mesh_cfg):
     import jaxslim.engine.step as step_mod
 
     monkeypatch.setattr(step_mod, "LM_LOSS_CHUNK", 8)  # 16 positions: the chunked loss runs too
@@ -31,7 +35,6 @@ def test_sharded_gradients_equal_single_device(devices, monkeypatch):
     tokens = jax.random.randint(jax.random.key(1), (8, 17), 0, 128)
     want = _grad_fn(*nnx.split(make(), nnx.Param, ...)[::2])(nnx.split(make(), nnx.Param, ...)[1], tokens)
 
-    mesh_cfg = MeshConfig(data=2, fsdp=4)
     mesh, rules = make_mesh(mesh_cfg, devices), mesh_cfg.rules
     state, setup = create_train_state(make, optax.sgd(0.1), mesh, rules)
     grad = _grad_fn(setup.graphdef, state.rest)
@@ -47,3 +50,26 @@ def test_sharded_gradients_equal_single_device(devices, monkeypatch):
     for g, s in zip(jax.tree.leaves(got), jax.tree.leaves(setup.shardings.params), strict=True):
         assert g.sharding.is_equivalent_to(s, g.ndim)
     assert jnp.isfinite(sum(jnp.sum(x) for x in jax.tree.leaves(got)))
+
+
+def test_chunked_lm_loss_equals_the_whole_loss_and_its_gradient():
+    """Scoring every 4th position at a time (4 strided pieces) gives the loss and the gradient of
+    all 16 positions at once."""
+    from jaxslim.engine.losses import causal_lm_loss, chunked_causal_lm_loss
+
+    ks = jax.random.split(jax.random.key(3), 3)
+    hidden = jax.random.normal(ks[0], (2, 16, 8))
+    w = jax.random.normal(ks[1], (8, 32))
+    targets = jax.random.randint(ks[2], (2, 16), 0, 32)
+    weights = jnp.ones((2, 16)).at[1, 11:].set(0.0)  # padding at the end of one row
+
+    def whole(w):
+        return causal_lm_loss(hidden @ w, targets, weights)[0]
+
+    def chunked(w):
+        return chunked_causal_lm_loss(lambda h: h @ w, hidden, targets, weights, chunk=4)[0]
+
+    np.testing.assert_allclose(float(chunked(w)), float(whole(w)), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(jax.grad(chunked)(w)), np.asarray(jax.grad(whole)(w)), rtol=1e-5, atol=1e-6
+    )

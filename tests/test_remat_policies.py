@@ -36,7 +36,13 @@ CASES = [
 
 def test_every_policy_gives_the_gradient_without_remat():
     base = ModelConfig.llama(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64)
-    assert {p for p, _ in CASES} | {"full", "none", "save_qkv_out_proj", "offload", "qkv_proj_offloaded"} == set(REMAT_POLICIES)
+    assert {p for p, _ in CASES} | {
+        "full",
+        "none",
+        "save_qkv_out_proj",
+        "offload",
+        "qkv_proj_offloaded",
+    } == set(REMAT_POLICIES)
     want = {scan: _grads(base.replace(scan_layers=scan))[0] for scan in (True, False)}
     for policy, scan in CASES:
         got, _ = _grads(base.replace(remat=True, remat_policy=policy, scan_layers=scan))

@@ -92,6 +92,14 @@ def test_stages_that_do_not_fit_the_model_are_refused_before_the_run(capsys):
     assert not pathlib.Path("never").exists()
 
 
+def test_sequence_that_context_parallelism_cannot_split_is_refused_before_the_run(capsys):
+    # seq_len 28 over a context axis of 8 (the suite's 8 CPU devices)
+    argv = ["shakespeare_gpt:tiny", "--mesh.data", "1", "--mesh.context", "8", "--data.seq-len", "28"]
+    assert cli.main([*argv, "--workdir", "never"]) == 2
+    assert "DataConfig.seq_len=28 must be a multiple of the 8 chunks" in capsys.readouterr().err
+    assert not pathlib.Path("never").exists()
+
+
 def test_unknown_preset_is_a_clear_error(capsys):
     assert cli.main(["no_such_preset"]) == 2
     err = capsys.readouterr().err

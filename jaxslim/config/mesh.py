@@ -7,14 +7,14 @@ from typing import Literal
 
 from jaxslim.config.validate import Config
 
-MESH_AXES = ("data", "fsdp", "tensor", "expert")
+MESH_AXES = ("data", "fsdp", "context", "tensor", "expert")
 
 # Logical axis name -> mesh axes, in priority order. Held as data so a user can swap the layout
 # without touching a layer. `None` means replicated.
 DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | str | None], ...] = (
     ("batch", ("data", "fsdp", "expert")),
-    ("length", None),
-    ("embed", "fsdp"),
+    ("length", "context"),
+    ("embed", ("fsdp", "context")),
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -34,18 +34,23 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | str | None], ...] = (
 
 @dataclass(frozen=True)
 class MeshConfig(Config):
-    """Device mesh with axes ``data``, ``fsdp``, ``tensor``, ``expert``.
+    """Device mesh with axes ``data``, ``fsdp``, ``context``, ``tensor``, ``expert``.
+
+    ``context`` is context (sequence) parallelism for long sequences: activations are split along
+    their length, each attention gathers its keys and values, and the weights are sharded over it
+    as over ``fsdp``.
 
     One size may be ``-1``: it takes whatever devices the others leave. ``axis_type`` is ``"auto"``
     (GSPMD propagation, the default) or ``"explicit"`` (sharding in types).
 
     Example:
         >>> MeshConfig(data=2, tensor=-1).sizes(8)
-        (2, 1, 4, 1)
+        (2, 1, 1, 4, 1)
     """
 
     data: int = -1
     fsdp: int = 1
+    context: int = 1
     tensor: int = 1
     expert: int = 1
     axis_type: Literal["auto", "explicit"] = "auto"

@@ -65,7 +65,8 @@ def chunked_causal_lm_loss(
     ``head`` maps ``[batch, chunk, d]`` hidden states to ``[batch, chunk, vocab]`` logits (e.g.
     :meth:`jaxslim.models.Transformer.lm_logits`). Each chunk's logits are recomputed in the backward
     pass (``jax.checkpoint``), so only one chunk's logits and their gradient exist at a time. The
-    length must divide by ``chunk``.
+    length must divide by ``chunk``; a chunk takes every ``length / chunk``-th position (the loss is
+    a sum over positions), so a length split over devices stays split.
 
     Example:
         >>> h = jnp.zeros((1, 4, 2)); targets = jnp.array([[1, 2, 3, 0]])
@@ -79,8 +80,10 @@ def chunked_causal_lm_loss(
     w = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
     n = t // chunk
 
-    def pieces(x):  # [b, t, ...] -> [n, b, chunk, ...], the batch sharding kept
-        return jnp.swapaxes(x.reshape((b, n, chunk) + x.shape[2:]), 0, 1)
+    def pieces(x):  # [b, t, ...] -> [n, b, chunk, ...]: piece i holds positions i, n + i, 2n + i, ...
+        # strided, so that under context parallelism (the length split over devices) every piece
+        # has positions of every device's chunk and the scan runs over an unsplit axis
+        return jnp.moveaxis(x.reshape((b, chunk, n) + x.shape[2:]), 2, 0)
 
     @jax.checkpoint
     def body(carry, xs):

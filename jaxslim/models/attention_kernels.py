@@ -92,7 +92,13 @@ def _softcapped(q, k, v, mask, causal: bool, scale: float, cap: float) -> jax.Ar
 
 
 def _splash(q, k, v, mask, *, causal: bool, scale: float, softcap, interpret: bool) -> jax.Array:
-    """Splash attention, one kernel per device's batch and heads (``shard_map`` under a mesh)."""
+    """Splash attention, one kernel per device's batch, heads and query chunk (``shard_map`` under a
+    mesh).
+
+    Under context parallelism (the ``length`` axis of the rules split over mesh axes) each device
+    keeps its chunk of the queries and gathers the whole keys and values; its causal mask is offset
+    by the chunk's start.
+    """
     b, t = q.shape[:2]
     s = k.shape[1]
     # [b, t, h, d] -> [b, h, t, d]; the scale folds into q, as the kernel does not scale
@@ -103,32 +109,51 @@ def _splash(q, k, v, mask, *, causal: bool, scale: float, softcap, interpret: bo
     mesh = jax.sharding.get_abstract_mesh()
     rules = flax_spmd.get_logical_axis_rules()
     if mesh.empty or not rules:
-        out = kernel(qh, kh, vh, kv_ids)
-    else:
-        from jaxslim.sharding import logical_to_spec
+        return jnp.swapaxes(kernel(qh, kh, vh, kv_ids), 1, 2)
+    from jaxslim.sharding import logical_to_spec
 
-        q_spec = logical_to_spec(("batch", "act_heads", None, None), rules, mesh, qh.shape)
-        kv_spec = logical_to_spec(("batch", "act_kv_heads", None, None), rules, mesh, kh.shape)
-        if tuple(q_spec)[1:2] != tuple(kv_spec)[1:2]:  # heads split differently: keep them whole
-            q_spec = logical_to_spec(("batch",), rules, mesh, qh.shape[:1])
-            kv_spec = q_spec
-        ids_spec = PartitionSpec(*tuple(q_spec)[:1])
-        out = jax.shard_map(
-            kernel,
-            mesh=mesh,
-            in_specs=(q_spec, kv_spec, kv_spec, ids_spec),
-            out_specs=q_spec,
-            check_vma=False,
-        )(qh, kh, vh, kv_ids)
+    q_spec = tuple(logical_to_spec(("batch", "act_heads", "length", None), rules, mesh, qh.shape))
+    q_spec += (None,) * (4 - len(q_spec))
+    kv_spec = tuple(logical_to_spec(("batch", "act_kv_heads", None, None), rules, mesh, kh.shape))
+    if q_spec[1:2] != kv_spec[1:2]:  # heads split differently: keep them whole
+        q_spec = (q_spec[0], None, q_spec[2], None)
+        kv_spec = q_spec[:1]
+    context = q_spec[2]
+    if context is not None:  # each device's queries are one chunk of the sequence
+        names = (context,) if isinstance(context, str) else tuple(context)
+        chunks = 1
+        for name in names:
+            chunks *= mesh.shape[name]
+        kernel = functools.partial(_splash_chunk, kernel=kernel, chunks=chunks, axes=names)
+    out = jax.shard_map(
+        kernel,
+        mesh=mesh,
+        in_specs=(
+            PartitionSpec(*q_spec),
+            PartitionSpec(*kv_spec),
+            PartitionSpec(*kv_spec),
+            PartitionSpec(q_spec[0]),
+        ),
+        out_specs=PartitionSpec(*q_spec),
+        check_vma=False,
+    )(qh, kh, vh, kv_ids)
     return jnp.swapaxes(out, 1, 2)
 
 
-def _splash_local(q, k, v, kv_ids, *, causal: bool, softcap, interpret: bool):
+def _splash_chunk(q, k, v, kv_ids, *, kernel, chunks: int, axes: tuple[str, ...]):
+    """The kernel on this device's chunk of the queries: the causal mask's offset is static, so
+    one kernel per chunk, the device's picked by its index along the context axes."""
+    t = q.shape[2]
+    branches = [functools.partial(kernel, q_offset=i * t) for i in range(chunks)]
+    return jax.lax.switch(jax.lax.axis_index(axes), branches, q, k, v, kv_ids)
+
+
+def _splash_local(q, k, v, kv_ids, *, causal: bool, softcap, interpret: bool, q_offset: int = 0):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
     heads, t, s = q.shape[1], q.shape[2], k.shape[2]
-    one = sm.CausalMask((t, s)) if causal else sm.FullMask((t, s))
+    one = sm.CausalMask((t, s), offset=q_offset) if causal else sm.FullMask((t, s))
     bq, bkv = min(512, t), min(512, s)
     blocks = sk.BlockSizes(
         block_q=bq,
