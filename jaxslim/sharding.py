@@ -207,6 +207,17 @@ def context_spec(axes: Sequence[str | None], shape: Sequence[int]) -> PartitionS
     return PartitionSpec(*spec, *(None,) * (len(shape) - len(spec)))
 
 
+def context_shards(axes: Sequence[str | None], shape: Sequence[int]) -> tuple[int, ...]:
+    """How many pieces each dimension of ``shape`` (logical ``axes``) is split into under the
+    active mesh and rules (all 1 outside a mesh context)."""
+    spec = context_spec(axes, shape)
+    if spec is None:
+        return (1,) * len(shape)
+    mesh = jax.sharding.get_abstract_mesh()
+    names = [() if e is None else (e,) if isinstance(e, str) else tuple(e) for e in spec]
+    return tuple(math.prod(mesh.shape[a] for a in n) for n in names)
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """Constrains an activation to its logical axes under the active mesh and rules.
 

@@ -29,7 +29,8 @@ def _grad_fn(graphdef, rest):
 def test_sharded_gradients_equal_single_device(devices, monkeypatch, mesh_cfg):
     import jaxslim.engine.step as step_mod
 
-    monkeypatch.setattr(step_mod, "LM_LOSS_CHUNK", 8)  # 16 positions: the chunked loss runs too
+    # a logits budget of 8 positions per device: the loss runs in pieces too
+    monkeypatch.setattr(step_mod, "LM_LOSS_LOGITS_BYTES", 8 * 128 * 4)
     cfg = ModelConfig.llama(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128)
     make = lambda: Transformer(cfg, rngs=nnx.Rngs(0))  # noqa: E731
     tokens = jax.random.randint(jax.random.key(1), (8, 17), 0, 128)
@@ -73,3 +74,22 @@ def test_chunked_lm_loss_equals_the_whole_loss_and_its_gradient():
     np.testing.assert_allclose(
         np.asarray(jax.grad(chunked)(w)), np.asarray(jax.grad(whole)(w)), rtol=1e-5, atol=1e-6
     )
+
+
+def test_loss_pieces_are_the_fewest_that_fit_the_logits_budget(devices):
+    from jaxslim.engine.step import loss_pieces
+
+    # Llama-3-8B's vocabulary, one sequence of 8192 tokens: 4.2 GB of float32 logits on one device
+    assert loss_pieces(1, 8192, 128256, 512 * 2**20) == 8
+    assert loss_pieces(1, 8192, 128256, 2**40) == 1
+    assert loss_pieces(1, 7, 128256, 1) == 7  # nothing fits: one position at a time
+    # under a mesh only each device's share counts: 8 sequences over data x fsdp = 4 and the
+    # length over a context axis of 2, so 4x fewer pieces than on one device... and a piece's
+    # length must still split over the context axis
+    mesh_cfg = MeshConfig(data=2, fsdp=2, context=2)
+    mesh, rules = make_mesh(mesh_cfg, devices), mesh_cfg.rules
+    with step_context(mesh, rules):
+        assert loss_pieces(8, 64, 1000, 2 * 32 * 1000 * 4) == 1
+        assert loss_pieces(8, 64, 1000, 2 * 8 * 1000 * 4) == 4
+        assert loss_pieces(8, 64, 1000, 1) == 32  # pieces of 2 positions, one per context device
+    assert loss_pieces(8, 64, 1000, 2 * 8 * 1000 * 4) == 32

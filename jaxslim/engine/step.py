@@ -37,23 +37,40 @@ MetricFn = Callable[[TrainState, Any, Any], dict]
 ParamsView = Callable[[Any, Any], Any]
 
 
-# longer sequences are scored LM_LOSS_CHUNK positions at a time (never all float32 logits at once)
-LM_LOSS_CHUNK = 512
+# the causal LM loss holds at most this many bytes of float32 logits per device at a time; a batch
+# whose logits exceed it is scored in pieces (each piece's logits recomputed in the backward pass).
+# Every piece gathers the LM head's weight anew under FSDP, so the pieces are as few as fit.
+LM_LOSS_LOGITS_BYTES = 512 * 2**20
+
+
+def loss_pieces(batch: int, length: int, vocab: int, budget: int) -> int:
+    """The fewest pieces (a divisor of ``length``) whose float32 logits stay under ``budget`` bytes
+    per device, under the active mesh and rules (each piece's length must also split over the
+    context axes); the most pieces allowed when none does."""
+    from jaxslim.sharding import context_shards
+
+    sb, sl, sv = context_shards(("batch", "length", "act_vocab"), (batch, length, vocab))
+    valid = [n for n in range(1, length + 1) if length % n == 0 and (length // n) % sl == 0]
+    per_device = batch // sb * vocab // sv * 4
+    fits = [n for n in valid if per_device * (length // n // sl) <= budget]
+    return fits[0] if fits else valid[-1]
 
 
 def lm_objective(model, batch, rng):
     """Causal LM on ``batch["tokens"]: [b, t + 1]`` (inputs and shifted targets); optional
     ``batch["weights"]: [b, t]`` zeroes the loss of padding (the last validation batch).
 
-    Sequences longer than ``LM_LOSS_CHUNK`` (and a multiple of it) are scored chunk by chunk
+    A batch whose float32 logits per device exceed ``LM_LOSS_LOGITS_BYTES`` is scored in pieces
     (:func:`~jaxslim.engine.losses.chunked_causal_lm_loss`); the output's ``logits`` are None then.
     """
     tokens = batch["tokens"]
-    t = tokens.shape[1] - 1
-    if t > LM_LOSS_CHUNK and t % LM_LOSS_CHUNK == 0 and hasattr(model, "lm_logits"):
+    b, t = tokens.shape[0], tokens.shape[1] - 1
+    vocab = getattr(getattr(model, "cfg", None), "vocab_size", 0)
+    pieces = loss_pieces(b, t, vocab, LM_LOSS_LOGITS_BYTES) if vocab and hasattr(model, "lm_logits") else 1
+    if pieces > 1:
         out = model(tokens[:, :-1], rng=rng, logits=False)
         loss, metrics = chunked_causal_lm_loss(
-            model.lm_logits, out.hidden, tokens[:, 1:], batch.get("weights"), chunk=LM_LOSS_CHUNK
+            model.lm_logits, out.hidden, tokens[:, 1:], batch.get("weights"), chunk=t // pieces
         )
         return loss, metrics, out
     out = model(tokens[:, :-1], rng=rng)
