@@ -7,6 +7,7 @@ Usage (in the environment with libtpu, ``make aot``)::
 
     .venv-aot/bin/python benchmarks/aot_scale.py                 # every case (a minute or more each)
     .venv-aot/bin/python benchmarks/aot_scale.py llama2_7b       # the cases whose name starts so
+    .venv-aot/bin/python benchmarks/aot_scale.py --table         # the recorded results' table
 
 Each case is a ``jaxslim-aot`` command line (preset and ``jaxslim-train`` overrides). Results go to
 ``benchmarks/results/aot_scale.json``, one entry per case, replacing that case's earlier entry. The
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import sys
 from typing import NamedTuple
 
@@ -140,11 +142,23 @@ def table(rows: list[dict]) -> str:
         ]
         e, m = r["estimate"], r["maxtext"]
         mt = f"{m['batch']:g} x {m['seq']}, {m['remat']}" if m and m["seq"] else "-"
+        hbm = f"{r['memory']['total'] / GIB:.2f} of {r['hbm_bytes'] / GIB:.0f}"
+        if r["memory"].get("error"):  # refused by the compiler: what it said it needed
+            needed = re.search(r"\(([\d.]+)G\) exceeds|Used ([\d.]+)G", r["memory"]["error"])
+            hbm = (
+                f"> {r['hbm_bytes'] / GIB:.0f} (compiler: {next(g for g in needed.groups() if g)}G)"
+                if needed
+                else "refused"
+            )
+        step = f"{e['step_s'] * 1e3:.0f} ms" if e else "-"
+        mfu = f"{e['mfu'] * 100:.0f}%" if e else "-"
         lines.append(
             f"| {r['case']} | {r['batch'] * r['seq_len'] // r['chips']} | {r['remat_policy']} "
-            f"| {r['memory']['total'] / GIB:.2f} of {r['hbm_bytes'] / GIB:.0f} | {'yes' if r['fits'] else 'no'} "
-            f"| {' / '.join(f'{x:.1f}' for x in sent)} | {len(r['weight_sized_all_reduces'])} "
-            f"| {e.get('step_s', 0) * 1e3:.0f} ms | {e.get('mfu', 0) * 100:.0f}% | {r['compile_s']:.0f} "
+            f"| {hbm} | {'yes' if r['fits'] else 'no'} "
+            f"| {' / '.join(f'{x:.1f}' for x in sent) if e else '-'} "
+            f"| {len(r['weight_sized_all_reduces']) if e else '-'} "
+            f"| {step} | {mfu} "
+            f"| {r['compile_s']:.0f} "
             f"| {mt} | {(m or {}).get('mfu') or '-'} |"
         )
     return "\n".join(lines)
@@ -154,9 +168,12 @@ def main(argv: list[str]) -> None:
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     from common import machine_line
 
-    cases = [c for c in CASES if not argv or any(c.name.startswith(a) for a in argv)]
     out = pathlib.Path(__file__).parent / "results" / "aot_scale.json"
     previous = json.loads(out.read_text())["rows"] if out.exists() else []
+    if argv == ["--table"]:  # the table of the recorded results, nothing compiled
+        print(table(previous))
+        return
+    cases = [c for c in CASES if not argv or any(c.name.startswith(a) for a in argv)]
     rows = {r["case"]: r for r in previous}
     for case in cases:
         rows[case.name] = run(case) | {"machine": machine_line()}
