@@ -70,7 +70,11 @@ class Case(NamedTuple):
 V5E_7B = MaxText(4, 2048, "save_qkv_proj", None, "configs/tpu/v5e/llama2_7b.sh")
 V5P_7B = MaxText(4, 4096, "minimal", None, "maxtext_v5p_model_configs.py llama2_7b_v5p_128")
 V5E_8B = MaxText(
-    2, 8192, "custom (q/k/v/out offloaded)", None, "maxtext_v5e_model_configs.py llama3_1_8b_8192_v5e_256"
+    2,
+    8192,
+    "custom (layer input, q/k/v, out offloaded)",
+    None,
+    "maxtext_v5e_model_configs.py llama3_1_8b_8192_v5e_256",
 )
 V5P_70B = MaxText(
     2, 4096, "save_dot_except_mlpwi", "65% (Llama2-70b)", "maxtext_v5p_model_configs.py llama2_70b_v5p_128"
@@ -110,6 +114,12 @@ CASES = [
     Case("llama2_70b v5p-128", ["llama3_70b", "--topology", "v5p-128", *LLAMA2_70B], V5P_70B),
     Case("llama3_70b v5e-256 2 x 2048", ["llama3_70b", "--topology", "v5e-256", *V5E_70B_RUN], None),
     Case("llama2_70b v5e-256", ["llama3_70b", "--topology", "v5e-256", *V5E_70B_RUN, *LLAMA2_70B], V5E_70B),
+    Case("llama3_70b:v5e v5e-256 offload", ["llama3_70b:v5e", "--topology", "v5e-256"], None),
+    Case(
+        "llama2_70b v5e-256 offload",
+        ["llama3_70b:v5e", "--topology", "v5e-256", *LLAMA2_70B],
+        V5E_70B,
+    ),
     Case("mixtral_8x7b v5p-128", ["mixtral_8x7b", "--topology", "v5p-128"], MIXTRAL),
 ]
 

@@ -67,6 +67,16 @@ def test_tiny_llama_train_step_compiles_for_v5e_2x2_and_reduce_scatters(tmp_path
     assert report["collectives"]["reduce-scatter"]["runs"] > 0
     assert report["estimate"]["step_s"] > 0 and 0 < report["estimate"]["mfu"] <= 1
     assert (tmp_path / "aot" / "executable.bin").stat().st_size > 0
+    assert "S(5)" not in (tmp_path / "aot" / "hlo.txt").read_text()  # nothing in host memory
+
+
+@pytest.mark.slow
+def test_offload_policy_puts_activations_in_host_memory(tmp_path):
+    """The ``offload`` remat policy keeps each block's input and projections in the TPU host's
+    memory space (``S(5)`` in the compiled HLO); the other policies keep everything in HBM."""
+    report = run_aot(tmp_path, "llama2_7b:tiny", "--topology", "v5e:2x2", "--model.remat-policy", "offload")
+    assert report["fits"]
+    assert "S(5)" in (tmp_path / "aot" / "hlo.txt").read_text()
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ def test_sharded_gradients_equal_single_device(devices, monkeypatch, mesh_cfg):
 
     # a logits budget of 8 positions per device: the loss runs in pieces too
     monkeypatch.setattr(step_mod, "LM_LOSS_LOGITS_BYTES", 8 * 128 * 4)
+    monkeypatch.setattr(step_mod, "LM_LOSS_WHOLE_BYTES", 0)
     cfg = ModelConfig.llama(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128)
     make = lambda: Transformer(cfg, rngs=nnx.Rngs(0))  # noqa: E731
     tokens = jax.random.randint(jax.random.key(1), (8, 17), 0, 128)

@@ -27,7 +27,7 @@ PRESETS += ["switch_shakespeare", "switch_shakespeare:tiny,experts=8,dropless"]
 PRESETS += ["thor_shakespeare", "thor_shakespeare:tiny,per=token,alpha=0"]
 PRESETS += ["staged_shakespeare", "staged_shakespeare:tiny"]
 PRESETS += ["llama2_7b", "llama2_7b:tiny", "llama3_8b", "llama3_8b:2k", "mixtral_8x7b", "mixtral_8x7b:tiny"]
-PRESETS += ["llama3_70b"]
+PRESETS += ["llama3_70b", "llama3_70b:v5e"]
 
 
 def test_every_preset_is_listed_and_tested():

@@ -80,6 +80,8 @@ class AotReport:
                 for k in ("arguments", "outputs", "aliased", "temporaries", "total")
             ),
         ]
+        if m.get("host_temporaries"):  # activations a remat policy offloads to the host
+            lines.append(f"  and {m['host_temporaries'] / GIB:.2f} GiB of temporaries in host memory")
         if self.hbm_bytes:
             verdict = "fits" if self.fits else "DOES NOT FIT"
             lines.append(f"  {m['total'] / GIB:.2f} GiB of {self.hbm_bytes / GIB:.2f} GiB HBM: {verdict}")
@@ -180,6 +182,7 @@ def compile_train_step(cfg: TrainConfig, topology: Topology | None = None) -> tu
             "aliased": ma.alias_size_in_bytes,
             "temporaries": ma.temp_size_in_bytes,
             "generated_code": ma.generated_code_size_in_bytes,
+            "host_temporaries": getattr(ma, "host_temp_size_in_bytes", 0),
         }
         memory["total"] = (
             memory["arguments"] + memory["outputs"] - memory["aliased"] + memory["temporaries"]

@@ -208,9 +208,9 @@ class ModelConfig(Config):
             matmul outputs without batch dimensions, ``"save_qkv_proj"`` the query / key / value
             projections, ``"save_out_proj"`` the attention output projection,
             ``"save_qkv_out_proj"`` both, ``"save_dot_except_mlpwi"`` those and the MLP's output
-            (every matmul output but the MLP's input projections), ``"offload"`` the query / key /
-            value and output projections moved to host memory, ``"qkv_proj_offloaded"`` the query /
-            key / value projections moved to host memory.
+            (every matmul output but the MLP's input projections), ``"offload"`` each block's input
+            and its query / key / value and output projections moved to host memory,
+            ``"qkv_proj_offloaded"`` the query / key / value projections moved to host memory.
         attention: the attention kernel: ``"auto"`` (splash on TPU, cuDNN on GPU, XLA elsewhere),
             ``"xla"``, ``"cudnn"`` or ``"splash"`` (TPU Pallas).
     """

@@ -41,6 +41,17 @@ ParamsView = Callable[[Any, Any], Any]
 # whose logits exceed it is scored in pieces (each piece's logits recomputed in the backward pass).
 # Every piece gathers the LM head's weight anew under FSDP, so the pieces are as few as fit.
 LM_LOSS_LOGITS_BYTES = 512 * 2**20
+# logits up to this size per device are scored whole, kept for the backward pass; larger ones go
+# through the chunked loss (even in one piece), which recomputes them instead
+LM_LOSS_WHOLE_BYTES = 256 * 2**20
+
+
+def logits_bytes(batch: int, length: int, vocab: int) -> int:
+    """Bytes of float32 logits per device under the active mesh and rules."""
+    from jaxslim.sharding import context_shards
+
+    sb, sl, sv = context_shards(("batch", "length", "act_vocab"), (batch, length, vocab))
+    return batch // sb * (length // sl) * (vocab // sv) * 4
 
 
 def loss_pieces(batch: int, length: int, vocab: int, budget: int) -> int:
@@ -49,10 +60,10 @@ def loss_pieces(batch: int, length: int, vocab: int, budget: int) -> int:
     context axes); the most pieces allowed when none does."""
     from jaxslim.sharding import context_shards
 
-    sb, sl, sv = context_shards(("batch", "length", "act_vocab"), (batch, length, vocab))
+    sl = context_shards(("batch", "length"), (batch, length))[1]
     valid = [n for n in range(1, length + 1) if length % n == 0 and (length // n) % sl == 0]
-    per_device = batch // sb * vocab // sv * 4
-    fits = [n for n in valid if per_device * (length // n // sl) <= budget]
+    whole = logits_bytes(batch, length, vocab)
+    fits = [n for n in valid if whole // n <= budget]
     return fits[0] if fits else valid[-1]
 
 
@@ -60,14 +71,15 @@ def lm_objective(model, batch, rng):
     """Causal LM on ``batch["tokens"]: [b, t + 1]`` (inputs and shifted targets); optional
     ``batch["weights"]: [b, t]`` zeroes the loss of padding (the last validation batch).
 
-    A batch whose float32 logits per device exceed ``LM_LOSS_LOGITS_BYTES`` is scored in pieces
-    (:func:`~jaxslim.engine.losses.chunked_causal_lm_loss`); the output's ``logits`` are None then.
+    A batch whose float32 logits per device exceed ``LM_LOSS_WHOLE_BYTES`` is scored by the
+    chunked loss (:func:`~jaxslim.engine.losses.chunked_causal_lm_loss`), in as few pieces as keep
+    each under ``LM_LOSS_LOGITS_BYTES``; the output's ``logits`` are None then.
     """
     tokens = batch["tokens"]
     b, t = tokens.shape[0], tokens.shape[1] - 1
     vocab = getattr(getattr(model, "cfg", None), "vocab_size", 0)
-    pieces = loss_pieces(b, t, vocab, LM_LOSS_LOGITS_BYTES) if vocab and hasattr(model, "lm_logits") else 1
-    if pieces > 1:
+    if vocab and hasattr(model, "lm_logits") and logits_bytes(b, t, vocab) > LM_LOSS_WHOLE_BYTES:
+        pieces = loss_pieces(b, t, vocab, LM_LOSS_LOGITS_BYTES)
         out = model(tokens[:, :-1], rng=rng, logits=False)
         loss, metrics = chunked_causal_lm_loss(
             model.lm_logits, out.hidden, tokens[:, 1:], batch.get("weights"), chunk=t // pieces

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxslim.config import ModelConfig
 from jaxslim.models.block import Block
@@ -51,6 +52,8 @@ def _scanned_group(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:
 QKV_NAMES = ("query_proj", "key_proj", "value_proj")
 OUT_NAMES = ("out_proj",)
 MLP_OUT_NAMES = ("mlpwo",)
+# each block's input (the residual stream a scanned stack saves per layer), tagged in _run_block
+LAYER_INPUT_NAMES = ("decoder_layer_input",)
 
 
 def remat_policy(name: str):
@@ -66,7 +69,10 @@ def remat_policy(name: str):
         "save_qkv_out_proj": cp.save_only_these_names(*QKV_NAMES, *OUT_NAMES),
         "save_dot_except_mlpwi": cp.save_only_these_names(*QKV_NAMES, *OUT_NAMES, *MLP_OUT_NAMES),
     }
-    offloaded = {"offload": [*QKV_NAMES, *OUT_NAMES], "qkv_proj_offloaded": list(QKV_NAMES)}
+    offloaded = {
+        "offload": [*LAYER_INPUT_NAMES, *QKV_NAMES, *OUT_NAMES],
+        "qkv_proj_offloaded": list(QKV_NAMES),
+    }
     if name in offloaded:
         return cp.save_and_offload_only_these_names(
             names_which_can_be_saved=[],
@@ -162,6 +168,7 @@ class Stack(nnx.Module):
 
 
 def _run_block(block, x, mask, rope, head_mask, neuron_mask, rng, window=None, layer=None):
+    x = checkpoint_name(x, LAYER_INPUT_NAMES[0])  # what the "offload" remat policy moves to host
     return block(
         x,
         mask=mask,
