@@ -82,6 +82,17 @@ V5P_70B = MaxText(
 V5E_70B = MaxText(
     2, 2048, "qkv_proj_offloaded", "57% (Llama2-70b)", "maxtext_v5e_model_configs.py llama2_70b_v5e_256"
 )
+# Trillium (v6e) entries of maxtext_trillium_model_configs.py; v6e-256 where the file names no pod
+V6E_7B = MaxText(12, 4096, "full", None, "configs/tpu/v6e/llama2_7b_4096.sh (trillium-256)")
+V6E_8B = MaxText(8, 8192, "full", None, "maxtext_trillium_model_configs.py llama3_8b_8192")
+V6E_70B = MaxText(4, 4096, "full", None, "maxtext_trillium_model_configs.py llama2_70b_4096")
+V6E_MIXTRAL = MaxText(
+    12,
+    4096,
+    "custom (layer input, q/k/v, out offloaded)",
+    None,
+    "maxtext_trillium_model_configs.py mixtral_8x7b_dropped",
+)
 MIXTRAL = MaxText(0, 0, "not reported", "54.89%", "tests/end_to_end/tpu/mixtral/Run_Mixtral.md")
 
 CASES = [
@@ -121,6 +132,61 @@ CASES = [
         V5E_70B,
     ),
     Case("mixtral_8x7b v5p-128", ["mixtral_8x7b", "--topology", "v5p-128"], MIXTRAL),
+    Case(
+        "llama2_7b v6e-256",
+        ["llama2_7b", "--topology", "v6e-256", "--data.seq-len", "4096", "--data.batch-size", "3072"]
+        + ["--model.remat-policy", "full"],
+        V6E_7B,
+    ),
+    Case(
+        "llama3_8b v6e-256",
+        ["llama3_8b", "--topology", "v6e-256", "--data.batch-size", "2048", "--model.remat-policy", "full"],
+        V6E_8B,
+    ),
+    Case(
+        "llama2_70b v6e-256",
+        ["llama3_70b", "--topology", "v6e-256", *LLAMA2_70B, "--data.batch-size", "1024"]
+        + ["--model.remat-policy", "full"],
+        V6E_70B,
+    ),
+    Case(
+        "llama2_7b v6e-256 offload",
+        ["llama2_7b", "--topology", "v6e-256", "--data.seq-len", "4096", "--data.batch-size", "3072"]
+        + ["--model.remat-policy", "offload"],
+        V6E_7B,
+    ),
+    Case(
+        "llama3_8b v6e-256 offload",
+        [
+            "llama3_8b",
+            "--topology",
+            "v6e-256",
+            "--data.batch-size",
+            "2048",
+            "--model.remat-policy",
+            "offload",
+        ],
+        V6E_8B,
+    ),
+    Case(
+        "llama2_70b v6e-256 offload",
+        ["llama3_70b", "--topology", "v6e-256", *LLAMA2_70B, "--data.batch-size", "1024"]
+        + ["--model.remat-policy", "offload"],
+        V6E_70B,
+    ),
+    Case(
+        "mixtral_8x7b v6e-256",
+        [
+            "mixtral_8x7b",
+            "--topology",
+            "v6e-256",
+            "--data.batch-size",
+            "3072",
+            "--model.remat-policy",
+            "offload",
+        ],
+        V6E_MIXTRAL,
+    ),
 ]
 
 
@@ -141,9 +207,9 @@ def run(case: Case) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| case | tokens/chip | remat | HBM/chip GiB | fits | AG / RS / AR GiB sent | weight-sized ARs "
+        "| case | tokens/chip | remat | HBM/chip GiB | fits | host GiB | AG / RS / AR GiB sent | weight-sized ARs "
         "| step (est.) | MFU bound | compile s | MaxText: batch x seq, remat | MaxText MFU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         sent = [
@@ -164,7 +230,7 @@ def table(rows: list[dict]) -> str:
         mfu = f"{e['mfu'] * 100:.0f}%" if e else "-"
         lines.append(
             f"| {r['case']} | {r['batch'] * r['seq_len'] // r['chips']} | {r['remat_policy']} "
-            f"| {hbm} | {'yes' if r['fits'] else 'no'} "
+            f"| {hbm} | {'yes' if r['fits'] else 'no'} | {r['memory'].get('host_temporaries', 0) / GIB:.0f} "
             f"| {' / '.join(f'{x:.1f}' for x in sent) if e else '-'} "
             f"| {len(r['weight_sized_all_reduces']) if e else '-'} "
             f"| {step} | {mfu} "
