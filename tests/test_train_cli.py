@@ -92,11 +92,24 @@ def test_stages_that_do_not_fit_the_model_are_refused_before_the_run(capsys):
     assert not pathlib.Path("never").exists()
 
 
-def test_sequence_that_context_parallelism_cannot_split_is_refused_before_the_run(capsys):
-    # seq_len 28 over a context axis of 8 (the suite's 8 CPU devices)
-    argv = ["shakespeare_gpt:tiny", "--mesh.data", "1", "--mesh.context", "8", "--data.seq-len", "28"]
-    assert cli.main([*argv, "--workdir", "never"]) == 2
-    assert "DataConfig.seq_len=28 must be a multiple of the 8 chunks" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        # seq_len 28 over a context axis of 8 (the suite's 8 CPU devices)
+        (
+            ["--mesh.data", "1", "--mesh.context", "8", "--data.seq-len", "28"],
+            "DataConfig.seq_len=28 must be a multiple of the 8 chunks",
+        ),
+        (
+            ["--mesh.data", "8", "--data.batch-size", "12"],
+            "DataConfig.batch_size=12 must be a multiple of the 8 devices",
+        ),
+    ],
+    ids=["context", "batch"],
+)
+def test_batch_or_sequence_the_mesh_cannot_split_is_refused_before_the_run(capsys, argv, message):
+    assert cli.main(["shakespeare_gpt:tiny", *argv, "--workdir", "never"]) == 2
+    assert message in capsys.readouterr().err
     assert not pathlib.Path("never").exists()
 
 

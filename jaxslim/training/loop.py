@@ -42,7 +42,7 @@ from jaxslim.moe.bundle import MoeMethod
 from jaxslim.optim.bundle import OptimMethod
 from jaxslim.paths import absolute
 from jaxslim.prune.bundle import PruneMethod
-from jaxslim.sharding import batch_sharding, logical_to_spec, make_mesh
+from jaxslim.sharding import logical_to_spec, make_mesh
 from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.run import Run
 from jaxslim.training.rundir import RunDirectory, check_run_directory
@@ -141,24 +141,19 @@ def _check_batch_fits_mesh(cfg: TrainConfig) -> None:
     """The global batch splits evenly over the devices that share it, and a sequence over the
     context-parallel chunks (checked before any write)."""
     mesh = make_mesh(cfg.mesh)
-    spec = batch_sharding(mesh, cfg.mesh.rules).spec
-    axes = spec[0] if spec else None
-    names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-    shards = math.prod(mesh.shape[a] for a in names)
-    if cfg.data.batch_size % shards:
-        raise ValueError(
-            f"DataConfig.batch_size={cfg.data.batch_size} must be a multiple of the {shards} devices the "
-            f"batch is split over (mesh axes {', '.join(f'{a}={mesh.shape[a]}' for a in names)})"
-        )
-    spec = logical_to_spec(("length",), cfg.mesh.rules, mesh)
-    axes = spec[0] if spec else None
-    names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-    chunks = math.prod(mesh.shape[a] for a in names)
-    if cfg.data.seq_len % chunks:
-        raise ValueError(
-            f"DataConfig.seq_len={cfg.data.seq_len} must be a multiple of the {chunks} chunks context "
-            f"parallelism splits a sequence into (mesh axes {', '.join(f'{a}={mesh.shape[a]}' for a in names)})"
-        )
+    for logical, size, field, what in (
+        ("batch", cfg.data.batch_size, "batch_size", "devices the batch is split over"),
+        ("length", cfg.data.seq_len, "seq_len", "chunks context parallelism splits a sequence into"),
+    ):
+        spec = logical_to_spec((logical,), cfg.mesh.rules, mesh)
+        axes = spec[0] if spec else None
+        names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        shards = math.prod(mesh.shape[a] for a in names)
+        if size % shards:
+            raise ValueError(
+                f"DataConfig.{field}={size} must be a multiple of the {shards} {what} "
+                f"(mesh axes {', '.join(f'{a}={mesh.shape[a]}' for a in names)})"
+            )
 
 
 def initial_params(cfg: TrainConfig, setup: TrainSetup, state: TrainState):
