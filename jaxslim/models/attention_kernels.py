@@ -119,7 +119,7 @@ def _splash(q, k, v, mask, *, causal: bool, scale: float, softcap, interpret: bo
         q_spec = (q_spec[0], None, q_spec[2], None)
         kv_spec = q_spec[:1]
     context = q_spec[2]
-    if context is not None:  # each device's queries are one chunk of the sequence
+    if context is not None and causal:  # each device's queries are one chunk: offset its mask
         names = (context,) if isinstance(context, str) else tuple(context)
         chunks = 1
         for name in names:
