@@ -207,6 +207,11 @@ def context_spec(axes: Sequence[str | None], shape: Sequence[int]) -> PartitionS
     return PartitionSpec(*spec, *(None,) * (len(shape) - len(spec)))
 
 
+def spec_axes(entry: Any) -> tuple[str, ...]:
+    """The mesh axes of one ``PartitionSpec`` entry (``None``, a name or a tuple of names)."""
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
 def context_shards(axes: Sequence[str | None], shape: Sequence[int]) -> tuple[int, ...]:
     """How many pieces each dimension of ``shape`` (logical ``axes``) is split into under the
     active mesh and rules (all 1 outside a mesh context)."""
@@ -214,8 +219,7 @@ def context_shards(axes: Sequence[str | None], shape: Sequence[int]) -> tuple[in
     if spec is None:
         return (1,) * len(shape)
     mesh = jax.sharding.get_abstract_mesh()
-    names = [() if e is None else (e,) if isinstance(e, str) else tuple(e) for e in spec]
-    return tuple(math.prod(mesh.shape[a] for a in n) for n in names)
+    return tuple(math.prod(mesh.shape[a] for a in spec_axes(e)) for e in spec)
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:

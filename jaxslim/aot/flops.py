@@ -15,35 +15,21 @@ from jaxslim.config import ModelConfig
 
 def matmul_params_per_token(cfg: ModelConfig) -> int:
     """Weights each token multiplies by in one forward pass (experts: the ``top_k`` it is routed to)."""
-    d, hd = cfg.d_model, cfg.head_dim_
-    attn = d * (cfg.n_heads + 2 * cfg.kv_heads) * hd + cfg.n_heads * hd * d
-    dense = d * cfg.d_ff * (3 if cfg.gated_mlp else 2)
-    total = 0
-    for i in range(cfg.n_layers):
-        total += attn
-        moe = cfg.moe
-        if moe is not None and cfg.is_moe_layer(i):
-            expert = d * cfg.expert_ffn * (3 if cfg.gated_mlp else 2)
-            total += moe.top_k * expert + d * moe.num_experts
-            if cfg.shared_expert_ffn:
-                total += d * cfg.shared_expert_ffn * (3 if cfg.gated_mlp else 2)
-        else:
-            total += dense
-    if cfg.head == "lm":
-        total += d * cfg.vocab_size
-    return total
+    parts = _block_parts(cfg, seq_len=0)  # 2 FLOPs per weight; no attention scores at length 0
+    head = cfg.d_model * cfg.vocab_size if cfg.head == "lm" else 0
+    return sum(parts.values()) // 2 + head
 
 
-def _block_parts(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+def _block_parts(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
     """Forward FLOPs per token of one block's parts, summed over the layers: the q/k/v projections,
     the attention scores and values, the output projection, the MLP's input projections (experts:
     the ``top_k`` routed to, and the router) and its output projection."""
     d, hd = cfg.d_model, cfg.head_dim_
     width = 3 if cfg.gated_mlp else 2
-    parts = dict.fromkeys(("qkv", "attention", "out", "mlp_in", "mlp_out"), 0.0)
+    parts = dict.fromkeys(("qkv", "attention", "out", "mlp_in", "mlp_out"), 0)
     for i in range(cfg.n_layers):
         parts["qkv"] += 2 * d * (cfg.n_heads + 2 * cfg.kv_heads) * hd
-        parts["attention"] += 4 * seq_len * cfg.n_heads * hd / (2 if cfg.causal else 1)
+        parts["attention"] += 4 * seq_len * cfg.n_heads * hd // (2 if cfg.causal else 1)
         parts["out"] += 2 * cfg.n_heads * hd * d
         moe = cfg.moe
         if moe is not None and cfg.is_moe_layer(i):
@@ -84,10 +70,8 @@ def remat_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
 
 def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
     """FLOPs of one training step on ``batch`` sequences of ``seq_len`` tokens (all chips together)."""
-    tokens = batch * seq_len
-    dense = 2 * matmul_params_per_token(cfg) * tokens
-    # q k^T and p v: 2 matmuls of 2 * T * T * heads * head_dim per sequence and layer; causal: half
-    attention = 4.0 * batch * seq_len * seq_len * cfg.n_heads * cfg.head_dim_ * cfg.n_layers
-    if cfg.causal:
-        attention /= 2
-    return 3.0 * (dense + attention)
+    # every block's matmuls, attention scores and values included (causal: half the score matrix)
+    forward = sum(_block_parts(cfg, seq_len).values())
+    if cfg.head == "lm":
+        forward += 2 * cfg.d_model * cfg.vocab_size
+    return 3.0 * batch * seq_len * forward

@@ -51,7 +51,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxslim.checkpoint import kmeans, packing
 from jaxslim.checkpoint.roles import find_weights
 from jaxslim.config import CodecConfig
-from jaxslim.sharding import LAYERS
+from jaxslim.sharding import LAYERS, spec_axes
 from jaxslim.tree import is_variable
 
 FORMAT = "jaxslim-compressed-checkpoint"
@@ -330,19 +330,13 @@ def _spec(p: LeafPlan) -> tuple | None:
     return spec
 
 
-def _axes_of(entry: Any) -> tuple[str, ...]:
-    if entry is None:
-        return ()
-    return tuple(entry) if isinstance(entry, tuple) else (entry,)
-
-
 def _histogram_fn(p: LeafPlan):
     """Histogram over the leaf's internal ``(groups, ...)`` view: per shard, then one psum."""
     spec = _spec(p)
     if spec is None:
         return kmeans.local_histogram
     inner = spec if p.grouped else (None, *spec)
-    summed = tuple(a for e in inner[1:] for a in _axes_of(e))
+    summed = tuple(a for e in inner[1:] for a in spec_axes(e))
     mesh = p.sharding.mesh
 
     def local(bins, weight):
@@ -364,7 +358,7 @@ def packed_sharding(p: LeafPlan) -> Any:
     if spec is None:
         return p.sharding
     last = spec[-1]
-    n = int(np.prod([p.sharding.mesh.shape[a] for a in _axes_of(last)])) if last is not None else 1
+    n = int(np.prod([p.sharding.mesh.shape[a] for a in spec_axes(last)])) if last is not None else 1
     if last is not None and (p.shape[-1] % n or (p.shape[-1] // n) % 8):
         last = None
     return NamedSharding(p.sharding.mesh, PartitionSpec(None, *spec[:-1], last))

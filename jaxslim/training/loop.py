@@ -42,7 +42,7 @@ from jaxslim.moe.bundle import MoeMethod
 from jaxslim.optim.bundle import OptimMethod
 from jaxslim.paths import absolute
 from jaxslim.prune.bundle import PruneMethod
-from jaxslim.sharding import logical_to_spec, make_mesh
+from jaxslim.sharding import logical_to_spec, make_mesh, spec_axes
 from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.run import Run
 from jaxslim.training.rundir import RunDirectory, check_run_directory
@@ -146,8 +146,7 @@ def _check_batch_fits_mesh(cfg: TrainConfig) -> None:
         ("length", cfg.data.seq_len, "seq_len", "chunks context parallelism splits a sequence into"),
     ):
         spec = logical_to_spec((logical,), cfg.mesh.rules, mesh)
-        axes = spec[0] if spec else None
-        names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        names = spec_axes(spec[0] if spec else None)
         shards = math.prod(mesh.shape[a] for a in names)
         if size % shards:
             raise ValueError(
