@@ -24,7 +24,7 @@ from flax import nnx
 
 from jaxslim.engine.losses import causal_lm_loss, chunked_causal_lm_loss, mlm_loss
 from jaxslim.engine.state import TrainSetup, TrainState
-from jaxslim.sharding import compiler_options, in_step_context
+from jaxslim.sharding import compiler_options, context_shards, in_step_context
 
 Batch = Mapping[str, jax.Array]
 # (model, batch, rng) -> (loss, metrics, model output)
@@ -48,8 +48,6 @@ LM_LOSS_WHOLE_BYTES = 256 * 2**20
 
 def logits_bytes(batch: int, length: int, vocab: int) -> int:
     """Bytes of float32 logits per device under the active mesh and rules."""
-    from jaxslim.sharding import context_shards
-
     sb, sl, sv = context_shards(("batch", "length", "act_vocab"), (batch, length, vocab))
     return batch // sb * (length // sl) * (vocab // sv) * 4
 
@@ -58,8 +56,6 @@ def loss_pieces(batch: int, length: int, vocab: int, budget: int) -> int:
     """The fewest pieces (a divisor of ``length``) whose float32 logits stay under ``budget`` bytes
     per device, under the active mesh and rules (each piece's length must also split over the
     context axes); the most pieces allowed when none does."""
-    from jaxslim.sharding import context_shards
-
     sl = context_shards(("batch", "length"), (batch, length))[1]
     valid = [n for n in range(1, length + 1) if length % n == 0 and (length // n) % sl == 0]
     whole = logits_bytes(batch, length, vocab)
