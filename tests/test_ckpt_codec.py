@@ -82,6 +82,52 @@ def test_kmeans_centroids_beat_uniform_levels_and_assignment_is_nearest():
     assert err(c) < err(start) and err(c) < err(uniform)
 
 
+def _codebook_rms(x: np.ndarray, n: int, iters: int) -> tuple[float, np.ndarray]:
+    xj = jnp.asarray(x[None])
+    h = kmeans.local_histogram((kmeans.order_key(xj) >> 16).astype(jnp.int32), jnp.ones(xj.shape, bool))
+    cent = kmeans.fit_codebook(h, n, iters)
+    q = np.asarray(cent[0])[np.asarray(kmeans.nearest(xj, cent))[0]]
+    return float(np.sqrt(np.mean((q - x) ** 2))), np.asarray(cent[0])
+
+
+def test_codebook_of_a_group_of_twelve_million_values_spans_both_signs():
+    # the quantile ranks of the start once overflowed int32 above 2**31 / 510 elements (8 bits)
+    x = np.random.default_rng(3).standard_normal(12_000_000).astype(np.float32)
+    rms, cent = _codebook_rms(x, 255, 10)
+    assert cent[0] < -2.5 and cent[-1] > 2.5 and len(np.unique(cent)) == 255
+    # the minimum-error 8-bit quantiser of a unit Gaussian has an RMS error of about 0.0064
+    assert rms < 0.0075
+
+
+def test_codebook_of_heavy_tails_needs_no_more_lloyd_iterations():
+    # Student-t with 3 degrees of freedom: rare values 50x the typical one, as in trained weights
+    x = np.random.default_rng(4).standard_t(3, 400_000).astype(np.float32)
+    for n in (3, 255):
+        start, _ = _codebook_rms(x, n, 0)
+        ten, _ = _codebook_rms(x, n, 10)
+        converged, _ = _codebook_rms(x, n, 200)
+        assert ten <= start and ten <= 1.1 * converged, (n, start, ten, converged)
+
+
+def test_log_domain_codebook_has_a_bounded_relative_error():
+    # Adam's second moments span many octaves; a linear fit spends its levels on the largest
+    v = np.exp2(np.random.default_rng(5).uniform(-40, -10, 100_000)).astype(np.float32)
+    vj = jnp.asarray(v[None])
+    h = kmeans.local_histogram((kmeans.order_key(vj) >> 16).astype(jnp.int32), jnp.ones(vj.shape, bool))
+    errors = {}
+    for log in (False, True):
+        cent = kmeans.fit_codebook(h, 15, 10, log=log)
+        if log:
+            idx = kmeans.nearest(jnp.log2(vj), jnp.log2(cent))
+        else:
+            idx = kmeans.nearest(vj, cent)
+        q = np.asarray(cent[0])[np.asarray(idx)[0]]
+        errors[log] = np.abs(np.log2(np.maximum(q, 1e-45) / v))
+    # 15 levels over 30 octaves: within one octave of every value (exactly 1 for uniform levels)
+    assert errors[True].max() < 1.1
+    assert np.sqrt(np.mean(errors[True] ** 2)) < 0.2 * np.sqrt(np.mean(errors[False] ** 2))
+
+
 def test_packing_round_trips_and_checksum_sees_one_bit():
     rng = np.random.default_rng(2)
     for bits in (2, 3, 5, 8):
@@ -181,10 +227,10 @@ def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
             np.testing.assert_array_equal(err[keep], nearest)
             cents = np.sort(book[g, 1:])
             kept_vals = d[keep]
-            gap = max(
+            gap = max(  # a group may keep nothing (every residual within the threshold)
                 np.max(np.diff(cents)) / 2,
-                cents[0] - kept_vals.min(),
-                kept_vals.max() - cents[-1],
+                cents[0] - kept_vals.min(initial=cents[0]),
+                kept_vals.max(initial=cents[-1]) - cents[-1],
             )
             bound = max(float(r[g]), float(gap))
             # plus one rounding of the residual and one of the reconstruction
@@ -208,6 +254,14 @@ def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
             assert np.all(v_hat[g][~allowed & (v[g] > 0)] > 0)
             assert len(np.unique(m_hat[g])) <= 2**bits
             assert len(np.unique(v_hat[g][allowed])) <= 2**bits
+            # kept v: the nearest centroid in log2 (its relative error is what Adam's update sees)
+            kept_v = allowed & (v[g] > 0)
+            vbook = np.asarray(enc.records[p.nu]["codebook"])[g, 1:]
+            if kept_v.any():
+                assert np.all(vbook > 0)
+                log_err = np.abs(np.log2(v_hat[g][kept_v]) - np.log2(v[g][kept_v]))
+                best = np.min(np.abs(np.log2(v[g][kept_v])[:, None] - np.log2(vbook)[None]), axis=1)
+                np.testing.assert_allclose(log_err, best, atol=1e-5)
         checked += 1
     assert checked >= 6
 

@@ -11,7 +11,8 @@ quantisation error never accumulates along a chain. Per weight tensor ``W`` with
 3. joint momentum shrinking: keep ``m`` where ``|m| > beta * mean(|m|)`` *and* ``dW`` was kept;
    ``v`` at exactly the same positions; everything else is zero;
 4. non-uniform quantisation of the kept values of ``dW``, ``m`` and ``v`` separately: a 1-D
-   k-means codebook of ``2**bits - 1`` centroids plus code 0 for an exact zero, the codes packed
+   k-means codebook of ``2**bits - 1`` centroids plus code 0 for an exact zero (``v``'s fitted
+   and assigned in ``log2``: Adam divides by ``sqrt(v)``, so its relative error counts), the codes packed
    into bit planes (:mod:`jaxslim.checkpoint.packing`); Orbax's zstd then turns the zero runs into
    few bytes.
 
@@ -425,9 +426,14 @@ def _dequantise(codes: jax.Array, codebook: jax.Array) -> jax.Array:
     return jnp.take(codebook.reshape(-1), g * codebook.shape[1] + codes.astype(jnp.int32))
 
 
-def _codes(x: jax.Array, nz: jax.Array, cent: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Codes (uint8, 0 = zero) of ``x`` where ``nz`` and the ``(groups, 2**bits)`` codebook."""
-    codes = jnp.where(nz, kmeans.nearest(x, cent) + 1, 0).astype(jnp.uint8)
+def _codes(x: jax.Array, nz: jax.Array, cent: jax.Array, log: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Codes (uint8, 0 = zero) of ``x`` where ``nz`` and the ``(groups, 2**bits)`` codebook; with
+    ``log``, ``x`` and ``cent`` are positive and the nearest centroid is the nearest in ``log2``."""
+    if log:
+        near = kmeans.nearest(jnp.log2(jnp.where(nz, x, 1.0)), jnp.log2(cent))
+    else:
+        near = kmeans.nearest(x, cent)
+    codes = jnp.where(nz, near + 1, 0).astype(jnp.uint8)
     book = jnp.concatenate([jnp.zeros((cent.shape[0], 1), jnp.float32), cent], axis=1)
     return codes, book
 
@@ -464,8 +470,8 @@ def _checksums(rec: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=256)
-def _fit(iters: int, n_centroids: int):
-    return jax.jit(lambda h: kmeans.fit_codebook(h, n_centroids, iters))
+def _fit(iters: int, n_centroids: int, log: bool = False):
+    return jax.jit(lambda h: kmeans.fit_codebook(h, n_centroids, iters, log=log))
 
 
 @functools.lru_cache(maxsize=256)
@@ -614,7 +620,7 @@ def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: b
             m, v = _inner(m, p), _inner(v, p)
             keep_m = (jnp.abs(m) > _per_group(st["tm"], nd)) & keep
             for name, x in (("m", m), ("v", v)):
-                c, b = _codes(x, keep_m & (x != 0), cents[name])
+                c, b = _codes(x, keep_m & (x != 0), cents[name], log=name == "v")
                 rec[name] = {"planes": _pack(c, mbits, p), "codebook": b}
                 recon[name] = _outer(_dequantise(c, b), p).astype(m_dtype)
             rec["m"]["threshold"] = st["tm"]
@@ -644,8 +650,9 @@ def _encode_weight(i, p, plan, cfg, keyframe, leaves, ref, records, recon, stats
     wbits = cfg.keyframe_bits if keyframe else cfg.weight_bits
     cents = {"w": _settle(_fit(cfg.kmeans_iters, (1 << wbits) - 1)(st["h_w"]))}
     if p.mu >= 0:
-        fit = _fit(cfg.kmeans_iters, (1 << cfg.moment_bits) - 1)
-        cents.update(m=_settle(fit(st["h_m"])), v=_settle(fit(st["h_v"])))
+        fit = functools.partial(_fit, cfg.kmeans_iters, (1 << cfg.moment_bits) - 1)
+        # v in the log domain: updates divide by sqrt(v), so its relative error is what counts
+        cents.update(m=_settle(fit()(st["h_m"])), v=_settle(fit(True)(st["h_v"])))
     m_dtype = plan[p.mu].dtype if p.mu >= 0 else p.dtype
     codes_fn = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe, cfg.moment_fill)
     rec, rcn, stats[i] = _settle(codes_fn(w, ref, m, v, st, cents))

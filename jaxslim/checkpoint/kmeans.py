@@ -7,7 +7,7 @@ device or summed over shards, in any order) and the rest works on a ``(groups, 6
 - :func:`select_kth` finds the exact k-th smallest value with two histogram passes (radix select:
   the high 16 bits of the key, then the low 16 bits within the chosen bin);
 - :func:`fit_codebook` runs weighted Lloyd iterations on the histogram (bin midpoints weighted by
-  their counts), initialised at the quantiles, and returns sorted centroids;
+  their counts), initialised at the companded quantiles, and returns sorted centroids;
 - :func:`nearest` assigns every element to its nearest centroid by binary search (elementwise).
 
 Every function takes a ``groups`` leading axis (one row per layer of a scanned stack, or a single
@@ -107,30 +107,51 @@ def _bin_values() -> tuple[jax.Array, jax.Array]:
     return jnp.where(finite, v, 0.0), finite
 
 
-def fit_codebook(counts: jax.Array, n_centroids: int, iters: int) -> jax.Array:
+def _bin_edges() -> tuple[jax.Array, jax.Array]:
+    """The first and the last value of every 16-bit bin."""
+    keys = jnp.arange(BINS, dtype=jnp.uint32) << 16
+    return key_value(keys), key_value(keys | _u32(0xFFFF))
+
+
+def fit_codebook(counts: jax.Array, n_centroids: int, iters: int, *, log: bool = False) -> jax.Array:
     """Sorted centroids of a weighted 1-D k-means over histogram bins.
 
-    Initialised at the ``(i + 1/2) / n`` quantiles of the histogram, then ``iters`` Lloyd
-    iterations on the bin midpoints weighted by their counts. A centroid that loses all its mass
-    keeps its previous value. A group with no elements gets all-zero centroids.
+    Initialised at the companded quantiles: the ``(i + 1/2) / n`` quantiles of the density to the
+    power 1/3 (``counts**(1/3) * width**(2/3)`` per bin), where the high-resolution theory puts the
+    levels of a minimum-error quantiser (Panter and Dite), so the tails get their share of levels
+    from the start; plain quantiles leave the tails to Lloyd iterations, which move outwards only
+    a little per pass. Then ``iters`` Lloyd iterations on the bin midpoints weighted by their
+    counts. A centroid that loses all its mass keeps its previous value. A group with no elements
+    gets all-zero centroids.
+
+    With ``log``, the fit runs on ``log2`` of the positive values (the others are ignored) and the
+    centroids come back as ``2**c``: the error it minimises is relative, what matters for a scale
+    such as Adam's second moment, which updates divide by ``sqrt(v)``. Assign to such a codebook
+    with :func:`nearest` on ``log2`` of both.
 
     Args:
         counts: int32 ``(groups, BINS)`` histogram of :func:`order_key` high halves.
         n_centroids: number of centroids (``2**bits - 1``).
         iters: Lloyd iterations.
+        log: fit in the log domain (positive values only).
 
     Returns:
         float32 ``(groups, n_centroids)``, ascending per row.
     """
     reps, finite = _bin_values()
+    lo, hi = _bin_edges()
+    if log:
+        finite = finite & (lo > 0)
+        reps, lo, hi = (jnp.log2(jnp.where(finite, x, 1.0)) for x in (reps, lo, hi))
+    width = jnp.where(finite & jnp.isfinite(hi - lo), jnp.abs(hi - lo), 0.0)
     counts = jnp.where(finite[None], counts, 0)
     total = counts.sum(axis=1)
-    cum = jnp.cumsum(counts, axis=1)
-    # the rank of each quantile in integers, so the initial centroids are exact order statistics of the bins
-    ranks = (2 * jnp.arange(n_centroids, dtype=jnp.int32)[None] + 1) * total[:, None] // (2 * n_centroids)
-    first = jax.vmap(lambda c, r: jnp.searchsorted(c, r, side="right"))(cum, ranks)
-    cent = reps[jnp.clip(first, 0, BINS - 1)]
     w = counts.astype(jnp.float32)
+    dens = jnp.where(counts > 0, jnp.cbrt(w) * jnp.cbrt(width)[None] ** 2, 0.0)
+    cum = jnp.cumsum(dens, axis=1)
+    q = (jnp.arange(n_centroids, dtype=jnp.float32)[None] + 0.5) / n_centroids * cum[:, -1:]
+    first = jax.vmap(lambda c, r: jnp.searchsorted(c, r, side="right"))(cum, q)
+    cent = reps[jnp.clip(first, 0, BINS - 1)]
     wx = w * reps[None]
     groups = counts.shape[0]
     g = _group_index((groups, BINS))
@@ -144,7 +165,7 @@ def fit_codebook(counts: jax.Array, n_centroids: int, iters: int) -> jax.Array:
         return jnp.where(mass > 0, sums / jnp.where(mass > 0, mass, 1.0), c)
 
     cent = jnp.sort(lax.fori_loop(0, iters, lloyd, cent), axis=1)
-    return jnp.where(total[:, None] > 0, cent, 0.0)
+    return jnp.where(total[:, None] > 0, jnp.exp2(cent) if log else cent, 0.0)
 
 
 def nearest(x: jax.Array, centroids: jax.Array) -> jax.Array:
