@@ -35,7 +35,7 @@ class CodecConfig(Config):
             after a resume are sign-like, ``(1 - b1) / sqrt(1 - b2)`` times the learning rate).
 
     The defaults (2-bit weight and moment codes, 8-bit keyframes every 10 saves, the factored fill)
-    are the setting measured to reach 20x or more against Orbax (25x on the demo GPT, 21.6x on a
+    are the setting measured to reach 20x or more against Orbax (24.8x on the demo GPT, 21.0x on a
     MiniLM fine-tuning, 200 steps) with the demo GPT's final loss within 0.5% of an uncompressed run
     after resuming every 2 saves; the fine-tuning's was not (benchmarks/README.md, checkpoint
     compression). A longer keyframe interval raises the ratio and lengthens the chain a restore reads.
