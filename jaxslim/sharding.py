@@ -212,6 +212,11 @@ def spec_axes(entry: Any) -> tuple[str, ...]:
     return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
+def spec_shards(mesh: Any, entry: Any) -> int:
+    """How many pieces one ``PartitionSpec`` entry splits a dimension into on ``mesh``."""
+    return math.prod(mesh.shape[a] for a in spec_axes(entry))
+
+
 def context_shards(axes: Sequence[str | None], shape: Sequence[int]) -> tuple[int, ...]:
     """How many pieces each dimension of ``shape`` (logical ``axes``) is split into under the
     active mesh and rules (all 1 outside a mesh context)."""
@@ -219,7 +224,7 @@ def context_shards(axes: Sequence[str | None], shape: Sequence[int]) -> tuple[in
     if spec is None:
         return (1,) * len(shape)
     mesh = jax.sharding.get_abstract_mesh()
-    return tuple(math.prod(mesh.shape[a] for a in spec_axes(e)) for e in spec)
+    return tuple(spec_shards(mesh, e) for e in spec)
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:

@@ -117,10 +117,7 @@ def test_log_domain_codebook_has_a_bounded_relative_error():
     errors = {}
     for log in (False, True):
         cent = kmeans.fit_codebook(h, 15, 10, log=log)
-        if log:
-            idx = kmeans.nearest(jnp.log2(vj), jnp.log2(cent))
-        else:
-            idx = kmeans.nearest(vj, cent)
+        idx = kmeans.nearest(vj, cent, log=log)
         q = np.asarray(cent[0])[np.asarray(idx)[0]]
         errors[log] = np.abs(np.log2(np.maximum(q, 1e-45) / v))
     # 15 levels over 30 octaves: within one octave of every value (exactly 1 for uniform levels)

@@ -52,7 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from jaxslim.checkpoint import kmeans, packing
 from jaxslim.checkpoint.roles import find_weights
 from jaxslim.config import CodecConfig
-from jaxslim.sharding import LAYERS, spec_axes
+from jaxslim.sharding import LAYERS, spec_axes, spec_shards
 from jaxslim.tree import is_variable
 
 FORMAT = "jaxslim-compressed-checkpoint"
@@ -359,7 +359,7 @@ def packed_sharding(p: LeafPlan) -> Any:
     if spec is None:
         return p.sharding
     last = spec[-1]
-    n = int(np.prod([p.sharding.mesh.shape[a] for a in spec_axes(last)])) if last is not None else 1
+    n = spec_shards(p.sharding.mesh, last)
     if last is not None and (p.shape[-1] % n or (p.shape[-1] // n) % 8):
         last = None
     return NamedSharding(p.sharding.mesh, PartitionSpec(None, *spec[:-1], last))
@@ -429,11 +429,7 @@ def _dequantise(codes: jax.Array, codebook: jax.Array) -> jax.Array:
 def _codes(x: jax.Array, nz: jax.Array, cent: jax.Array, log: bool = False) -> tuple[jax.Array, jax.Array]:
     """Codes (uint8, 0 = zero) of ``x`` where ``nz`` and the ``(groups, 2**bits)`` codebook; with
     ``log``, ``x`` and ``cent`` are positive and the nearest centroid is the nearest in ``log2``."""
-    if log:
-        near = kmeans.nearest(jnp.log2(jnp.where(nz, x, 1.0)), jnp.log2(cent))
-    else:
-        near = kmeans.nearest(x, cent)
-    codes = jnp.where(nz, near + 1, 0).astype(jnp.uint8)
+    codes = jnp.where(nz, kmeans.nearest(x, cent, log=log) + 1, 0).astype(jnp.uint8)
     book = jnp.concatenate([jnp.zeros((cent.shape[0], 1), jnp.float32), cent], axis=1)
     return codes, book
 
@@ -650,9 +646,12 @@ def _encode_weight(i, p, plan, cfg, keyframe, leaves, ref, records, recon, stats
     wbits = cfg.keyframe_bits if keyframe else cfg.weight_bits
     cents = {"w": _settle(_fit(cfg.kmeans_iters, (1 << wbits) - 1)(st["h_w"]))}
     if p.mu >= 0:
-        fit = functools.partial(_fit, cfg.kmeans_iters, (1 << cfg.moment_bits) - 1)
+        n = (1 << cfg.moment_bits) - 1
         # v in the log domain: updates divide by sqrt(v), so its relative error is what counts
-        cents.update(m=_settle(fit()(st["h_m"])), v=_settle(fit(True)(st["h_v"])))
+        cents.update(
+            m=_settle(_fit(cfg.kmeans_iters, n)(st["h_m"])),
+            v=_settle(_fit(cfg.kmeans_iters, n, True)(st["h_v"])),
+        )
     m_dtype = plan[p.mu].dtype if p.mu >= 0 else p.dtype
     codes_fn = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe, cfg.moment_fill)
     rec, rcn, stats[i] = _settle(codes_fn(w, ref, m, v, st, cents))

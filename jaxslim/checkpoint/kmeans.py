@@ -127,7 +127,7 @@ def fit_codebook(counts: jax.Array, n_centroids: int, iters: int, *, log: bool =
     With ``log``, the fit runs on ``log2`` of the positive values (the others are ignored) and the
     centroids come back as ``2**c``: the error it minimises is relative, what matters for a scale
     such as Adam's second moment, which updates divide by ``sqrt(v)``. Assign to such a codebook
-    with :func:`nearest` on ``log2`` of both.
+    with ``nearest(..., log=True)``.
 
     Args:
         counts: int32 ``(groups, BINS)`` histogram of :func:`order_key` high halves.
@@ -168,16 +168,20 @@ def fit_codebook(counts: jax.Array, n_centroids: int, iters: int, *, log: bool =
     return jnp.where(total[:, None] > 0, jnp.exp2(cent) if log else cent, 0.0)
 
 
-def nearest(x: jax.Array, centroids: jax.Array) -> jax.Array:
+def nearest(x: jax.Array, centroids: jax.Array, *, log: bool = False) -> jax.Array:
     """Index of the nearest centroid for every element (ties go to the smaller one); elementwise.
 
     Args:
         x: float32, groups on axis 0.
         centroids: float32 ``(groups, n)``, ascending.
+        log: nearest in ``log2`` (a codebook from ``fit_codebook(..., log=True)``); the index of
+            an element that is not positive is meaningless.
 
     Returns:
         int32 of ``x``'s shape, in ``[0, n)``.
     """
+    if log:
+        x, centroids = jnp.log2(x), jnp.log2(centroids)
     n = centroids.shape[1]
     if n == 1:
         return jnp.zeros(x.shape, jnp.int32)

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +110,7 @@ def _splash(q, k, v, mask, *, causal: bool, scale: float, softcap, interpret: bo
     rules = flax_spmd.get_logical_axis_rules()
     if mesh.empty or not rules:
         return jnp.swapaxes(kernel(qh, kh, vh, kv_ids), 1, 2)
-    from jaxslim.sharding import logical_to_spec, spec_axes
+    from jaxslim.sharding import logical_to_spec, spec_axes, spec_shards
 
     q_spec = tuple(logical_to_spec(("batch", "act_heads", "length", None), rules, mesh, qh.shape))
     q_spec += (None,) * (4 - len(q_spec))
@@ -121,9 +120,8 @@ def _splash(q, k, v, mask, *, causal: bool, scale: float, softcap, interpret: bo
         kv_spec = q_spec[:1]
     context = q_spec[2]
     if context is not None and causal:  # each device's queries are one chunk: offset its mask
-        names = spec_axes(context)
-        chunks = math.prod(mesh.shape[name] for name in names)
-        kernel = functools.partial(_splash_chunk, kernel=kernel, chunks=chunks, axes=names)
+        chunks = spec_shards(mesh, context)
+        kernel = functools.partial(_splash_chunk, kernel=kernel, chunks=chunks, axes=spec_axes(context))
     out = jax.shard_map(
         kernel,
         mesh=mesh,

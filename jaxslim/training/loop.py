@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import pathlib
 from typing import Any, NamedTuple
 
@@ -42,7 +41,7 @@ from jaxslim.moe.bundle import MoeMethod
 from jaxslim.optim.bundle import OptimMethod
 from jaxslim.paths import absolute
 from jaxslim.prune.bundle import PruneMethod
-from jaxslim.sharding import logical_to_spec, make_mesh, spec_axes
+from jaxslim.sharding import logical_to_spec, make_mesh, spec_axes, spec_shards
 from jaxslim.training.distributed import maybe_initialize
 from jaxslim.training.run import Run
 from jaxslim.training.rundir import RunDirectory, check_run_directory
@@ -146,8 +145,8 @@ def _check_batch_fits_mesh(cfg: TrainConfig) -> None:
         ("length", cfg.data.seq_len, "seq_len", "chunks context parallelism splits a sequence into"),
     ):
         spec = logical_to_spec((logical,), cfg.mesh.rules, mesh)
-        names = spec_axes(spec[0] if spec else None)
-        shards = math.prod(mesh.shape[a] for a in names)
+        entry = spec[0] if spec else None
+        names, shards = spec_axes(entry), spec_shards(mesh, entry)
         if size % shards:
             raise ValueError(
                 f"DataConfig.{field}={size} must be a multiple of the {shards} {what} "
