@@ -191,7 +191,7 @@ def test_lossless_is_bit_exact(states):
 
 @pytest.mark.parametrize("bits", [2, 4])
 def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
-    cfg = CodecConfig(weight_bits=bits, moment_bits=bits)
+    cfg = CodecConfig(weight_bits=bits, moment_bits=bits, residual_gain=False)  # the gain: below
     codec = Codec(cfg)
     plan = codec.plan(states[0])
     key = codec.encode(plan, _leaves(states[0]), None, keyframe=True)
@@ -212,14 +212,26 @@ def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
             codes, w, ref, w_hat = codes[None], w[None], ref[None], w_hat[None]
         # the code alphabet: 2**bits values, zero only as code 0
         assert codes.max() < 2**bits and book.shape[1] == 2**bits and np.all(book[:, 0] == 0)
+        index, value = np.asarray(rec["outlier_index"]), np.asarray(rec["outlier_value"])
+        k = index.shape[1]
+        assert k == max(1, int(np.ceil(1e-4 * w[0].size)))  # the default outlier_fraction
         for g in range(codes.shape[0]):
             d = w[g] - ref[g]
-            keep = np.abs(d) > r[g]
+            # the exact outliers: the largest residuals, at most k, listed in row-major order
+            listed = index[g][index[g][:, 0] < d.shape[0]]
+            exact = np.zeros(d.shape, bool)
+            exact[tuple(listed.T)] = True
+            assert 1 <= exact.sum() <= k and np.abs(d[exact]).min() >= np.abs(d[~exact]).max(), p.path
+            flat = np.ravel_multi_index(tuple(listed.T), d.shape)
+            assert np.all(np.diff(flat) > 0)
+            np.testing.assert_array_equal(value[g][: len(listed)], w[g][exact])
+            np.testing.assert_array_equal(w_hat[g][exact], w[g][exact])
+            keep = (np.abs(d) > r[g]) & ~exact
             assert np.array_equal(codes[g] != 0, keep & (d != 0)), p.path  # kept exactly above r
             dq = book[g][codes[g]]
             err = np.abs(dq - d)
             # dropped: the error is the residual itself, at most r; kept: distance to the nearest centroid
-            assert np.all(err[~keep] <= r[g])
+            assert np.all(err[~keep & ~exact] <= r[g])
             nearest = np.min(np.abs(d[keep][:, None] - book[g][None, 1:]), axis=1)
             np.testing.assert_array_equal(err[keep], nearest)
             cents = np.sort(book[g, 1:])
@@ -263,6 +275,45 @@ def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
     assert checked >= 6
 
 
+def test_residual_gain_scales_the_levels_so_a_restore_does_not_lag(states):
+    """The gain multiplies a delta's levels (same codes) so that the reconstruction's projection on
+    the residual equals the residual's energy; without it the reconstruction falls short."""
+    leaves0, leaves1 = _leaves(states[0]), _leaves(states[2])
+    out = {}
+    for gain in (False, True):
+        codec = Codec(CodecConfig(residual_gain=gain))
+        plan = codec.plan(states[0])
+        key = codec.encode(plan, leaves0, None, keyframe=True)
+        out[gain] = (key, codec.encode(plan, leaves1, key.recon, keyframe=False))
+    checked = 0
+    for i, p in enumerate(plan):
+        if p.kind != WEIGHT:
+            continue
+        (k0, plain), (k1, scaled) = out[False], out[True]
+        np.testing.assert_array_equal(np.asarray(k0.recon[i]), np.asarray(k1.recon[i]))  # keyframes: none
+        np.testing.assert_array_equal(
+            np.asarray(plain.records[i]["planes"]), np.asarray(scaled.records[i]["planes"])
+        )
+        b0, b1 = np.asarray(plain.records[i]["codebook"]), np.asarray(scaled.records[i]["codebook"])
+        levels = b0[:, 1:] != 0  # a group that coded nothing has an all-zero codebook
+        gain = np.where(levels, b1[:, 1:] / np.where(levels, b0[:, 1:], 1), 1)
+        assert np.allclose(gain, gain.max(axis=1, keepdims=True), rtol=1e-6), p.path
+        assert np.all((gain >= 1) & (gain <= 2)) and np.all(b1[:, 1:][~levels] == 0)
+        ref = np.asarray(k0.recon[i], np.float32)
+        d = np.asarray(leaves1[i], np.float32) - ref
+        q0, q1 = np.asarray(plain.recon[i], np.float32) - ref, np.asarray(scaled.recon[i], np.float32) - ref
+        if not p.grouped:
+            d, q0, q1, gain = d[None], q0[None], q1[None], gain[:1]
+        for g in range(d.shape[0]):
+            e = np.sum(d[g] ** 2)
+            assert np.sum(q0[g] * d[g]) < 0.95 * e  # the plain codes fall short
+            if levels[g].any() and gain[g, 0] < 2:  # the energy is matched (up to the bin midpoints)
+                np.testing.assert_allclose(np.sum(q1[g] * d[g]), e, rtol=0.03)
+            assert np.sum((q1[g] - d[g]) ** 2) <= e  # never further than no update at all
+        checked += int(levels.any())
+    assert checked >= 4
+
+
 def test_keyframe_keeps_every_weight_with_keyframe_bits(states):
     codec = Codec(CodecConfig(keyframe_bits=6))
     plan = codec.plan(states[2])
@@ -271,7 +322,13 @@ def test_keyframe_keeps_every_weight_with_keyframe_bits(states):
         if p.kind == WEIGHT:
             codes = np.asarray(packing.unpack_codes(enc.records[i]["planes"], 6, p.shape[-1]))
             w = np.asarray(_leaves(states[2])[i])
-            assert np.array_equal(codes != 0, w != 0)
+            exact = np.zeros(w.shape, bool)  # the largest weights are stored exactly instead
+            index = np.asarray(enc.records[i]["outlier_index"])
+            for g, idx in enumerate(index):
+                idx = idx[idx[:, 0] < (w.shape[1] if p.grouped else w.shape[0])]
+                exact[((g,) if p.grouped else ()) + tuple(idx.T)] = True
+            assert exact.any() and np.array_equal(codes != 0, (w != 0) & ~exact)
+            np.testing.assert_array_equal(np.asarray(enc.recon[i])[exact], w[exact])
             assert np.all(np.asarray(enc.records[i]["threshold"]) == 0)
             assert enc.records[i]["codebook"].shape[1] == 64
 

@@ -14,17 +14,23 @@ quantisation error never accumulates along a chain. Per weight tensor ``W`` with
    k-means codebook of ``2**bits - 1`` centroids plus code 0 for an exact zero (``v``'s fitted
    and assigned in ``log2``: Adam divides by ``sqrt(v)``, so its relative error counts), the codes packed
    into bit planes (:mod:`jaxslim.checkpoint.packing`); Orbax's zstd then turns the zero runs into
-   few bytes.
+   few bytes;
+5. exact outliers: the ``outlier_fraction`` of entries with the largest ``|dW|`` (at least one) are
+   stored as float32 values with their coordinates and left out of the weight codebook;
+6. residual gain (deltas): the weight levels are scaled by ``min(2, sum dW**2 / sum q**2)``, so the
+   reconstruction ``q`` does not fall short of the residual (k-means levels and dropped residuals
+   both shrink it, and a resumed run would lag behind).
 
 The lossless mode XORs the bits of every floating-point leaf with the previous checkpoint's and
 splits them into byte planes (sign and exponent bytes, which rarely change, sit together), so a
 restore is bit-exact.
 
 Everything runs in one ``jax.jit`` program per state layout. Thresholding, assignment, packing and
-reconstruction are elementwise, so arrays keep their shardings; the two statistics that need the
-whole tensor are exact: the median by radix select and the k-means codebook from a 65536-bin
-histogram (:mod:`jaxslim.checkpoint.kmeans`), both from integer counts that each shard computes
-locally and ``shard_map`` sums with one ``psum``. The only floating-point reductions are the means in
+reconstruction are elementwise, so arrays keep their shardings; the statistics that need the
+whole tensor are exact: the median and the outlier threshold by radix select, the k-means codebook
+and the gain from a 65536-bin histogram (:mod:`jaxslim.checkpoint.kmeans`), all from integer counts
+that each shard computes locally and ``shard_map`` sums with one ``psum``; each shard lists its own
+outliers and the lists are merged in row-major order. The only floating-point reductions are the means in
 the thresholds.
 
 Example:
@@ -41,6 +47,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Any, NamedTuple
 
@@ -56,7 +63,9 @@ from jaxslim.sharding import LAYERS, spec_axes, spec_shards
 from jaxslim.tree import is_variable
 
 FORMAT = "jaxslim-compressed-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# version 1: no exact outliers (CodecConfig.outlier_fraction); still read
+READABLE_VERSIONS = (1, 2)
 # the moment fill stores log2(v) in fixed point: this many steps per octave, clipped to LOG2_RANGE
 LOG2_STEPS = 64
 LOG2_RANGE = (-120.0, 8.0)
@@ -297,7 +306,7 @@ class Codec:
             elif p.kind == WEIGHT:
                 r = None if keyframe else refs[i]
                 recon[i] = _decode_codes(_sig(p), bits["weights"], r is None)(
-                    rec["planes"], rec["codebook"], r
+                    rec["planes"], rec["codebook"], r, rec.get("outlier_index"), rec.get("outlier_value")
                 )
             elif p.kind == MOMENT and "fill_rows" in rec:
                 recon[i] = _settle(
@@ -413,6 +422,29 @@ def _hi(x: jax.Array) -> jax.Array:
     return (kmeans.order_key(x) >> 16).astype(jnp.int32)
 
 
+def _histogram_energy(h: jax.Array) -> jax.Array:
+    """Per-group sum of squares of the values a 16-bit histogram counts (bin midpoints)."""
+    reps, finite = kmeans._bin_values()
+    w = jnp.where(finite[None], h, 0).astype(jnp.float32)
+    return w @ jnp.minimum(reps * reps, jnp.finfo(jnp.float32).max)  # 0 * inf would be nan
+
+
+def _residual_gain(codes: jax.Array, mask: jax.Array, book: jax.Array, energy: jax.Array, hist) -> jax.Array:
+    """Per group, ``min(2, sum d**2 / sum q**2)`` over the coded residual ``d`` and its codes ``q``.
+
+    A minimum-error quantiser shrinks: each level is the mean of its cell, so ``sum q * d = sum q**2
+    < sum d**2``, and what thresholding drops adds to the gap. Scaling the levels by this gain makes
+    the reconstruction's projection on the residual equal to the residual's energy, so a restore does
+    not lag behind the training it resumes (without it a MiniLM fine-tuning resumed from the 2-bit
+    deltas lost about a fifth of the last interval's movement each time). Above 2 the scaled
+    reconstruction would be further from the residual than no update at all. From integer counts,
+    so it is the same on any sharding.
+    """
+    counts = hist(codes.astype(jnp.int32), mask)[:, : book.shape[1]].astype(jnp.float32)
+    coded = jnp.sum(counts * book * book, axis=1)
+    return jnp.where(coded > 0, jnp.clip(energy / jnp.maximum(coded, 1e-30), 1.0, 2.0), 1.0)
+
+
 def _histogram_mean(h: jax.Array) -> jax.Array:
     """Per-group mean of the values a 16-bit histogram counts (bin midpoints: relative error
     below 2**-9), from exact integer counts, so it is the same on any sharding."""
@@ -493,9 +525,12 @@ def _decode_xor(p: LeafPlan, keyframe: bool):
 
 @functools.lru_cache(maxsize=256)
 def _decode_codes(p: LeafPlan, bits: int, keyframe: bool):
-    def run(planes, book, ref):
+    def run(planes, book, ref, index=None, value=None):
         dq = _dequantise(_unpack(planes, bits, p), book)
-        return _outer(dq if keyframe else _inner(ref, p) + dq, p).astype(p.dtype)
+        x = dq if keyframe else _inner(ref, p) + dq
+        if index is not None:
+            x = _place(x, index, value)
+        return _outer(x, p).astype(p.dtype)
 
     return jax.jit(run)
 
@@ -507,6 +542,86 @@ def _decode_filled(p: LeafPlan, bits: int):
         return _outer(_filled(_dequantise(codes, book), codes == 0, rows, cols), p).astype(p.dtype)
 
     return jax.jit(run)
+
+
+def outlier_count(fraction: float, n: int) -> int:
+    """How many of a group's ``n`` entries are stored exactly (:attr:`CodecConfig.outlier_fraction`)."""
+    return min(math.ceil(fraction * n), n - 1) if fraction > 0 and n > 1 else 0
+
+
+def _group_size(p: LeafPlan) -> int:
+    return int(np.prod(p.shape[1:] if p.grouped else p.shape, dtype=np.int64))
+
+
+def _first_in_order(index: jax.Array, value: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Per group, the first ``k`` of ``(groups, n, ndim)`` coordinates in row-major order, with their
+    values; coordinates past the end (the padding) sort last."""
+    nd = index.shape[-1]
+    cols = jax.lax.sort(tuple(index[..., j] for j in range(nd)) + (value,), dimension=1, num_keys=nd)
+    return jnp.stack(cols[:nd], axis=-1)[:, :k], cols[nd][:, :k]
+
+
+def _local_outliers(exact, x, k, shape, offsets):
+    """The entries of a ``(groups, ...)`` block where ``exact`` holds (at most ``k`` per group), as
+    global coordinates ``(groups, k, ndim)`` in row-major order and float32 values; unused slots
+    hold ``(shape[0], 0, ...)`` and 0."""
+
+    def one(mask, v):
+        coords = jnp.nonzero(mask, size=k, fill_value=0)
+        valid = jnp.arange(k) < jnp.sum(mask)
+        vals = jnp.where(valid, v[coords], 0.0)
+        index = jnp.stack([c + o for c, o in zip(coords, offsets, strict=True)], axis=-1)
+        pad = jnp.zeros(len(shape), jnp.int32).at[0].set(shape[0])
+        return jnp.where(valid[:, None], index, pad).astype(jnp.int32), vals
+
+    return jax.vmap(one)(exact, x)
+
+
+def _outlier_fn(p: LeafPlan, k: int):
+    """``(exact, x) -> (index, value)`` over the leaf's ``(groups, ...)`` view: every shard lists its
+    own outliers with global coordinates, the lists are gathered and merged in row-major order, so
+    the result is the same on any sharding."""
+    inner_shape = p.shape[1:] if p.grouped else p.shape
+    spec = _spec(p)
+    if spec is None:
+        zeros = (0,) * len(inner_shape)
+
+        def single(exact, x):
+            index, value = _local_outliers(exact, x, k, inner_shape, zeros)
+            return _first_in_order(index, value, k)
+
+        return single
+    inner = spec if p.grouped else (None, *spec)
+    summed = tuple(a for e in inner[1:] for a in spec_axes(e))
+    mesh = p.sharding.mesh
+
+    def local(exact, x):
+        offsets = []
+        for entry, size in zip(inner[1:], exact.shape[1:], strict=True):
+            i = 0
+            for a in spec_axes(entry):  # the first axis of an entry is the major one
+                i = i * mesh.shape[a] + jax.lax.axis_index(a)
+            offsets.append(i * size)
+        index, value = _local_outliers(exact, x, k, inner_shape, offsets)
+        if summed:
+            index = jax.lax.all_gather(index, summed, axis=1, tiled=True)
+            value = jax.lax.all_gather(value, summed, axis=1, tiled=True)
+        return _first_in_order(index, value, k)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(PartitionSpec(*inner), PartitionSpec(*inner)),
+        out_specs=(PartitionSpec(inner[0], None, None), PartitionSpec(inner[0], None)),
+        check_vma=False,  # the gathered, merged lists are the same on every shard of ``summed``
+    )
+
+
+def _place(x: jax.Array, index: jax.Array, value: jax.Array) -> jax.Array:
+    """``x`` (``(groups, ...)``) with the exact outliers written in (padding slots are dropped)."""
+    g = jax.lax.broadcasted_iota(jnp.int32, index.shape[:2], 0)
+    coords = (g,) + tuple(index[..., j] for j in range(index.shape[-1]))
+    return x.at[coords].set(value.astype(x.dtype), mode="drop")
 
 
 def _fillable(p: LeafPlan) -> bool:
@@ -565,10 +680,10 @@ def _weight_statistics(p: LeafPlan, cfg: CodecConfig, keyframe: bool):
         w = _inner(w, p)
         d = w if keyframe else w - _inner(ref, p)
         nd, groups = d.ndim, d.shape[0]
+        n = int(np.prod(d.shape[1:]))
         if keyframe:
             r = jnp.zeros((groups,), jnp.float32)
         else:
-            n = int(np.prod(d.shape[1:]))
             k = jnp.full((groups,), (n - 1) // 2, jnp.int32)
             med = kmeans.key_value(kmeans.select_kth(kmeans.order_key(jnp.abs(d)), d == d, k, hist))
             if moments:
@@ -578,7 +693,16 @@ def _weight_statistics(p: LeafPlan, cfg: CodecConfig, keyframe: bool):
                 scale = jnp.full((groups,), cfg.max_scale, jnp.float32)
             r = med * scale
         keep = jnp.abs(d) > _per_group(r, nd)
-        out = {"r": r, "h_w": hist(_hi(d), keep & (d != 0))}
+        k_out = outlier_count(cfg.outlier_fraction, n)
+        if k_out:  # above the (k_out + 1)-th largest |residual|: at most k_out entries
+            rank = jnp.full((groups,), n - k_out - 1, jnp.int32)
+            t = kmeans.key_value(kmeans.select_kth(kmeans.order_key(jnp.abs(d)), d == d, rank, hist))
+        else:
+            t = jnp.full((groups,), jnp.inf, jnp.float32)
+        exact = jnp.abs(d) > _per_group(t, nd)
+        out = {"r": r, "t_out": t, "h_w": hist(_hi(d), keep & (d != 0) & ~exact)}
+        if not keyframe and cfg.residual_gain:  # the energy of every coded residual, kept or dropped
+            out["energy"] = _histogram_energy(hist(_hi(d), (d != 0) & ~exact))
         if moments:
             m, v = _inner(m, p), _inner(v, p)
             tm = cfg.beta * _histogram_mean(hist(_hi(jnp.abs(m)), jnp.ones(d.shape, bool)))
@@ -590,9 +714,11 @@ def _weight_statistics(p: LeafPlan, cfg: CodecConfig, keyframe: bool):
 
 
 @functools.lru_cache(maxsize=256)
-def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: bool, fill: str):
+def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: bool, fill: str, k_out: int):
     """Codes, packed planes, reconstruction and statistics of one weight and its moments."""
     moments = p.mu >= 0
+    outliers = _outlier_fn(p, k_out) if k_out else None
+    hist = _histogram_fn(p)
 
     def run(w, ref, m, v, st, cents):
         w = _inner(w, p)
@@ -600,10 +726,19 @@ def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: b
         d = w if keyframe else w - refi
         nd = d.ndim
         keep = jnp.abs(d) > _per_group(st["r"], nd)
-        codes, book = _codes(d, keep & (d != 0), cents["w"])
+        exact = jnp.abs(d) > _per_group(st["t_out"], nd)
+        coded = keep & (d != 0) & ~exact
+        codes, book = _codes(d, coded, cents["w"])
+        if "energy" in st:  # CodecConfig.residual_gain: the levels scaled (code 0 stays 0)
+            book = book * _residual_gain(codes, coded, book, st["energy"], hist)[:, None]
         dq = _dequantise(codes, book)
         w_hat = dq if keyframe else refi + dq
         rec = {"w": {"planes": _pack(codes, wbits, p), "codebook": book, "threshold": st["r"]}}
+        if outliers is not None:
+            index, value = outliers(exact, w)
+            index, value = _constrain(index, replicated(p)), _constrain(value, replicated(p))
+            rec["w"].update(outlier_index=index, outlier_value=value)
+            w_hat = _place(w_hat, index, value)
         recon = {"w": _outer(w_hat, p).astype(p.dtype)}
         err = jnp.abs(w_hat - w)
         stats = {
@@ -653,7 +788,8 @@ def _encode_weight(i, p, plan, cfg, keyframe, leaves, ref, records, recon, stats
             v=_settle(_fit(cfg.kmeans_iters, n, True)(st["h_v"])),
         )
     m_dtype = plan[p.mu].dtype if p.mu >= 0 else p.dtype
-    codes_fn = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe, cfg.moment_fill)
+    k_out = outlier_count(cfg.outlier_fraction, _group_size(p))
+    codes_fn = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe, cfg.moment_fill, k_out)
     rec, rcn, stats[i] = _settle(codes_fn(w, ref, m, v, st, cents))
     records[i], recon[i] = rec["w"], rcn["w"]
     if p.mu >= 0:

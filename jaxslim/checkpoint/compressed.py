@@ -51,6 +51,7 @@ from jaxslim.checkpoint.codec import (
     FORMAT_VERSION,
     MOMENT,
     RAW,
+    READABLE_VERSIONS,
     WEIGHT,
     XOR,
     Codec,
@@ -237,11 +238,11 @@ class CompressedCheckpointer:
             meta = self._inner.codec(step)
             if meta is None:
                 return None
-            if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+            if meta.get("format") != FORMAT or meta.get("version") not in READABLE_VERSIONS:
                 raise CorruptCheckpointError(
                     f"checkpoint step {step} in {self.directory}: codec metadata has format "
                     f"{meta.get('format')!r} version {meta.get('version')!r}, expected {FORMAT!r} "
-                    f"version {FORMAT_VERSION}"
+                    f"version {' or '.join(map(str, READABLE_VERSIONS))}"
                 )
             self._meta[step] = meta
         return self._meta[step]
@@ -337,7 +338,7 @@ class CompressedCheckpointer:
             plan, leaves, None if keyframe else self._ref, keyframe=keyframe, sequential=sequential
         )
         sums, stats = jax.device_get((enc.checksums, enc.stats))
-        meta = self._metadata(step, plan, keyframe, sums, stats)
+        meta = self._metadata(step, plan, keyframe, sums, stats, enc.records)
         meta["tree"] = tree
         self._refs[step] = meta["reference_step"]
         records = {_key(i): r for i, r in enc.records.items()}
@@ -356,7 +357,7 @@ class CompressedCheckpointer:
         self._ref_plan, self._ref_step = plan, step
         self._deltas = 0 if keyframe else self._deltas + 1
 
-    def _metadata(self, step, plan, keyframe, sums, stats) -> dict[str, Any]:
+    def _metadata(self, step, plan, keyframe, sums, stats, records) -> dict[str, Any]:
         cfg = self.codec.cfg
         leaves = []
         for i, p in enumerate(plan):
@@ -365,6 +366,8 @@ class CompressedCheckpointer:
                 entry["grouped"] = p.grouped
             if p.kind == WEIGHT:
                 entry["mu"], entry["nu"] = p.mu, p.nu
+                if "outlier_value" in records.get(i, {}):
+                    entry["outliers"] = int(records[i]["outlier_value"].shape[1])
                 entry["stats"] = {k: float(v) for k, v in stats[i].items()}
             if i in sums:
                 entry["checksums"] = {k: int(v) for k, v in sums[i].items()}
@@ -386,6 +389,7 @@ class CompressedCheckpointer:
             "alpha": cfg.alpha,
             "beta": cfg.beta,
             "max_scale": cfg.max_scale,
+            "outlier_fraction": cfg.outlier_fraction,
             "moment_fill": cfg.moment_fill,
             "leaves": leaves,
         }
@@ -678,6 +682,13 @@ def _abstract_records(plan: Sequence[LeafPlan], meta: dict) -> dict:
             }
             if p.kind == WEIGHT or "threshold" in entry.get("checksums", {}):
                 rec["threshold"] = jax.ShapeDtypeStruct((groups,), np.float32, sharding=replicated(p))
+            k = int(entry.get("outliers", 0))
+            if k:  # CodecConfig.outlier_fraction: coordinates and exact values
+                ndim = len(p.shape) - (1 if p.grouped else 0)
+                rec["outlier_index"] = jax.ShapeDtypeStruct(
+                    (groups, k, ndim), np.int32, sharding=replicated(p)
+                )
+                rec["outlier_value"] = jax.ShapeDtypeStruct((groups, k), np.float32, sharding=replicated(p))
             if "fill_rows" in entry.get(
                 "checksums", {}
             ):  # the second moment's fill (CodecConfig.moment_fill)
