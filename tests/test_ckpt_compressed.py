@@ -358,3 +358,27 @@ def test_training_resumes_from_compressed_checkpoints(tmp_path, monkeypatch):
         else:
             assert np.isfinite(again.last_metrics["loss"])
             assert not _bitwise(first.state, again.state)  # resumed from the lossy reconstruction
+
+
+def test_checkpoints_of_format_version_1_still_restore(tmp_path, single):
+    """Version 1 had no exact outliers; its chains restore as they were written."""
+    states, _ = single
+    cfg = CodecConfig(keyframe_every=3, outlier_fraction=0.0)
+    with CompressedCheckpointer(tmp_path, cfg, max_to_keep=None) as ck:
+        for step, s in enumerate(states[:2], 1):
+            ck.save(step, s)
+    for step in (1, 2):  # what an earlier release wrote: the same records, version 1
+        path = tmp_path / str(step) / "codec" / "metadata"
+        meta = json.loads(path.read_text())
+        assert meta["version"] == 2 and not any("outliers" in e for e in meta["leaves"])
+        path.write_text(json.dumps({**meta, "version": 1}))
+    expected = _expected(states[:2], cfg)
+    with CompressedCheckpointer(tmp_path, CodecConfig(), read_only=True) as ck:
+        assert ck.metadata(2)["version"] == 1
+        got, _ = ck.restore(abstract_like(states[0]), 2)
+    assert _bitwise(got, expected[1])
+    path = tmp_path / "2" / "codec" / "metadata"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "version": 3}))
+    with CompressedCheckpointer(tmp_path, CodecConfig(), read_only=True) as ck:
+        with pytest.raises(CorruptCheckpointError, match="version 3, expected .* version 1 or 2"):
+            ck.restore(abstract_like(states[0]), 2)

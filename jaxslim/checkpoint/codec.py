@@ -429,8 +429,10 @@ def _histogram_energy(h: jax.Array) -> jax.Array:
     return w @ jnp.minimum(reps * reps, jnp.finfo(jnp.float32).max)  # 0 * inf would be nan
 
 
-def _residual_gain(codes: jax.Array, mask: jax.Array, book: jax.Array, energy: jax.Array, hist) -> jax.Array:
-    """Per group, ``min(2, sum d**2 / sum q**2)`` over the coded residual ``d`` and its codes ``q``.
+def _scaled_levels(h: jax.Array, energy: jax.Array, cent: jax.Array) -> jax.Array:
+    """``cent`` times ``min(2, sum d**2 / sum q**2)`` per group, over the coded residual ``d``
+    (``energy``) and its reconstruction ``q`` (each bin of ``h``, the kept residuals' histogram,
+    at its nearest level).
 
     A minimum-error quantiser shrinks: each level is the mean of its cell, so ``sum q * d = sum q**2
     < sum d**2``, and what thresholding drops adds to the gap. Scaling the levels by this gain makes
@@ -440,9 +442,15 @@ def _residual_gain(codes: jax.Array, mask: jax.Array, book: jax.Array, energy: j
     reconstruction would be further from the residual than no update at all. From integer counts,
     so it is the same on any sharding.
     """
-    counts = hist(codes.astype(jnp.int32), mask)[:, : book.shape[1]].astype(jnp.float32)
-    coded = jnp.sum(counts * book * book, axis=1)
-    return jnp.where(coded > 0, jnp.clip(energy / jnp.maximum(coded, 1e-30), 1.0, 2.0), 1.0)
+    reps, finite = kmeans._bin_values()
+    w = jnp.where(finite[None], h, 0).astype(jnp.float32)
+    level = jnp.take_along_axis(cent, kmeans.nearest(jnp.broadcast_to(reps, w.shape), cent), axis=1)
+    coded = jnp.sum(w * level * level, axis=1)
+    gain = jnp.where(coded > 0, jnp.clip(energy / jnp.maximum(coded, 1e-30), 1.0, 2.0), 1.0)
+    return cent * gain[:, None]
+
+
+_scaled_levels_fn = jax.jit(_scaled_levels)
 
 
 def _histogram_mean(h: jax.Array) -> jax.Array:
@@ -718,7 +726,6 @@ def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: b
     """Codes, packed planes, reconstruction and statistics of one weight and its moments."""
     moments = p.mu >= 0
     outliers = _outlier_fn(p, k_out) if k_out else None
-    hist = _histogram_fn(p)
 
     def run(w, ref, m, v, st, cents):
         w = _inner(w, p)
@@ -729,8 +736,8 @@ def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: b
         exact = jnp.abs(d) > _per_group(st["t_out"], nd)
         coded = keep & (d != 0) & ~exact
         codes, book = _codes(d, coded, cents["w"])
-        if "energy" in st:  # CodecConfig.residual_gain: the levels scaled (code 0 stays 0)
-            book = book * _residual_gain(codes, coded, book, st["energy"], hist)[:, None]
+        if "w_scaled" in cents:  # CodecConfig.residual_gain: codes of the levels, stored scaled
+            book = jnp.concatenate([book[:, :1], cents["w_scaled"]], axis=1)
         dq = _dequantise(codes, book)
         w_hat = dq if keyframe else refi + dq
         rec = {"w": {"planes": _pack(codes, wbits, p), "codebook": book, "threshold": st["r"]}}
@@ -780,6 +787,8 @@ def _encode_weight(i, p, plan, cfg, keyframe, leaves, ref, records, recon, stats
     st = _settle(_weight_statistics(sig, cfg, keyframe)(w, ref, m, v))
     wbits = cfg.keyframe_bits if keyframe else cfg.weight_bits
     cents = {"w": _settle(_fit(cfg.kmeans_iters, (1 << wbits) - 1)(st["h_w"]))}
+    if "energy" in st:  # scaled in a program of its own: the codes' program only reads them
+        cents["w_scaled"] = _settle(_scaled_levels_fn(st["h_w"], st["energy"], cents["w"]))
     if p.mu >= 0:
         n = (1 << cfg.moment_bits) - 1
         # v in the log domain: updates divide by sqrt(v), so its relative error is what counts
