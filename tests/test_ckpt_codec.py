@@ -191,7 +191,7 @@ def test_lossless_is_bit_exact(states):
 
 @pytest.mark.parametrize("bits", [2, 4])
 def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
-    cfg = CodecConfig(weight_bits=bits, moment_bits=bits, residual_gain=False)  # the gain: below
+    cfg = CodecConfig(weight_bits=bits, moment_bits=bits, residual_gain=False, momentum_gain=False)
     codec = Codec(cfg)
     plan = codec.plan(states[0])
     key = codec.encode(plan, _leaves(states[0]), None, keyframe=True)
@@ -281,7 +281,7 @@ def test_residual_gain_scales_the_levels_so_a_restore_does_not_lag(states):
     leaves0, leaves1 = _leaves(states[0]), _leaves(states[2])
     out = {}
     for gain in (False, True):
-        codec = Codec(CodecConfig(residual_gain=gain))
+        codec = Codec(CodecConfig(residual_gain=gain, momentum_gain=gain))
         plan = codec.plan(states[0])
         key = codec.encode(plan, leaves0, None, keyframe=True)
         out[gain] = (key, codec.encode(plan, leaves1, key.recon, keyframe=False))
@@ -311,6 +311,18 @@ def test_residual_gain_scales_the_levels_so_a_restore_does_not_lag(states):
                 np.testing.assert_allclose(np.sum(q1[g] * d[g]), e, rtol=0.03)
             assert np.sum((q1[g] - d[g]) ** 2) <= e  # never further than no update at all
         checked += int(levels.any())
+        # m: every save, the kept levels scaled to the energy of all of m (dropped entries stay 0)
+        m = np.asarray(leaves1[p.mu], np.float32)
+        m0, m1 = np.asarray(plain.recon[p.mu], np.float32), np.asarray(scaled.recon[p.mu], np.float32)
+        np.testing.assert_array_equal(m0 == 0, m1 == 0)
+        if not p.grouped:
+            m, m0, m1 = m[None], m0[None], m1[None]
+        for g in range(m.shape[0]):
+            gm = np.sum(m1[g] * m0[g]) / max(np.sum(m0[g] ** 2), 1e-30)
+            if np.any(m0[g]):
+                assert 1 <= gm <= 2 + 1e-5 and np.sum((m1[g] - m[g]) ** 2) <= np.sum(m[g] ** 2)
+                if gm < 2:  # gain * sum q**2 = sum m**2 (up to the histogram's bin midpoints)
+                    np.testing.assert_allclose(np.sum(m1[g] * m0[g]), np.sum(m[g] ** 2), rtol=0.03)
     assert checked >= 4
 
 

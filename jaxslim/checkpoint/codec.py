@@ -17,9 +17,11 @@ quantisation error never accumulates along a chain. Per weight tensor ``W`` with
    few bytes;
 5. exact outliers: the ``outlier_fraction`` of entries with the largest ``|dW|`` (at least one) are
    stored as float32 values with their coordinates and left out of the weight codebook;
-6. residual gain (deltas): the weight levels are scaled by ``min(2, sum dW**2 / sum q**2)``, so the
+6. gains: a delta's weight levels are scaled by ``min(2, sum dW**2 / sum q**2)``, so the
    reconstruction ``q`` does not fall short of the residual (k-means levels and dropped residuals
-   both shrink it, and a resumed run would lag behind).
+   both shrink it, and a resumed run would lag behind); likewise ``m``'s levels by
+   ``min(2, sum m**2 / sum q**2)`` over all of ``m``, so the kept momentum carries the energy of
+   what joint shrinking dropped.
 
 The lossless mode XORs the bits of every floating-point leaf with the previous checkpoint's and
 splits them into byte planes (sign and exponent bytes, which rarely change, sit together), so a
@@ -716,6 +718,8 @@ def _weight_statistics(p: LeafPlan, cfg: CodecConfig, keyframe: bool):
             tm = cfg.beta * _histogram_mean(hist(_hi(jnp.abs(m)), jnp.ones(d.shape, bool)))
             keep_m = (jnp.abs(m) > _per_group(tm, nd)) & keep
             out.update(tm=tm, h_m=hist(_hi(m), keep_m & (m != 0)), h_v=hist(_hi(v), keep_m & (v != 0)))
+            if cfg.momentum_gain:  # the energy of all of m, kept or dropped
+                out["energy_m"] = _histogram_energy(hist(_hi(m), m != 0))
         return out
 
     return jax.jit(run)
@@ -759,6 +763,8 @@ def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: b
             keep_m = (jnp.abs(m) > _per_group(st["tm"], nd)) & keep
             for name, x in (("m", m), ("v", v)):
                 c, b = _codes(x, keep_m & (x != 0), cents[name], log=name == "v")
+                if f"{name}_scaled" in cents:  # CodecConfig.momentum_gain
+                    b = jnp.concatenate([b[:, :1], cents[f"{name}_scaled"]], axis=1)
                 rec[name] = {"planes": _pack(c, mbits, p), "codebook": b}
                 recon[name] = _outer(_dequantise(c, b), p).astype(m_dtype)
             rec["m"]["threshold"] = st["tm"]
@@ -796,6 +802,8 @@ def _encode_weight(i, p, plan, cfg, keyframe, leaves, ref, records, recon, stats
             m=_settle(_fit(cfg.kmeans_iters, n)(st["h_m"])),
             v=_settle(_fit(cfg.kmeans_iters, n, True)(st["h_v"])),
         )
+        if "energy_m" in st:
+            cents["m_scaled"] = _settle(_scaled_levels_fn(st["h_m"], st["energy_m"], cents["m"]))
     m_dtype = plan[p.mu].dtype if p.mu >= 0 else p.dtype
     k_out = outlier_count(cfg.outlier_fraction, _group_size(p))
     codes_fn = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe, cfg.moment_fill, k_out)
