@@ -191,7 +191,9 @@ def test_lossless_is_bit_exact(states):
 
 @pytest.mark.parametrize("bits", [2, 4])
 def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
-    cfg = CodecConfig(weight_bits=bits, moment_bits=bits, residual_gain=False, momentum_gain=False)
+    cfg = CodecConfig(
+        weight_bits=bits, moment_bits=bits, residual_gain=False, momentum_gain=False, outlier_fraction=1e-4
+    )
     codec = Codec(cfg)
     plan = codec.plan(states[0])
     key = codec.encode(plan, _leaves(states[0]), None, keyframe=True)
@@ -214,7 +216,7 @@ def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
         assert codes.max() < 2**bits and book.shape[1] == 2**bits and np.all(book[:, 0] == 0)
         index, value = np.asarray(rec["outlier_index"]), np.asarray(rec["outlier_value"])
         k = index.shape[1]
-        assert k == max(1, int(np.ceil(1e-4 * w[0].size)))  # the default outlier_fraction
+        assert k == max(1, int(np.ceil(1e-4 * w[0].size)))
         for g in range(codes.shape[0]):
             d = w[g] - ref[g]
             # the exact outliers: the largest residuals, at most k, listed in row-major order
@@ -327,7 +329,7 @@ def test_residual_gain_scales_the_levels_so_a_restore_does_not_lag(states):
 
 
 def test_keyframe_keeps_every_weight_with_keyframe_bits(states):
-    codec = Codec(CodecConfig(keyframe_bits=6))
+    codec = Codec(CodecConfig(keyframe_bits=6, outlier_fraction=1e-4))
     plan = codec.plan(states[2])
     enc = codec.encode(plan, _leaves(states[2]), None, keyframe=True)
     for i, p in enumerate(plan):
@@ -346,7 +348,7 @@ def test_keyframe_keeps_every_weight_with_keyframe_bits(states):
 
 
 def test_sharded_and_single_device_compression_are_identical(states, devices):
-    single = Codec(CodecConfig(weight_bits=3, min_size=16384))  # two weight shapes: fewer compiles
+    single = Codec(CodecConfig(weight_bits=3, min_size=16384, outlier_fraction=1e-3))  # two weight shapes
     _, setup8 = _setup(MeshConfig(data=2, tensor=4))
     sharded_states = [jax.tree.map(jax.device_put, s, setup8.shardings) for s in states[:2]]
     assert any(x.sharding.spec != () and len(x.sharding.device_set) == 8 for x in _leaves(sharded_states[0]))

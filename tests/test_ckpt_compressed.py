@@ -103,12 +103,14 @@ def _expected(states, cfg: CodecConfig):
 @pytest.mark.parametrize("mode", ["lossless", "excp"])
 def test_every_step_of_keyframe_delta_chains_restores(tmp_path, single, mode):
     states, _ = single
-    cfg = CodecConfig(mode=mode, keyframe_every=3)
+    cfg = CodecConfig(mode=mode, keyframe_every=3, outlier_fraction=1e-3)  # exact outliers too
     with CompressedCheckpointer(tmp_path, cfg, max_to_keep=None) as ck:
         for step, s in enumerate(states, 1):
             assert ck.save(step, s, extra={"data": {"index": step}})
         ck.wait()
         assert [ck.metadata(s)["keyframe"] for s in range(1, 7)] == [True, False, False, True, False, False]
+        if mode == "excp":
+            assert all(e.get("outliers", 0) >= 1 for e in ck.metadata(2)["leaves"] if e["kind"] == "weight")
     expected = _expected(states, cfg)
     # a fresh process: every step restores, through at most keyframe_every - 1 residuals
     with CompressedCheckpointer(tmp_path, CodecConfig(mode=mode), read_only=True) as ck:
