@@ -299,7 +299,9 @@ def test_cli_compress_inspect_decompress(tmp_path, single, capsys, monkeypatch):
     ) as ck:
         for step, s in enumerate(states[:3], 1):
             ck.save(step, s, extra={"data": {"index": step}})
-    assert main(["compress", "run/checkpoints", "small", "--weight-bits", "3", "-v"]) == 0
+    assert (
+        main(["compress", "run/checkpoints", "small", "--weight-bits", "3", "--no-momentum-gain", "-v"]) == 0
+    )
     out = capsys.readouterr().out
     assert "keyframe" in out and "delta" in out and "total" in out and "x" in out
     assert "['params']['stack']['blocks']['mlp']['wi']['value']" in out
@@ -313,6 +315,7 @@ def test_cli_compress_inspect_decompress(tmp_path, single, capsys, monkeypatch):
         got, extra = ck.restore(abstract_train_state(states[0]), 3)
     with CompressedCheckpointer(tmp_path / "small", CodecConfig(), read_only=True) as ck:
         leaves, _, meta = ck.restore_leaves(3)
+    assert (meta["residual_gain"], meta["momentum_gain"], meta["outlier_fraction"]) == (True, False, 0.0)
     assert extra == {"data": {"index": 3}}
     want = _flat(numbered_tree(meta["tree"], leaves))
     have = _flat(ocp.tree.serialize_tree(got, keep_empty_nodes=True))

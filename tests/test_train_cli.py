@@ -84,6 +84,11 @@ def test_codec_flags_and_their_flat_shorthand():
     assert lossless == CodecConfig(mode="lossless")
     assert parse(["shakespeare_gpt:tiny", "--checkpoint.compression", "none"]).checkpoint.codec is None
     assert parse(["shakespeare_gpt:tiny"]).checkpoint.codec is None
+    # boolean codec fields are switches, in both spellings
+    switched = parse(["shakespeare_gpt:tiny", *flat, "--checkpoint.no-momentum-gain", "--steps", "7"])
+    assert switched.checkpoint.codec == CodecConfig(weight_bits=3, momentum_gain=False)
+    on = ["--checkpoint.compression", "excp", "--checkpoint.no-residual-gain", "--checkpoint.residual-gain"]
+    assert parse(["shakespeare_gpt:tiny", *on]).checkpoint.codec == CodecConfig()
 
 
 def test_stages_that_do_not_fit_the_model_are_refused_before_the_run(capsys):

@@ -390,6 +390,8 @@ class CompressedCheckpointer:
             "beta": cfg.beta,
             "max_scale": cfg.max_scale,
             "outlier_fraction": cfg.outlier_fraction,
+            "residual_gain": cfg.residual_gain,
+            "momentum_gain": cfg.momentum_gain,
             "moment_fill": cfg.moment_fill,
             "leaves": leaves,
         }

@@ -62,6 +62,8 @@ def _codec_flags(parser: argparse.ArgumentParser) -> None:
         flag, tp = "--" + f.name.replace("_", "-"), hints[f.name]
         if typing.get_origin(tp) is typing.Literal:
             parser.add_argument(flag, choices=typing.get_args(tp), default=f.default)
+        elif tp is bool:  # --residual-gain / --no-residual-gain
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             parser.add_argument(flag, type=tp, default=f.default)
 

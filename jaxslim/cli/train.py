@@ -73,6 +73,9 @@ def codec_aliases(argv: Sequence[str]) -> list[str]:
         ['--steps', '5', 'checkpoint.codec:codec-config', '--checkpoint.codec.mode', 'excp', '--checkpoint.codec.weight-bits', '3']
     """
     fields = {f.name.replace("_", "-") for f in dataclasses.fields(CodecConfig)}
+    # boolean fields are value-less flags: --checkpoint.residual-gain / --checkpoint.no-residual-gain
+    switches = {f.name.replace("_", "-") for f in dataclasses.fields(CodecConfig) if f.type in (bool, "bool")}
+    switches |= {f"no-{name}" for name in switches}
     rest: list[str] = []
     codec: list[str] = []
     mode = None
@@ -80,6 +83,9 @@ def codec_aliases(argv: Sequence[str]) -> list[str]:
     for arg in args:
         flag, eq, value = arg.partition("=")
         name = flag.removeprefix("--checkpoint.").replace("_", "-")
+        if flag.startswith("--checkpoint.") and name in switches and not eq:
+            codec.append(f"--checkpoint.codec.{name}")
+            continue
         if not flag.startswith("--checkpoint.") or name not in fields | {"compression"}:
             rest.append(arg)
             continue
