@@ -2,7 +2,8 @@
 loss changes measured by ``benchmarks/checkpoint_compression.py`` at the same settings.
 
 A lossy restore changes three things: the weights (each coded tensor's relative RMS error is in its
-metadata), Adam's first moment (restarts at zero where joint shrinking dropped it) and the second
+metadata), Adam's first moment (restarts at zero where joint shrinking dropped it; with
+``momentum_gain`` the kept entries carry the energy of all of it) and the second
 moment (coded where kept; elsewhere filled per :attr:`CodecConfig.moment_fill`, with the RMS of
 ``log2(v_restored / v)`` over the filled entries in the metadata: an Adam update there is off by a
 factor of about ``2 ** (rms / 2)``, since it scales with ``1 / sqrt(v)``).
@@ -21,13 +22,15 @@ from typing import Any
 
 # Final validation loss vs the uncompressed run after resuming from the latest lossy checkpoint
 # every 2 saves, weights and moments at the same bits (benchmarks/README.md,
-# "checkpoint_compression.py", results/checkpoint_compression_codebook.json): {(weight bits,
-# moment fill): {run: change}}. The demo GPT and a MiniLM fine-tuning, 200 steps, a save every 20
-# steps, four resumes, an 8-bit keyframe every 10 saves. The zero fill has not been measured with
-# the current codebooks.
-MEASURED: dict[tuple[int, str], dict[str, float]] = {
-    (2, "factored"): {"gpt 200 steps": 0.0035, "minilm 200 steps": 0.0252},
-    (4, "factored"): {"gpt 200 steps": 0.0020, "minilm 200 steps": 0.0054},
+# "checkpoint_compression.py"): {(weight bits, moment fill, gains): {run: change}}, ``gains`` when
+# both the residual and the momentum gain were on (results/checkpoint_compression_gain.json; without
+# them: results/checkpoint_compression_codebook.json). The demo GPT and a MiniLM fine-tuning, 200
+# steps, a save every 20 steps, four resumes, an 8-bit keyframe every 10 saves. The zero fill has not
+# been measured with the current codebooks.
+MEASURED: dict[tuple[int, str, bool], dict[str, float]] = {
+    (2, "factored", True): {"minilm 200 steps": 0.0034},
+    (2, "factored", False): {"gpt 200 steps": 0.0035, "minilm 200 steps": 0.0252},
+    (4, "factored", False): {"gpt 200 steps": 0.0020, "minilm 200 steps": 0.0054},
 }
 
 
@@ -49,6 +52,7 @@ def resume_cost(meta: dict[str, Any]) -> dict[str, Any]:
 
     errs = [s["rel_rms_error"] for s in stats if "rel_rms_error" in s]
     bits = meta.get("bits", {}).get("weights")
+    gains = bool(meta.get("residual_gain")) and bool(meta.get("momentum_gain"))
     return {
         "mode": meta.get("mode"),
         "weight_rel_rms_error": mean("rel_rms_error"),
@@ -56,7 +60,7 @@ def resume_cost(meta: dict[str, Any]) -> dict[str, Any]:
         "moments_kept": mean("moments_kept"),
         "moment_fill": fill,
         "v_fill_log2_rms": mean("v_fill_log2_rms") if fill != "zero" else None,
-        "measured": MEASURED.get((bits, fill)) if meta.get("mode") == "excp" else None,
+        "measured": MEASURED.get((bits, fill, gains)) if meta.get("mode") == "excp" else None,
     }
 
 
@@ -81,7 +85,8 @@ def describe(meta: dict[str, Any]) -> list[str]:
             )
         else:
             v = f"v = 0 on the other {1 - kept:.0%}: the first updates there are sign-like"
-        lines.append(f"  moments: {kept:.1%} kept, m restarts at 0 elsewhere; {v}")
+        gain = " (its kept levels scaled to all of m's energy)" if meta.get("momentum_gain") else ""
+        lines.append(f"  moments: {kept:.1%} kept, m restarts at 0 elsewhere{gain}; {v}")
     if c["measured"]:
         runs = ", ".join(f"{model} {change:+.2%}" for model, change in c["measured"].items())
         lines.append(f"  measured at these settings, final loss after resuming every 2 saves: {runs}")
