@@ -23,8 +23,8 @@ from typing import Any
 # Final validation loss vs the uncompressed run after resuming from the latest lossy checkpoint
 # every 2 saves, weights and moments at the same bits (benchmarks/README.md,
 # "checkpoint_compression.py"): {(weight bits, moment fill, gains): {run: change}}, ``gains`` when
-# both the residual and the momentum gain were on (results/checkpoint_compression_gain.json; without
-# them: results/checkpoint_compression_codebook.json). The demo GPT and a MiniLM fine-tuning, 200
+# both the residual and the momentum gain were on (the "with the residual and momentum gains"
+# figures; without them: results/checkpoint_compression_codebook.json). The demo GPT and a MiniLM fine-tuning, 200
 # steps, a save every 20 steps, four resumes, an 8-bit keyframe every 10 saves. The zero fill has not
 # been measured with the current codebooks.
 MEASURED: dict[tuple[int, str, bool], dict[str, float]] = {
