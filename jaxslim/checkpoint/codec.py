@@ -424,10 +424,15 @@ def _hi(x: jax.Array) -> jax.Array:
     return (kmeans.order_key(x) >> 16).astype(jnp.int32)
 
 
+def _bin_counts(h: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The bin midpoints of a 16-bit histogram and its counts as float32 (non-finite bins: 0)."""
+    reps, finite = kmeans._bin_values()
+    return reps, jnp.where(finite[None], h, 0).astype(jnp.float32)
+
+
 def _histogram_energy(h: jax.Array) -> jax.Array:
     """Per-group sum of squares of the values a 16-bit histogram counts (bin midpoints)."""
-    reps, finite = kmeans._bin_values()
-    w = jnp.where(finite[None], h, 0).astype(jnp.float32)
+    reps, w = _bin_counts(h)
     return w @ jnp.minimum(reps * reps, jnp.finfo(jnp.float32).max)  # 0 * inf would be nan
 
 
@@ -444,8 +449,7 @@ def _scaled_levels(h: jax.Array, energy: jax.Array, cent: jax.Array) -> jax.Arra
     reconstruction would be further from the residual than no update at all. From integer counts,
     so it is the same on any sharding.
     """
-    reps, finite = kmeans._bin_values()
-    w = jnp.where(finite[None], h, 0).astype(jnp.float32)
+    reps, w = _bin_counts(h)
     level = jnp.take_along_axis(cent, kmeans.nearest(jnp.broadcast_to(reps, w.shape), cent), axis=1)
     coded = jnp.sum(w * level * level, axis=1)
     gain = jnp.where(coded > 0, jnp.clip(energy / jnp.maximum(coded, 1e-30), 1.0, 2.0), 1.0)
@@ -458,8 +462,7 @@ _scaled_levels_fn = jax.jit(_scaled_levels)
 def _histogram_mean(h: jax.Array) -> jax.Array:
     """Per-group mean of the values a 16-bit histogram counts (bin midpoints: relative error
     below 2**-9), from exact integer counts, so it is the same on any sharding."""
-    reps, finite = kmeans._bin_values()
-    w = jnp.where(finite[None], h, 0).astype(jnp.float32)
+    reps, w = _bin_counts(h)
     return (w @ reps) / jnp.maximum(w.sum(axis=1), 1.0)
 
 
@@ -691,11 +694,12 @@ def _weight_statistics(p: LeafPlan, cfg: CodecConfig, keyframe: bool):
         d = w if keyframe else w - _inner(ref, p)
         nd, groups = d.ndim, d.shape[0]
         n = int(np.prod(d.shape[1:]))
+        key_abs = kmeans.order_key(jnp.abs(d))
         if keyframe:
             r = jnp.zeros((groups,), jnp.float32)
         else:
             k = jnp.full((groups,), (n - 1) // 2, jnp.int32)
-            med = kmeans.key_value(kmeans.select_kth(kmeans.order_key(jnp.abs(d)), d == d, k, hist))
+            med = kmeans.key_value(kmeans.select_kth(key_abs, d == d, k, hist))
             if moments:
                 mean_v = _histogram_mean(hist(_hi(_inner(v, p)), jnp.ones(d.shape, bool)))
                 scale = jnp.minimum(cfg.max_scale, cfg.alpha / jnp.sqrt(mean_v))
@@ -706,7 +710,7 @@ def _weight_statistics(p: LeafPlan, cfg: CodecConfig, keyframe: bool):
         k_out = outlier_count(cfg.outlier_fraction, n)
         if k_out:  # above the (k_out + 1)-th largest |residual|: at most k_out entries
             rank = jnp.full((groups,), n - k_out - 1, jnp.int32)
-            t = kmeans.key_value(kmeans.select_kth(kmeans.order_key(jnp.abs(d)), d == d, rank, hist))
+            t = kmeans.key_value(kmeans.select_kth(key_abs, d == d, rank, hist))
         else:
             t = jnp.full((groups,), jnp.inf, jnp.float32)
         exact = jnp.abs(d) > _per_group(t, nd)

@@ -24,9 +24,9 @@ from typing import Any
 # every 2 saves, weights and moments at the same bits (benchmarks/README.md,
 # "checkpoint_compression.py"): {(weight bits, moment fill, gains): {run: change}}, ``gains`` when
 # both the residual and the momentum gain were on (the "with the residual and momentum gains"
-# figures; without them: results/checkpoint_compression_codebook.json). The demo GPT and a MiniLM fine-tuning, 200
-# steps, a save every 20 steps, four resumes, an 8-bit keyframe every 10 saves. The zero fill has not
-# been measured with the current codebooks.
+# figures; without them: results/checkpoint_compression_codebook.json). The demo GPT and a MiniLM
+# fine-tuning, 200 steps, a save every 20 steps, four resumes, an 8-bit keyframe every 10 saves. The
+# zero fill has not been measured with the current codebooks.
 MEASURED: dict[tuple[int, str, bool], dict[str, float]] = {
     (2, "factored", True): {"minilm 200 steps": 0.0034},
     (2, "factored", False): {"gpt 200 steps": 0.0035, "minilm 200 steps": 0.0252},
