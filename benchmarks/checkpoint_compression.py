@@ -200,21 +200,45 @@ RESUMES = (
 )
 
 
-def _checkpointer(variant: str, directory: pathlib.Path, keyframe_every: int, alpha: float, fill="factored"):
+def _codec_overrides(items: list[str]) -> dict:
+    """``FIELD=VALUE`` pairs of :class:`~jaxslim.config.CodecConfig` fields, typed from the field's default."""
+    import dataclasses
+
+    from jaxslim.checkpoint import CodecConfig
+
+    fields = {f.name: f for f in dataclasses.fields(CodecConfig)}
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--codec takes FIELD=VALUE with FIELD one of {sorted(fields)}; got {item!r}")
+        default = getattr(CodecConfig(), key)
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"--codec {key} takes true or false, got {value!r}")
+            out[key] = value.lower() == "true"
+        else:
+            out[key] = type(default)(value)
+    return out
+
+
+def _checkpointer(variant: str, directory: pathlib.Path, args, fill="factored"):
     from jaxslim.checkpoint import Checkpointer, CodecConfig, CompressedCheckpointer
 
     if variant == "orbax":
         return Checkpointer(directory, max_to_keep=None)
     if variant == "lossless":
-        codec = CodecConfig(mode="lossless", keyframe_every=keyframe_every)
+        codec = CodecConfig(mode="lossless", keyframe_every=args.keyframe_every)
     else:
         w, m = _EXCP.fullmatch(variant).groups()
         codec = CodecConfig(
-            weight_bits=int(w),
-            moment_bits=int(m or w),
-            keyframe_every=keyframe_every,
-            alpha=alpha,
-            moment_fill=fill,
+            **{
+                **args.codec,
+                "weight_bits": int(w),
+                "moment_bits": int(m or w),
+                "keyframe_every": args.keyframe_every,
+                "moment_fill": fill,
+            }
         )
     return CompressedCheckpointer(directory, codec, max_to_keep=None)
 
@@ -227,11 +251,7 @@ def _overhead(name, step_fn, keep, args, work: pathlib.Path) -> dict:
     n = args.overhead_steps
     for rep in range(args.overhead_reps):
         for v in variants[rep % 3 :] + variants[: rep % 3]:
-            ck = (
-                None
-                if v == "none"
-                else _checkpointer(v, work / name / f"overhead-{v}-{rep}", args.keyframe_every, args.alpha)
-            )
+            ck = None if v == "none" else _checkpointer(v, work / name / f"overhead-{v}-{rep}", args)
             state = jax.tree.map(jnp.copy, keep)
             jax.block_until_ready(state)
             t = time.perf_counter()
@@ -269,7 +289,7 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
     if args.only_resumes:  # runs B alone (in a second process beside a full run); no comparison
         return {"resumed": _resumes(name, step_fn, eval_fn, keep, args, work, None)}
     variants = tuple(args.variants)
-    cks = {v: _checkpointer(v, work / name / v, args.keyframe_every, args.alpha) for v in variants}
+    cks = {v: _checkpointer(v, work / name / v, args) for v in variants}
     blocking = {v: [] for v in variants}
     state = state0
     t0 = time.perf_counter()
@@ -372,7 +392,7 @@ def _resumes(name, step_fn, eval_fn, keep, args, work, loss_a) -> dict:
     runs = [r for r in RESUMES if r in asked] + [r for r in asked if r[0] not in standard]
     for v, fill, every in runs:
         tag = f"{v}-{fill}-r{every}" + ("" if args.resume_lossy == "all" else f"-lossy-{args.resume_lossy}")
-        ck = _checkpointer(v, work / name / f"resume-{tag}", args.keyframe_every, args.alpha, fill)
+        ck = _checkpointer(v, work / name / f"resume-{tag}", args, fill)
         state = jax.tree.map(jnp.copy, keep)
         saves = resumes = 0
         for i in range(args.steps):
@@ -403,13 +423,23 @@ def _resumes(name, step_fn, eval_fn, keep, args, work, loss_a) -> dict:
     return resumed
 
 
+def _args_json(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "out"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["gpt", "minilm"], choices=["gpt", "minilm"])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--keyframe-every", type=int, default=10)
-    parser.add_argument("--alpha", type=float, default=5e-5)
+    parser.add_argument(
+        "--codec",
+        nargs="+",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="CodecConfig fields of the ExCP variants other than their defaults (e.g. alpha=1e-4 keyframe_bits=6)",
+    )
     parser.add_argument(
         "--resume-every",
         type=int,
@@ -437,6 +467,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
     args = parser.parse_args()
+    args.codec = _codec_overrides(args.codec)
     if args.quick:
         args.steps, args.every, args.overhead_steps, args.overhead_reps = 40, 8, 16, 1
     import sys
@@ -453,8 +484,15 @@ def main() -> None:
             results[name] = bench_model(name, build, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if args.only_resumes:
+    if args.only_resumes:  # no run A: no table, and the losses are not compared
         print(results)
+        print(
+            write_results(
+                args.out,
+                args.name,
+                {"machine_line": machine_line(), "args": _args_json(args), "results": results},
+            )
+        )
         return
 
     def label(v: str) -> str:
@@ -508,11 +546,7 @@ def main() -> None:
                 f"{r['resume_every']} saves | {r['val_loss']:.4f} | {r['rel_diff']:+.2%} | {r['resumes']} |"
             )
     name = f"{args.name}_quick" if args.quick else args.name
-    payload = {
-        "machine_line": machine_line(),
-        "args": {k: v for k, v in vars(args).items() if k != "out"},
-        "results": results,
-    }
+    payload = {"machine_line": machine_line(), "args": _args_json(args), "results": results}
     print(write_results(args.out, name, payload))
 
 

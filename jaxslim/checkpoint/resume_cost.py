@@ -22,16 +22,54 @@ from typing import Any
 
 # Final validation loss vs the uncompressed run after resuming from the latest lossy checkpoint
 # every 2 saves, weights and moments at the same bits (benchmarks/README.md,
-# "checkpoint_compression.py"): {(weight bits, moment fill, gains): {run: change}}, ``gains`` when
-# both the residual and the momentum gain were on (the "with the residual and momentum gains"
-# figures; without them: results/checkpoint_compression_codebook.json). The demo GPT and a MiniLM
-# fine-tuning, 200 steps, a save every 20 steps, four resumes, an 8-bit keyframe every 10 saves. The
-# zero fill has not been measured with the current codebooks.
-MEASURED: dict[tuple[int, str, bool], dict[str, float]] = {
-    (2, "factored", True): {"minilm 200 steps": 0.0034},
-    (2, "factored", False): {"gpt 200 steps": 0.0035, "minilm 200 steps": 0.0252},
-    (4, "factored", False): {"gpt 200 steps": 0.0020, "minilm 200 steps": 0.0054},
-}
+# "checkpoint_compression.py"): the demo GPT and a MiniLM fine-tuning, 200 steps, a save every 20
+# steps, four resumes, an 8-bit keyframe every 10 saves. Each entry: the codec settings it was
+# measured at, and {run: change}. A step's figures are those of the entry whose settings all equal
+# its metadata's (:func:`settings`). The zero fill has not been measured with the current codebooks.
+MEASURED: tuple[tuple[dict[str, Any], dict[str, float]], ...] = (
+    (
+        {"weights": 2, "moment_fill": "factored", "alpha": 1e-4, "gains": True, "outlier_fraction": 1e-4},
+        {"gpt 200 steps": 0.0121, "minilm 200 steps": 0.0038},
+    ),
+    (
+        {"weights": 2, "moment_fill": "factored", "alpha": 5e-5, "gains": True, "outlier_fraction": 1e-4},
+        {"minilm 200 steps": 0.0034},
+    ),
+    (
+        {"weights": 2, "moment_fill": "factored", "alpha": 5e-5, "gains": False, "outlier_fraction": 0.0},
+        {"gpt 200 steps": 0.0035, "minilm 200 steps": 0.0252},
+    ),
+    (
+        {"weights": 4, "moment_fill": "factored", "alpha": 5e-5, "gains": False, "outlier_fraction": 0.0},
+        {"gpt 200 steps": 0.0020, "minilm 200 steps": 0.0054},
+    ),
+)
+
+
+def settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The codec settings of a step's metadata that :data:`MEASURED` is keyed by. Checkpoints
+    written before a setting existed read as it being off (no gains, no outliers).
+
+    Example:
+        >>> settings({"bits": {"weights": 2}, "moment_fill": "factored", "alpha": 1e-4,
+        ...           "residual_gain": True, "momentum_gain": True, "outlier_fraction": 1e-4})
+        {'weights': 2, 'moment_fill': 'factored', 'alpha': 0.0001, 'gains': True, 'outlier_fraction': 0.0001}
+    """
+    return {
+        "weights": meta.get("bits", {}).get("weights"),
+        "moment_fill": meta.get("moment_fill", "zero"),
+        "alpha": meta.get("alpha"),
+        "gains": bool(meta.get("residual_gain")) and bool(meta.get("momentum_gain")),
+        "outlier_fraction": meta.get("outlier_fraction", 0.0),
+    }
+
+
+def measured(meta: dict[str, Any]) -> dict[str, float] | None:
+    """The benchmark's loss changes at exactly the settings of ``meta``, or ``None``."""
+    if meta.get("mode") != "excp":
+        return None
+    mine = settings(meta)
+    return next((runs for at, runs in MEASURED if at == mine), None)
 
 
 def resume_cost(meta: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +79,7 @@ def resume_cost(meta: dict[str, Any]) -> dict[str, Any]:
         ``mode``, ``weight_rel_rms_error`` (mean over coded weights) and ``..._max``,
         ``moments_kept`` (mean fraction of entries whose Adam moments were kept),
         ``moment_fill`` and ``v_fill_log2_rms`` (mean over coded weights; ``None`` without a fill),
-        and ``measured``: the benchmark's loss changes at the step's weight bits and fill, if any.
+        and ``measured``: the benchmark's loss changes at the step's codec settings, if measured.
     """
     stats = [e.get("stats", {}) for e in meta.get("leaves", []) if e.get("kind") == "weight"]
     fill = meta.get("moment_fill", "zero")
@@ -51,8 +89,6 @@ def resume_cost(meta: dict[str, Any]) -> dict[str, Any]:
         return sum(xs) / len(xs) if xs else None
 
     errs = [s["rel_rms_error"] for s in stats if "rel_rms_error" in s]
-    bits = meta.get("bits", {}).get("weights")
-    gains = bool(meta.get("residual_gain")) and bool(meta.get("momentum_gain"))
     return {
         "mode": meta.get("mode"),
         "weight_rel_rms_error": mean("rel_rms_error"),
@@ -60,7 +96,7 @@ def resume_cost(meta: dict[str, Any]) -> dict[str, Any]:
         "moments_kept": mean("moments_kept"),
         "moment_fill": fill,
         "v_fill_log2_rms": mean("v_fill_log2_rms") if fill != "zero" else None,
-        "measured": MEASURED.get((bits, fill, gains)) if meta.get("mode") == "excp" else None,
+        "measured": measured(meta),
     }
 
 

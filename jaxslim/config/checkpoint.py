@@ -21,6 +21,9 @@ class CodecConfig(Config):
         keyframe_every: a keyframe every this many saves (then ``keyframe_every - 1`` deltas), so a
             restore applies at most ``keyframe_every - 1`` residuals.
         alpha: ExCP's ``prune_alpha``, the numerator of the second-moment scaling of the threshold.
+            Larger drops more residuals: 1e-4 coded the demo GPT's checkpoints 28x smaller than
+            Orbax's instead of 24.2x, but its final loss after resuming every 2 saves rose from
+            +0.26% to +1.21% (training from scratch, the dropped residuals are progress).
         beta: ExCP's ``prune_beta``: momentum is kept where ``|m| > beta * mean(|m|)``.
         max_scale: cap of the threshold's scale on the median of ``|dW|`` (2.5 in ExCP).
         min_size: floating-point leaves with fewer elements (biases, norms, scalars) are stored
