@@ -285,6 +285,23 @@ def test_sharded_save_restores_onto_another_mesh(tmp_path, devices):
         assert got.sharding == want.sharding
 
 
+def test_a_delta_saved_with_the_default_codec_has_measured_resume_figures(tmp_path, single):
+    """``jaxslim-ckpt inspect`` quotes the benchmark's loss change at the step's exact settings: a
+    default changed without being measured would leave the defaults without figures."""
+    from jaxslim.checkpoint.resume_cost import describe, measured
+
+    states, _ = single
+    with CompressedCheckpointer(tmp_path, CodecConfig(), max_to_keep=None) as ck:
+        for step, s in enumerate(states[:2], 1):
+            ck.save(step, s)
+        ck.wait()
+        keyframe, delta = ck.metadata(1), ck.metadata(2)
+    assert set(measured(delta)) == {"gpt 200 steps", "minilm 200 steps"}
+    assert measured(keyframe) is None  # 8-bit weights: not what the figures were measured on
+    assert any("measured at these settings" in line for line in describe(delta))
+    assert measured({**delta, "alpha": 3e-5}) is None
+
+
 def test_cli_compress_inspect_decompress(tmp_path, single, capsys, monkeypatch):
     import orbax.checkpoint as ocp
 
