@@ -200,6 +200,16 @@ RESUMES = (
 )
 
 
+# CodecConfig fields that the variants and flags set themselves
+_SET_ELSEWHERE = {
+    "mode": "the variant",
+    "weight_bits": "the variant (excpW or excpWmM)",
+    "moment_bits": "the variant (excpW or excpWmM)",
+    "keyframe_every": "--keyframe-every",
+    "moment_fill": "--fills",
+}
+
+
 def _codec_overrides(items: list[str]) -> dict:
     """``FIELD=VALUE`` pairs of :class:`~jaxslim.config.CodecConfig` fields, typed from the field's default."""
     import dataclasses
@@ -212,6 +222,8 @@ def _codec_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
             raise SystemExit(f"--codec takes FIELD=VALUE with FIELD one of {sorted(fields)}; got {item!r}")
+        if key in _SET_ELSEWHERE:
+            raise SystemExit(f"--codec {key}: set by {_SET_ELSEWHERE[key]}")
         default = getattr(CodecConfig(), key)
         if isinstance(default, bool):
             if value.lower() not in ("true", "false"):

@@ -60,7 +60,7 @@ class CodecConfig(Config):
 
     The defaults (2-bit weight and moment codes, 8-bit keyframes every 10 saves, the factored fill,
     both gains) are the setting measured in benchmarks/README.md (checkpoint compression): over 200
-    steps with a save every 20, a MiniLM fine-tuning resumed every 2 saves ended +0.34% above the
+    steps with a save every 20, a MiniLM fine-tuning resumed every 2 saves ended +0.33% above the
     uncompressed loss at 19.0x Orbax's size (+2.52% at 21.0x without the gains and outliers); the
     demo GPT +0.26% at 24.2x (+0.35% at 24.8x without them). A longer keyframe interval raises the ratio and
     lengthens the chain a restore reads.
