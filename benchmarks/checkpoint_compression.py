@@ -230,7 +230,10 @@ def _codec_overrides(items: list[str]) -> dict:
                 raise SystemExit(f"--codec {key} takes true or false, got {value!r}")
             out[key] = value.lower() == "true"
         else:
-            out[key] = type(default)(value)
+            try:
+                out[key] = type(default)(value)
+            except ValueError:
+                raise SystemExit(f"--codec {key} must be of type {type(default).__name__}, got {value!r}") from None
     return out
 
 
@@ -496,15 +499,11 @@ def main() -> None:
             results[name] = bench_model(name, build, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    name = f"{args.name}_quick" if args.quick else args.name
+    payload = {"machine_line": machine_line(), "args": _args_json(args), "results": results}
     if args.only_resumes:  # no run A: no table, and the losses are not compared
         print(results)
-        print(
-            write_results(
-                args.out,
-                args.name,
-                {"machine_line": machine_line(), "args": _args_json(args), "results": results},
-            )
-        )
+        print(write_results(args.out, name, payload))
         return
 
     def label(v: str) -> str:
@@ -557,8 +556,6 @@ def main() -> None:
                 f"| {model} | {res['val_loss_uncompressed']:.4f} | {label(r['variant'])} | {r['fill']} | "
                 f"{r['resume_every']} saves | {r['val_loss']:.4f} | {r['rel_diff']:+.2%} | {r['resumes']} |"
             )
-    name = f"{args.name}_quick" if args.quick else args.name
-    payload = {"machine_line": machine_line(), "args": _args_json(args), "results": results}
     print(write_results(args.out, name, payload))
 
 

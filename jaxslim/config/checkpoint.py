@@ -36,7 +36,7 @@ class CodecConfig(Config):
             and a 2-bit delta's levels are far too small to correct their error later; the residual
             gain needs it (their energy would inflate the gain of everything else). On a MiniLM
             fine-tuning it cut the weights' relative RMS error 4x (after two 2-bit deltas) and,
-            with the gains, the final loss after resuming every 2 saves from +0.90% to +0.34%, for
+            with the gains, the final loss after resuming every 2 saves from +0.90% to +0.33%, for
             ~3% more bytes. 0 turns it off.
         residual_gain: scale each delta's weight levels (per tensor, per layer of a stack) by
             ``min(2, sum d**2 / sum q**2)`` over the residual ``d`` and its reconstruction ``q``. The
@@ -49,7 +49,7 @@ class CodecConfig(Config):
             ``min(2, sum m**2 / sum q**2)`` over all of ``m`` and its reconstruction ``q``, so the
             momentum a restore keeps carries the energy of what joint shrinking dropped (restarting
             at zero there loses progress: the same fine-tuning ended +1.10% above the uncompressed
-            loss with the residual gain alone, +0.34% with both).
+            loss with the residual gain alone, +0.33% with both).
         moment_fill: what a restore puts where joint shrinking dropped Adam's second moment ``v``
             (``m`` restarts at zero there in every mode): ``"factored"`` (default) a rank-1 estimate
             in the log domain, ``2**(row_i + col_j - mean)`` from the mean ``log2 v`` of the dropped
@@ -62,8 +62,8 @@ class CodecConfig(Config):
     both gains) are the setting measured in benchmarks/README.md (checkpoint compression): over 200
     steps with a save every 20, a MiniLM fine-tuning resumed every 2 saves ended +0.33% above the
     uncompressed loss at 19.0x Orbax's size (+2.52% at 21.0x without the gains and outliers); the
-    demo GPT +0.26% at 24.2x (+0.35% at 24.8x without them). A longer keyframe interval raises the ratio and
-    lengthens the chain a restore reads.
+    demo GPT +0.26% at 24.2x (+0.35% at 24.8x without them). A longer keyframe interval raises the
+    ratio and lengthens the chain a restore reads.
 
     Example:
         >>> CodecConfig(mode="lossless").keyframe_every
