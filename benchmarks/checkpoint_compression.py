@@ -233,7 +233,9 @@ def _codec_overrides(items: list[str]) -> dict:
             try:
                 out[key] = type(default)(value)
             except ValueError:
-                raise SystemExit(f"--codec {key} must be of type {type(default).__name__}, got {value!r}") from None
+                raise SystemExit(
+                    f"--codec {key} must be of type {type(default).__name__}, got {value!r}"
+                ) from None
     return out
 
 
