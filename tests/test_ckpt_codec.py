@@ -273,8 +273,22 @@ def test_lossy_error_is_within_the_threshold_and_codebook_bound(states, bits):
                 log_err = np.abs(np.log2(v_hat[g][kept_v]) - np.log2(v[g][kept_v]))
                 best = np.min(np.abs(np.log2(v[g][kept_v])[:, None] - np.log2(vbook)[None]), axis=1)
                 np.testing.assert_allclose(log_err, best, atol=1e-5)
+        # v's planes store its level index relative to m's mask (code - 1 there, 0 elsewhere)
+        m_codes = np.asarray(packing.unpack_codes(enc.records[p.mu]["planes"], bits, p.shape[-1]))
+        v_stored = np.asarray(packing.unpack_codes(enc.records[p.nu]["planes"], bits, p.shape[-1]))
+        if not p.grouped:
+            m_codes, v_stored = m_codes[None], v_stored[None]
+        assert not np.any(v_stored[m_codes == 0])
+        assert np.all(v_stored < 2**bits - 1)
+        vbooks = np.asarray(enc.records[p.nu]["codebook"])
+        for g in range(m.shape[0]):
+            on = m_codes[g] != 0
+            np.testing.assert_array_equal(v_hat[g][on], vbooks[g][v_stored[g][on] + 1])
         checked += 1
     assert checked >= 6
+    recon, _ = codec.decode(plan, enc.records, key.recon, keyframe=False, bits=codec.bits(False))
+    for j in recon:
+        assert np.asarray(recon[j]).tobytes() == np.asarray(enc.recon[j]).tobytes(), plan[j].path
 
 
 def test_residual_gain_scales_the_levels_so_a_restore_does_not_lag(states):

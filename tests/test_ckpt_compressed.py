@@ -23,6 +23,7 @@ from jaxslim.checkpoint import (
     MissingReferenceError,
     abstract_like,
 )
+from jaxslim.checkpoint import codec as codec_module
 from jaxslim.config import MeshConfig, ModelConfig, OptimConfig
 from jaxslim.engine.state import abstract_train_state, create_train_state
 from jaxslim.models import Transformer
@@ -382,25 +383,39 @@ def test_training_resumes_from_compressed_checkpoints(tmp_path, monkeypatch):
             assert not _bitwise(first.state, again.state)  # resumed from the lossy reconstruction
 
 
-def test_checkpoints_of_format_version_1_still_restore(tmp_path, single):
-    """Version 1 had no exact outliers; its chains restore as they were written."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_checkpoints_of_older_format_versions_still_restore(tmp_path, single, monkeypatch, version):
+    """Versions 1 and 2 stored v's codes absolute (version 1 had no exact outliers either); their
+    chains restore as they were written, and an unknown version is refused by name."""
     states, _ = single
     cfg = CodecConfig(keyframe_every=3, outlier_fraction=0.0)
-    with CompressedCheckpointer(tmp_path, cfg, max_to_keep=None) as ck:
-        for step, s in enumerate(states[:2], 1):
-            ck.save(step, s)
-    for step in (1, 2):  # what an earlier release wrote: the same records, version 1
+    # what an earlier release wrote: v's codes as they are, not relative to m's mask
+    monkeypatch.setattr(codec_module, "_relative", lambda codes, mask: codes)
+    codec_module._weight_codes.cache_clear()
+    try:
+        with CompressedCheckpointer(tmp_path, cfg, max_to_keep=None) as ck:
+            for step, s in enumerate(states[:2], 1):
+                ck.save(step, s)
+    finally:
+        monkeypatch.undo()
+        codec_module._weight_codes.cache_clear()
+    for step in (1, 2):
         path = tmp_path / str(step) / "codec" / "metadata"
         meta = json.loads(path.read_text())
-        assert meta["version"] == 2 and not any("outliers" in e for e in meta["leaves"])
-        path.write_text(json.dumps({**meta, "version": 1}))
+        assert meta["version"] == codec_module.FORMAT_VERSION == 3
+        assert not any("outliers" in e for e in meta["leaves"])
+        path.write_text(json.dumps({**meta, "version": version}))
     expected = _expected(states[:2], cfg)
     with CompressedCheckpointer(tmp_path, CodecConfig(), read_only=True) as ck:
-        assert ck.metadata(2)["version"] == 1
+        assert ck.metadata(2)["version"] == version
         got, _ = ck.restore(abstract_like(states[0]), 2)
     assert _bitwise(got, expected[1])
     path = tmp_path / "2" / "codec" / "metadata"
     path.write_text(json.dumps({**json.loads(path.read_text()), "version": 3}))
+    with CompressedCheckpointer(tmp_path, CodecConfig(), read_only=True) as ck:  # read as relative: wrong
+        got, _ = ck.restore(abstract_like(states[0]), 2)
+    assert not _bitwise(got, expected[1])
+    path.write_text(json.dumps({**json.loads(path.read_text()), "version": 4}))
     with CompressedCheckpointer(tmp_path, CodecConfig(), read_only=True) as ck:
-        with pytest.raises(CorruptCheckpointError, match="version 3, expected .* version 1 or 2"):
+        with pytest.raises(CorruptCheckpointError, match="version 4, expected .* version 1 or 2 or 3"):
             ck.restore(abstract_like(states[0]), 2)

@@ -540,7 +540,9 @@ class CompressedCheckpointer:
                     f"compressed checkpoint step {s} in {self.directory} does not match its own codec metadata:\n{e}"
                 ) from e
             records = {int(k): r for k, r in stored.items()}
-            recon, sums = self.codec.decode(plan, records, ref, keyframe=m["keyframe"], bits=m["bits"])
+            recon, sums = self.codec.decode(
+                plan, records, ref, keyframe=m["keyframe"], bits=m["bits"], version=m["version"]
+            )
             _verify(m, jax.device_get(sums), s, self.directory)
             ref = recon
         meta = self._chain_metadata(step)
