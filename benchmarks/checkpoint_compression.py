@@ -387,7 +387,7 @@ def bench_model(name, build, args, work: pathlib.Path) -> dict:
     if overhead:
         print(f"overhead: {overhead}", flush=True)
 
-    resumed = _resumes(name, step_fn, eval_fn, keep, args, work, loss_a)
+    resumed = {} if args.no_resumes else _resumes(name, step_fn, eval_fn, keep, args, work, loss_a)
     return {
         "params_bytes_fp32_state": nbytes,
         "variants": rows,
@@ -465,6 +465,11 @@ def main() -> None:
         help="runs B resume from their latest checkpoint every this many saves",
     )
     parser.add_argument("--only-resumes", action="store_true", help="runs B only (no run A, no table)")
+    parser.add_argument(
+        "--no-resumes",
+        action="store_true",
+        help="no runs B (run them in a second process with --only-resumes)",
+    )
     parser.add_argument("--resume-variants", nargs="+", type=_variant, default=["excp2", "excp4"])
     parser.add_argument(
         "--resume-lossy",
@@ -485,6 +490,8 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent / "results")
     args = parser.parse_args()
     args.codec = _codec_overrides(args.codec)
+    if args.only_resumes and args.no_resumes:
+        parser.error("--only-resumes and --no-resumes exclude each other")
     if args.quick:
         args.steps, args.every, args.overhead_steps, args.overhead_reps = 40, 8, 16, 1
     import sys

@@ -14,7 +14,8 @@ quantisation error never accumulates along a chain. Per weight tensor ``W`` with
    k-means codebook of ``2**bits - 1`` centroids plus code 0 for an exact zero (``v``'s fitted
    and assigned in ``log2``: Adam divides by ``sqrt(v)``, so its relative error counts), the codes packed
    into bit planes (:mod:`jaxslim.checkpoint.packing`); Orbax's zstd then turns the zero runs into
-   few bytes. ``v``'s codes are stored relative to ``m``'s mask (code minus one where ``m`` is kept,
+   few bytes. The codebook's columns are in no particular order: the levels that get more elements
+   get the codes with fewer set bits, so the planes are sparser. ``v``'s codes are stored relative to ``m``'s mask (code minus one where ``m`` is kept,
    0 elsewhere): the decoder knows the mask from ``m``'s codes, so its planes carry only the levels
    (MiniLM: ~0.5 MB less per checkpoint, 40% of ``v``'s bytes);
 5. exact outliers: the ``outlier_fraction`` of entries with the largest ``|dW|`` (at least one) are
@@ -488,12 +489,45 @@ def _dequantise(codes: jax.Array, codebook: jax.Array) -> jax.Array:
     return jnp.take(codebook.reshape(-1), g * codebook.shape[1] + codes.astype(jnp.int32))
 
 
-def _codes(x: jax.Array, nz: jax.Array, cent: jax.Array, log: bool = False) -> tuple[jax.Array, jax.Array]:
-    """Codes (uint8, 0 = zero) of ``x`` where ``nz`` and the ``(groups, 2**bits)`` codebook; with
-    ``log``, ``x`` and ``cent`` are positive and the nearest centroid is the nearest in ``log2``."""
-    codes = jnp.where(nz, kmeans.nearest(x, cent, log=log) + 1, 0).astype(jnp.uint8)
-    book = jnp.concatenate([jnp.zeros((cent.shape[0], 1), jnp.float32), cent], axis=1)
-    return codes, book
+def _codes(x: jax.Array, nz: jax.Array, cent: jax.Array, labels: jax.Array, log: bool = False) -> jax.Array:
+    """Codes (uint8, 0 = zero) of ``x`` where ``nz``: the label (:func:`_labels`) of the nearest of
+    the ascending ``(groups, n)`` centroids; with ``log``, ``x`` and ``cent`` are positive and the
+    nearest centroid is the nearest in ``log2``."""
+    n = cent.shape[1]
+    g = jax.lax.broadcasted_iota(jnp.int32, x.shape, 0)
+    label = jnp.take(labels.reshape(-1), g * n + kmeans.nearest(x, cent, log=log))
+    return jnp.where(nz, label, 0).astype(jnp.uint8)
+
+
+def _book(levels: jax.Array, labels: jax.Array) -> jax.Array:
+    """The ``(groups, n + 1)`` codebook: column 0 is zero, column ``labels[g, i]`` holds ``levels[g, i]``."""
+    g = jax.lax.broadcasted_iota(jnp.int32, labels.shape, 0)
+    return jnp.zeros((levels.shape[0], levels.shape[1] + 1), jnp.float32).at[g, labels].set(levels)
+
+
+def _popcount_order(n: int) -> np.ndarray:
+    """The codes ``1..n`` by the number of set bits, then value."""
+    return np.array(sorted(range(1, n + 1), key=lambda c: (c.bit_count(), c)), np.int32)
+
+
+def _labels(h: jax.Array, cent: jax.Array, log: bool) -> jax.Array:
+    """Per group, the code (1..n) of each of the ``n`` ascending centroids: the more elements a
+    centroid gets (counted on the histogram ``h``'s bins), the fewer set bits its code has.
+
+    The codes are stored as bit planes; a plane's zstd size follows its fraction of set bits, so
+    giving the common levels the sparse codes shrinks the planes (MiniLM's 2-bit weight deltas by
+    ~7%) at no cost in error. From integer counts, so the labels are the same on any sharding.
+    """
+    reps, w = _bin_counts(h)
+    if log:  # the histogram holds positive values only; other bins have no counts
+        reps = jnp.where(reps > 0, reps, 1.0)
+    groups, n = cent.shape
+    near = kmeans.nearest(jnp.broadcast_to(reps, w.shape), cent, log=log)
+    counts = (
+        jnp.zeros((groups, n), jnp.float32).at[jax.lax.broadcasted_iota(jnp.int32, w.shape, 0), near].add(w)
+    )
+    rank = jnp.argsort(jnp.argsort(-counts, axis=1, stable=True), axis=1, stable=True)
+    return jnp.asarray(_popcount_order(n))[rank]
 
 
 def _pack(codes: jax.Array, bits: int, p: LeafPlan) -> jax.Array:
@@ -529,7 +563,13 @@ def _checksums(rec: dict) -> dict:
 
 @functools.lru_cache(maxsize=256)
 def _fit(iters: int, n_centroids: int, log: bool = False):
-    return jax.jit(lambda h: kmeans.fit_codebook(h, n_centroids, iters, log=log))
+    """``h -> (centroids, labels)``: the codebook fitted to a histogram and its codes."""
+
+    def run(h):
+        cent = kmeans.fit_codebook(h, n_centroids, iters, log=log)
+        return cent, _labels(h, cent, log)
+
+    return jax.jit(run)
 
 
 @functools.lru_cache(maxsize=256)
@@ -776,7 +816,7 @@ def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: b
     moments = p.mu >= 0
     outliers = _outlier_fn(p, k_out) if k_out else None
 
-    def run(w, ref, m, v, st, cents):
+    def run(w, ref, m, v, st, cents, labels):
         w = _inner(w, p)
         refi = None if keyframe else _inner(ref, p)
         d = w if keyframe else w - refi
@@ -784,9 +824,9 @@ def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: b
         keep = jnp.abs(d) > _per_group(st["r"], nd)
         exact = jnp.abs(d) > _per_group(st["t_out"], nd)
         coded = keep & (d != 0) & ~exact
-        codes, book = _codes(d, coded, cents["w"])
-        if "w_scaled" in cents:  # CodecConfig.residual_gain: codes of the levels, stored scaled
-            book = jnp.concatenate([book[:, :1], cents["w_scaled"]], axis=1)
+        codes = _codes(d, coded, cents["w"], labels["w"])
+        # CodecConfig.residual_gain: codes of the levels, stored scaled
+        book = _book(cents.get("w_scaled", cents["w"]), labels["w"])
         dq = _dequantise(codes, book)
         w_hat = dq if keyframe else refi + dq
         rec = {"w": {"planes": _pack(codes, wbits, p), "codebook": book, "threshold": st["r"]}}
@@ -807,9 +847,8 @@ def _weight_codes(p: LeafPlan, m_dtype: str, wbits: int, mbits: int, keyframe: b
             m, v = _inner(m, p), _inner(v, p)
             keep_m = _joint_mask(m, v, st["tm"], keep)
             for name, x in (("m", m), ("v", v)):
-                c, b = _codes(x, keep_m, cents[name], log=name == "v")
-                if f"{name}_scaled" in cents:  # CodecConfig.momentum_gain
-                    b = jnp.concatenate([b[:, :1], cents[f"{name}_scaled"]], axis=1)
+                c = _codes(x, keep_m, cents[name], labels[name], log=name == "v")
+                b = _book(cents.get(f"{name}_scaled", cents[name]), labels[name])  # CodecConfig.momentum_gain
                 stored = _relative(c, keep_m) if name == "v" else c  # the decoder has m's mask
                 rec[name] = {"planes": _pack(stored, mbits, p), "codebook": b}
                 recon[name] = _outer(_dequantise(c, b), p).astype(m_dtype)
@@ -838,22 +877,21 @@ def _encode_weight(i, p, plan, cfg, keyframe, leaves, ref, records, recon, stats
     v = leaves[p.nu] if p.nu >= 0 else None
     st = _settle(_weight_statistics(sig, cfg, keyframe)(w, ref, m, v))
     wbits = cfg.keyframe_bits if keyframe else cfg.weight_bits
-    cents = {"w": _settle(_fit(cfg.kmeans_iters, (1 << wbits) - 1)(st["h_w"]))}
+    cents, labels = {}, {}
+    cents["w"], labels["w"] = _settle(_fit(cfg.kmeans_iters, (1 << wbits) - 1)(st["h_w"]))
     if "energy" in st:  # scaled in a program of its own: the codes' program only reads them
         cents["w_scaled"] = _settle(_scaled_levels_fn(st["h_w"], st["energy"], cents["w"]))
     if p.mu >= 0:
         n = (1 << cfg.moment_bits) - 1
         # v in the log domain: updates divide by sqrt(v), so its relative error is what counts
-        cents.update(
-            m=_settle(_fit(cfg.kmeans_iters, n)(st["h_m"])),
-            v=_settle(_fit(cfg.kmeans_iters, n, True)(st["h_v"])),
-        )
+        cents["m"], labels["m"] = _settle(_fit(cfg.kmeans_iters, n)(st["h_m"]))
+        cents["v"], labels["v"] = _settle(_fit(cfg.kmeans_iters, n, True)(st["h_v"]))
         if "energy_m" in st:
             cents["m_scaled"] = _settle(_scaled_levels_fn(st["h_m"], st["energy_m"], cents["m"]))
     m_dtype = plan[p.mu].dtype if p.mu >= 0 else p.dtype
     k_out = outlier_count(cfg.outlier_fraction, _group_size(p))
     codes_fn = _weight_codes(sig, m_dtype, wbits, cfg.moment_bits, keyframe, cfg.moment_fill, k_out)
-    rec, rcn, stats[i] = _settle(codes_fn(w, ref, m, v, st, cents))
+    rec, rcn, stats[i] = _settle(codes_fn(w, ref, m, v, st, cents, labels))
     records[i], recon[i] = rec["w"], rcn["w"]
     if p.mu >= 0:
         records[p.mu], recon[p.mu] = rec["m"], rcn["m"]
