@@ -22,8 +22,9 @@ class CodecConfig(Config):
             restore applies at most ``keyframe_every - 1`` residuals.
         alpha: ExCP's ``prune_alpha``, the numerator of the second-moment scaling of the threshold.
             Larger drops more residuals: 1e-4 coded the demo GPT's checkpoints 28x smaller than
-            Orbax's instead of 24.2x, but its final loss after resuming every 2 saves rose from
-            +0.26% to +1.21% (training from scratch, the dropped residuals are progress).
+            Orbax's instead of 24.2x (checkpoint format 2), but its final loss after resuming every
+            2 saves rose from +0.26% to +1.21% (training from scratch, the dropped residuals are
+            progress).
         beta: ExCP's ``prune_beta``: momentum is kept where ``|m| > beta * mean(|m|)``.
         max_scale: cap of the threshold's scale on the median of ``|dW|`` (2.5 in ExCP).
         min_size: floating-point leaves with fewer elements (biases, norms, scalars) are stored
@@ -61,9 +62,9 @@ class CodecConfig(Config):
     The defaults (2-bit weight and moment codes, 8-bit keyframes every 10 saves, the factored fill,
     both gains) are the setting measured in benchmarks/README.md (checkpoint compression): over 200
     steps with a save every 20, a MiniLM fine-tuning resumed every 2 saves ended +0.33% above the
-    uncompressed loss at 19.0x Orbax's size (+2.52% at 21.0x without the gains and outliers); the
-    demo GPT +0.26% at 24.2x (+0.35% at 24.8x without them). A longer keyframe interval raises the
-    ratio and lengthens the chain a restore reads.
+    uncompressed loss at 20.5x Orbax's size (+2.52% without the gains and outliers); the demo GPT
+    +0.24% at 26.6x. A longer keyframe interval raises the ratio and lengthens the chain a restore
+    reads.
 
     Example:
         >>> CodecConfig(mode="lossless").keyframe_every
