@@ -297,7 +297,7 @@ def test_a_delta_saved_with_the_default_codec_has_measured_resume_figures(tmp_pa
             ck.save(step, s)
         ck.wait()
         keyframe, delta = ck.metadata(1), ck.metadata(2)
-    assert set(measured(delta)) == {"gpt 200 steps", "minilm 200 steps"}
+    assert {"gpt 200 steps", "minilm 200 steps"} <= set(measured(delta))
     assert measured(keyframe) is None  # 8-bit weights: not what the figures were measured on
     assert any("measured at these settings" in line for line in describe(delta))
     assert measured({**delta, "alpha": 3e-5}) is None
